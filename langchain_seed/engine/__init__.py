@@ -1,0 +1,1 @@
+"""The decoding engine: autoregressive, speculative and scheduled (SeeD) decoding."""
