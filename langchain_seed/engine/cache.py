@@ -1,0 +1,187 @@
+"""A batch of KV caches whose rows grow together but keep only the slots they own.
+
+transformers' `DynamicCache` appends the same number of slots to every row of a batch.
+Sequences in a batch accept different numbers of drafted tokens, so instead of cropping
+each row we keep a `valid` mask over slots: a rejected draft token's slot just becomes
+invalid and the 4-D attention mask hides it. Keys are stored after rotary embedding at
+their true positions, so the order of slots in a row does not matter. When enough slots
+are dead the batch is compacted (valid slots gathered to the left), and rows are added or
+removed between rounds with `concat` / `select_rows`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class BatchKV:
+    """A `DynamicCache` over `[batch, heads, slots, head_dim]` plus which slots each row owns.
+
+    Attributes:
+        cache: the transformers cache passed to the model as `cache=`.
+        valid: `[batch, slots]` bool, True where the slot holds a committed token of that row.
+    """
+
+    def __init__(self, cache, valid: torch.Tensor) -> None:
+        self.cache = cache
+        self.valid = valid
+
+    @classmethod
+    def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> "BatchKV":
+        from transformers import DynamicCache
+
+        return cls(DynamicCache(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def num_slots(self) -> int:
+        return self.valid.shape[1]
+
+    def valid_counts(self) -> torch.Tensor:
+        """`[batch]` long: committed tokens held by each row."""
+        return self.valid.sum(dim=1)
+
+    def nbytes(self) -> int:
+        """Bytes held by keys and values."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def _tensors(self):
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+                yield layer.keys
+                yield layer.values
+
+    def attention_mask(self, visible_old: torch.Tensor, visible_new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The 4-D float mask for a forward of `new` tokens on top of this cache.
+
+        visible_old: `[batch, new, slots]` bool, which existing slots each new token sees.
+        visible_new: `[batch, new, new]` bool, which new tokens each new token sees.
+        Returns `[batch, 1, new, slots + new]`: 0 where visible, the dtype's minimum elsewhere.
+        """
+        visible = torch.cat([visible_old, visible_new], dim=2)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        mask.masked_fill_(~visible, torch.finfo(dtype).min)
+        return mask.unsqueeze(1)
+
+    def commit_new_slots(self, new_valid: torch.Tensor) -> None:
+        """Record which of the slots appended by the last forward are kept. new_valid: `[batch, new]`."""
+        self.valid = torch.cat([self.valid, new_valid], dim=1)
+
+    def slack(self) -> int:
+        """Slots every row could lose: total slots minus the fullest row's count."""
+        if self.num_slots == 0:
+            return 0
+        return self.num_slots - int(self.valid_counts().max())
+
+    def trim_tail(self) -> None:
+        """Drop trailing slots that no row owns (cheap: no copy of the kept slots)."""
+        if self.num_slots == 0 or self.batch_size == 0:
+            return
+        owned = self.valid.any(dim=0).nonzero()
+        keep = int(owned[-1]) + 1 if owned.numel() else 0
+        if keep == self.num_slots:
+            return
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys[:, :, :keep]
+                layer.values = layer.values[:, :, :keep]
+        self.valid = self.valid[:, :keep]
+
+    def is_prefix_only(self) -> bool:
+        """True when every slot is valid (no holes): a plain causal forward needs no mask."""
+        return bool(self.valid.all())
+
+    def compact(self) -> None:
+        """Gather each row's valid slots to the left and drop the slots no row needs."""
+        counts = self.valid_counts()
+        width = int(counts.max()) if counts.numel() else 0
+        # Stable sort puts valid slots first, in their order: the gather index per row.
+        order = torch.sort((~self.valid).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        for layer in getattr(self.cache, "layers", []):
+            if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
+                continue
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, index)
+            layer.values = layer.values.gather(2, index.expand(-1, -1, -1, layer.values.shape[3]))
+        self.valid = torch.arange(width, device=self.valid.device)[None, :] < counts[:, None]
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep only `rows`, in that order."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.valid.device)
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+        self.valid = self.valid.index_select(0, index)
+
+    def repeat_rows(self, times: int) -> "BatchKV":
+        """A new batch with every row repeated `times` times (shared prompt prefill)."""
+        from transformers import DynamicCache
+
+        clone = BatchKV(DynamicCache(), self.valid.repeat_interleave(times, dim=0))
+        if _has_layers(self.cache):
+            clone._copy_layers_from(self, lambda t: t.repeat_interleave(times, dim=0))
+        return clone
+
+    def concat(self, other: "BatchKV") -> None:
+        """Append the rows of `other` below this batch's rows (slots padded as invalid)."""
+        if other.batch_size == 0:
+            return
+        if self.batch_size == 0:
+            self.cache, self.valid = other.cache, other.valid
+            return
+        if not _has_layers(self.cache) and not _has_layers(other.cache):
+            self.valid = torch.cat([self.valid, other.valid], dim=0)
+            return
+        if not _has_layers(other.cache):
+            other._materialize_like(self)
+        elif not _has_layers(self.cache):
+            self._materialize_like(other)
+        width = max(self.num_slots, other.num_slots)
+        self._pad_slots(width)
+        other._pad_slots(width)
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache)):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        self.valid = torch.cat([self.valid, other.valid], dim=0)
+
+    def _pad_slots(self, width: int) -> None:
+        extra = width - self.num_slots
+        if extra <= 0:
+            return
+        for layer in _layers(self.cache):
+            pad_shape = (*layer.keys.shape[:2], extra, layer.keys.shape[3])
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(pad_shape)], dim=2)
+            pad_shape = (*layer.values.shape[:2], extra, layer.values.shape[3])
+            layer.values = torch.cat([layer.values, layer.values.new_zeros(pad_shape)], dim=2)
+        padding = torch.zeros(self.batch_size, extra, dtype=torch.bool, device=self.valid.device)
+        self.valid = torch.cat([self.valid, padding], dim=1)
+
+    def _materialize_like(self, template: "BatchKV") -> None:
+        """Give a cache that never saw a token (rows with no slots) empty layers shaped like `template`'s."""
+        for layer_index, layer in enumerate(_layers(template.cache)):
+            keys_shape = (self.batch_size, layer.keys.shape[1], self.num_slots, layer.keys.shape[3])
+            values_shape = (self.batch_size, layer.values.shape[1], self.num_slots, layer.values.shape[3])
+            self.cache.update(layer.keys.new_zeros(keys_shape), layer.values.new_zeros(values_shape), layer_index)
+
+    def _copy_layers_from(self, source: "BatchKV", transform) -> None:
+        for layer_index, layer in enumerate(_layers(source.cache)):
+            self.cache.update(transform(layer.keys), transform(layer.values), layer_index)
+
+
+def _has_layers(cache) -> bool:
+    layers = getattr(cache, "layers", None) or []
+    return any(getattr(layer, "is_initialized", False) and layer.keys is not None for layer in layers)
+
+
+def _layers(cache):
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(cache).__name__} has no per-layer key/value tensors; langchain-seed needs a DynamicCache")
+    for layer in layers:
+        if not getattr(layer, "is_initialized", False) or layer.keys is None:
+            raise ValueError("cannot merge a cache with an uninitialised layer: prefill every row first")
+        yield layer

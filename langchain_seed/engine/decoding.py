@@ -1,0 +1,116 @@
+"""The verify and commit stages of decoding, shared by every mode.
+
+Autoregressive decoding is verification of an empty draft tree; speculative decoding of
+one sequence is a lane with one member; the scheduler runs the same stages for many. So
+there is one mechanism, and every mode gets the target's own output by construction:
+
+- `verify_batch`: one target forward over each row's pending tokens and draft tree, then
+  the acceptance rule per row;
+- `commit_tokens`: append the accepted tokens and the recovered/bonus token, stopping at
+  EOS, a stop token, `max_tokens` or the stop callback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.drafters import Draft
+from langchain_seed.engine.forward import RowInput, forward_logits
+from langchain_seed.engine.request import SequenceState
+from langchain_seed.engine.tree import DraftTree
+from langchain_seed.engine.verify import Acceptance, accept_greedy, accept_sampling, target_probs_from_logits
+
+
+def verification_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None) -> RowInput:
+    """Pending tokens followed by the draft tree, with tree attention."""
+    pending, first_position = sequence.pending_tokens(sequence.target_pending)
+    nodes = draft.node_tokens if draft is not None else []
+    offsets = tree.position_offsets(len(pending)) + first_position
+    return RowInput(pending + nodes, offsets.tolist(), tree.verification_visibility(len(pending)))
+
+
+def verify_batch(
+    target_model,
+    kv: BatchKV,
+    sequences: list[SequenceState],
+    drafts: list[Draft | None],
+    tree: DraftTree,
+    acceptance_rule: str,
+) -> list[Acceptance]:
+    """Score every row's draft in one target forward and apply the acceptance rule.
+
+    Updates the cache so that each row keeps its pending tokens and accepted nodes only.
+    """
+    rows = [verification_row(s, tree, d) for s, d in zip(sequences, drafts)]
+    with torch.inference_mode():
+        logits = forward_logits(target_model, kv, rows)  # [batch, width, vocab]
+    new_valid = torch.zeros(len(rows), logits.shape[1], dtype=torch.bool)
+    results = []
+    for i, (sequence, draft) in enumerate(zip(sequences, drafts)):
+        pending = sequence.target_pending
+        row_logits = logits[i, pending - 1 : pending + tree.size]  # [1 + nodes, vocab]
+        acceptance = accept_row(sequence, tree, draft, row_logits, acceptance_rule)
+        new_valid[i, :pending] = True
+        new_valid[i, [pending + node for node in acceptance.path]] = True
+        record_verification(sequence, tree, acceptance)
+        results.append(acceptance)
+    kv.commit_new_slots(new_valid)
+    return results
+
+
+def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, row_logits, rule: str) -> Acceptance:
+    """Apply the request's acceptance rule to one row. row_logits: `[1 + nodes, vocab]`."""
+    params = sequence.params
+    node_tokens = draft.node_tokens if draft is not None else []
+    if params.greedy:
+        return accept_greedy(tree, node_tokens, row_logits)
+    target_probs = target_probs_from_logits(row_logits, params.temperature, params.top_p).cpu()
+    draft_probs = draft.draft_probs if draft is not None else torch.zeros(1, target_probs.shape[-1])
+    without_replacement = rule == "mcsd_without_replacement"
+    return accept_sampling(tree, node_tokens, draft_probs, target_probs, sequence.generator, without_replacement)
+
+
+def record_verification(sequence: SequenceState, tree: DraftTree, acceptance: Acceptance) -> None:
+    stats = sequence.stats
+    stats.target_calls += 1
+    stats.verify_steps += 1
+    stats.drafted += tree.depth
+    stats.accepted += len(acceptance.path)
+    stats.draft_nodes += tree.size
+
+
+def accepted_tokens(tree: DraftTree, draft: Draft | None, acceptance: Acceptance) -> list[int]:
+    """The tokens a round commits: accepted draft tokens, then the recovered or bonus token."""
+    drafted = [draft.node_tokens[node] for node in acceptance.path] if draft is not None else []
+    return drafted + [acceptance.next_token]
+
+
+def commit_tokens(sequence: SequenceState, tokens: list[int]) -> list[int]:
+    """Append `tokens` to the sequence, stopping where the request must end.
+
+    Returns the tokens actually committed (the stream's next chunk). Sets
+    `finish_reason` when the sequence is done; an exception from the stop callback fails
+    the sequence (finish_reason "error") without touching any other.
+    """
+    committed: list[int] = []
+    for token in tokens:
+        sequence.tokens.append(token)
+        committed.append(token)
+        if token in sequence.stop_token_ids:
+            sequence.finish_reason = "stop"
+            break
+        if sequence.remaining <= 0:
+            sequence.finish_reason = "length"
+            break
+    sequence.target_pending = 1
+    sequence.stats.new_tokens = len(sequence.tokens) - sequence.prompt_len
+    callback = sequence.params.stop_callback
+    if callback is not None and sequence.finish_reason is None:
+        try:
+            if callback(sequence.output_ids):
+                sequence.finish_reason = "stop"
+        except Exception as error:  # noqa: BLE001 - the callback's failure is the request's failure
+            sequence.finish_reason = "error"
+            sequence.error = error
+    return committed

@@ -1,0 +1,241 @@
+"""Drafters propose the draft tree of every active sequence; the target only verifies.
+
+`Drafter` is the protocol the scheduler relies on. `ModelDrafter` runs a small causal LM
+for all sequences of a lane at once: one batched forward per tree depth, one model
+instance, one `BatchKV` whose rows are the sequences. Its LM head can be restricted to a
+subset of the vocabulary (the target's most frequent tokens), which is most of a small
+draft's per-token cost. Any distribution is lossless as a draft: candidates are drawn
+from exactly the distribution handed to the acceptance rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, model_device, prefill
+from langchain_seed.engine.request import SequenceState
+from langchain_seed.engine.tree import DraftTree
+from langchain_seed.engine.verify import Acceptance, target_probs_from_logits
+
+
+@dataclass
+class Draft:
+    """One sequence's draft tree for a round.
+
+    Attributes:
+        node_tokens: drafted token of each tree node (breadth-first order).
+        draft_probs: `[1 + nodes, vocab]` draft distribution at the root (row 0) and at each
+            node (row 1 + i) that has children; None for greedy requests.
+    """
+
+    node_tokens: list[int]
+    draft_probs: torch.Tensor | None = None
+
+
+class Drafter(Protocol):
+    """What the scheduler needs from a drafter. Sequences are passed in a fixed member order."""
+
+    def add(self, sequences: list[SequenceState]) -> None:
+        """Start drafting for newly admitted sequences (e.g. prefill their prompts)."""
+
+    def remove(self, sequences: list[SequenceState]) -> None:
+        """Forget sequences that finished, failed or were cancelled."""
+
+    def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
+        """The draft of every sequence given, in order."""
+
+    def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
+        """Learn which nodes the target accepted (e.g. keep their cache slots)."""
+
+
+class ModelDrafter:
+    """A draft language model serving every sequence of a lane in batched forwards.
+
+    Args:
+        model: a causal LM sharing the target's vocabulary.
+        head_token_ids: optional token ids the draft may propose; its LM head is computed
+            over these rows only.
+    """
+
+    def __init__(self, model, head_token_ids: list[int] | None = None) -> None:
+        self.model = model
+        self.kv = BatchKV.empty(0)
+        self.rows: list[SequenceState] = []
+        self._node_slots: dict[int, list[int]] = {}
+        self.forwards = 0
+        device = model_device(model)
+        weight = model.get_output_embeddings().weight
+        self.vocab_size = int(getattr(model.config, "vocab_size", weight.shape[0]))
+        if head_token_ids is None:
+            self.head_ids = None
+            self.head_weight = weight.detach()
+        else:
+            self.head_ids = torch.tensor(sorted(set(head_token_ids)), dtype=torch.long, device=device)
+            self.head_weight = weight.index_select(0, self.head_ids).detach().clone()
+
+    # ----- membership ------------------------------------------------------------
+    def add(self, sequences: list[SequenceState]) -> None:
+        for prompt, group in _group_by_prompt(sequences).items():
+            with torch.inference_mode():
+                kv = prefill(self.model, list(prompt[:-1]))
+            self.forwards += 1
+            self.kv.concat(kv.repeat_rows(len(group)) if len(group) > 1 else kv)
+            self.rows.extend(group)
+            for sequence in group:
+                sequence.draft_pending = 1
+                sequence.stats.draft_calls += 1
+
+    def remove(self, sequences: list[SequenceState]) -> None:
+        gone = {id(s) for s in sequences}
+        keep = [i for i, s in enumerate(self.rows) if id(s) not in gone]
+        if len(keep) == len(self.rows):
+            return
+        self.kv.select_rows(keep)
+        self.rows = [self.rows[i] for i in keep]
+        for sequence in sequences:
+            self._node_slots.pop(id(sequence), None)
+
+    # ----- the draft stage ---------------------------------------------------------
+    def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
+        """Draft `tree` for every member: one batched forward per depth."""
+        if [id(s) for s in sequences] != [id(s) for s in self.rows]:
+            raise RuntimeError("ModelDrafter.draft must be given exactly its member sequences, in order")
+        drafts = [Draft([0] * tree.size, None if s.params.greedy else self._empty_probs(tree)) for s in sequences]
+        slots: list[list[int]] = [[-1] * tree.size for _ in sequences]
+        logits = self._feed_pending(sequences)  # [batch, head]: root distributions
+        self._expand(sequences, tree, drafts, parent_nodes=[-1], logits=logits[:, None, :])
+        for depth in range(1, tree.depth):
+            level = list(tree.level(depth))
+            rows = [self._level_row(s, tree, level, slots[i], drafts[i]) for i, s in enumerate(sequences)]
+            first_slot = self.kv.num_slots
+            hidden = self._forward(rows)
+            # A chain's new node is seen only by its descendants: keep it valid until rejected,
+            # so a lone sequence never needs a mask. Tree siblings must not see each other.
+            self.kv.commit_new_slots(torch.full((len(rows), len(level)), tree.is_chain, dtype=torch.bool))
+            for i in range(len(sequences)):
+                for j, node in enumerate(level):
+                    slots[i][node] = first_slot + j
+            self._expand(sequences, tree, drafts, parent_nodes=level, logits=self._head(hidden[:, : len(level)]))
+        for sequence, node_slots in zip(sequences, slots):
+            self._node_slots[id(sequence)] = node_slots
+        return drafts
+
+    def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
+        """Keep the slots of accepted nodes; the rest of the round's slots stay invalid."""
+        row = self._row_of(sequence)
+        node_slots = self._node_slots.pop(id(sequence), [])
+        fed_slots = [slot for slot in node_slots if slot >= 0]
+        fed = [node_slots[node] for node in acceptance.path if node_slots and node_slots[node] >= 0]
+        self.kv.valid[row, fed_slots] = False
+        self.kv.valid[row, fed] = True
+        unfed_accepted = len(acceptance.path) - len(fed)
+        sequence.draft_pending = unfed_accepted + 1
+
+    def nbytes(self) -> int:
+        return self.kv.nbytes()
+
+    def compact_if_needed(self, slack: int) -> None:
+        self.kv.trim_tail()
+        if self.kv.batch_size and self.kv.slack() > slack:
+            self.kv.compact()
+
+    # ----- helpers -----------------------------------------------------------------
+    def _row_of(self, sequence: SequenceState) -> int:
+        for index, member in enumerate(self.rows):
+            if member is sequence:
+                return index
+        raise KeyError("sequence is not a member of this drafter")
+
+    def _feed_pending(self, sequences: list[SequenceState]) -> torch.Tensor:
+        rows = []
+        for sequence in sequences:
+            tokens, first_position = sequence.pending_tokens(sequence.draft_pending)
+            rows.append(causal_row(tokens, first_position))
+        hidden = self._forward(rows)
+        counts = [len(r.token_ids) for r in rows]
+        new_valid = torch.zeros(len(rows), max(counts), dtype=torch.bool)
+        for i, count in enumerate(counts):
+            new_valid[i, :count] = True
+        self.kv.commit_new_slots(new_valid)
+        last = torch.tensor([c - 1 for c in counts], device=hidden.device)
+        return self._head(hidden[torch.arange(len(rows), device=hidden.device), last])
+
+    def _level_row(self, sequence, tree: DraftTree, level: list[int], slots: list[int], draft: Draft) -> RowInput:
+        base = len(sequence.tokens) - 1
+        extra = [] if tree.is_chain else [[slots[a] for a in tree.path_to(node)[:-1]] for node in level]
+        visible = torch.eye(len(level), dtype=torch.bool)
+        return RowInput([draft.node_tokens[n] for n in level], [base + tree.depths[n] for n in level], visible, extra)
+
+    def _forward(self, rows: list[RowInput]) -> torch.Tensor:
+        self.forwards += 1
+        for sequence in self.rows:
+            sequence.stats.draft_calls += 1
+        with torch.inference_mode():
+            return forward_hidden(self.model, self.kv, rows)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the head's tokens, `[..., head]`."""
+        return torch.nn.functional.linear(hidden, self.head_weight)
+
+    def _empty_probs(self, tree: DraftTree) -> torch.Tensor:
+        return torch.zeros(1 + tree.size, self.vocab_size)
+
+    def _expand(self, sequences, tree: DraftTree, drafts: list[Draft], parent_nodes: list[int], logits) -> None:
+        """Choose the children of `parent_nodes` from `logits` `[batch, parents, head]`."""
+        for i, sequence in enumerate(sequences):
+            for j, parent in enumerate(parent_nodes):
+                children = tree.children(parent)
+                if len(children) == 0:
+                    continue
+                tokens, probs = self._choose(logits[i, j], len(children), sequence)
+                for child, token in zip(children, tokens):
+                    drafts[i].node_tokens[child] = token
+                if probs is not None:
+                    drafts[i].draft_probs[parent + 1] = probs
+
+    def _choose(self, logits: torch.Tensor, count: int, sequence: SequenceState):
+        """`count` candidate tokens from one distribution (`[head]` logits), and that distribution.
+
+        Greedy requests take the top `count` tokens. Sampled requests draw from the draft
+        distribution over the whole vocabulary, with or without replacement as the
+        acceptance rule expects; when fewer tokens have mass than `count`, the extra
+        children repeat the last pick and are never reached by the rule.
+        """
+        params = sequence.params
+        if params.greedy:
+            picks = logits.topk(min(count, logits.shape[-1])).indices
+            return _pad_picks(self._to_vocab(picks).tolist(), count), None
+        probs = self._full_vocab(target_probs_from_logits(logits, params.temperature, params.top_p))
+        if sequence.request.config.acceptance == "mcsd_without_replacement":
+            draws = min(count, int((probs > 0).sum()))
+            picks = torch.multinomial(probs, draws, replacement=False, generator=sequence.generator)
+        else:
+            picks = torch.multinomial(probs, count, replacement=True, generator=sequence.generator)
+        return _pad_picks(picks.tolist(), count), probs
+
+    def _full_vocab(self, head_probs: torch.Tensor) -> torch.Tensor:
+        """Head probabilities `[head]` placed in a `[vocab]` tensor on the CPU."""
+        head_probs = head_probs.float().cpu()
+        if self.head_ids is None:
+            return head_probs[: self.vocab_size].clone()
+        full = torch.zeros(self.vocab_size)
+        full[self.head_ids.cpu()] = head_probs
+        return full
+
+    def _to_vocab(self, indices: torch.Tensor) -> torch.Tensor:
+        return indices if self.head_ids is None else self.head_ids.to(indices.device)[indices]
+
+
+def _pad_picks(picks: list[int], count: int) -> list[int]:
+    return picks + picks[-1:] * (count - len(picks))
+
+
+def _group_by_prompt(sequences: list[SequenceState]) -> dict[tuple[int, ...], list[SequenceState]]:
+    groups: dict[tuple[int, ...], list[SequenceState]] = {}
+    for sequence in sequences:
+        groups.setdefault(tuple(sequence.request.prompt_ids), []).append(sequence)
+    return groups

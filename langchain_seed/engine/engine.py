@@ -1,0 +1,236 @@
+"""`SeedEngine`: the public entry to autoregressive, speculative and scheduled decoding."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from langchain_seed.engine.config import (
+    DECODING_MODES,
+    SamplingParams,
+    SpeculativeConfig,
+    check_choice,
+)
+from langchain_seed.engine.drafters import ModelDrafter
+from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
+from langchain_seed.engine.request import GenerationResult, Request, RequestHandle
+from langchain_seed.engine.scheduler import Scheduler
+from langchain_seed.engine.stats import RunStats
+
+
+class GenerationBatch(list):
+    """The results of one `generate` call, in prompt order, with the run's totals in `.stats`."""
+
+    stats: RunStats
+
+
+class SeedEngine:
+    """Lossless decoding of many prompts on one target model, optionally with a draft model.
+
+    Args:
+        target_model: a transformers causal LM (its greedy output is reproduced exactly).
+        draft_model: a smaller causal LM with the same vocabulary, or None.
+        tokenizer: the target's tokenizer (for EOS ids and pair checks); optional.
+        config: default `SpeculativeConfig` (draft tree, acceptance rule, verify policy).
+        draft_head_token_ids: token ids the draft may propose; its LM head is computed over
+            these only (cheaper drafting). None: the whole vocabulary.
+    """
+
+    def __init__(
+        self,
+        target_model,
+        draft_model=None,
+        tokenizer=None,
+        config: SpeculativeConfig | None = None,
+        *,
+        draft_tokenizer=None,
+        draft_head_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        if draft_model is not None:
+            check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
+        self.target_model = target_model.eval()
+        self.draft_model = draft_model.eval() if draft_model is not None else None
+        self.tokenizer = tokenizer
+        self.config = config or SpeculativeConfig()
+        self.draft_head_token_ids = list(draft_head_token_ids) if draft_head_token_ids is not None else None
+        self.eos_token_ids = eos_token_ids(target_model, tokenizer)
+        self.context_window = context_window(target_model)
+        self._mask_support: dict[int, bool] = {}
+        self.scheduler = Scheduler(self.target_model, self._make_drafter, self.eos_token_ids)
+
+    # ----- public API ----------------------------------------------------------------
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        mode: str = "scheduled",
+        config: SpeculativeConfig | None = None,
+    ) -> GenerationBatch:
+        """Decode every prompt; one `GenerationResult` per prompt, in order.
+
+        mode: "autoregressive" (target alone, one prompt after another), "speculative"
+        (draft + target, one prompt after another) or "scheduled" (all prompts at once on the
+        shared scheduler, verified by `config.verify`). A request that fails comes back with
+        finish_reason "error" and its exception in `.error`; the others are unaffected.
+        """
+        check_choice("mode", mode, DECODING_MODES)
+        requests = self._make_requests(prompt_ids, params, self._config_for(mode, config))
+        started = time.perf_counter()
+        if mode == "scheduled":
+            stats = self._run_scheduled(requests)
+        else:
+            stats = self._run_serially(requests)
+        stats.seconds = time.perf_counter() - started
+        batch = GenerationBatch(request.handle.wait() for request in requests)
+        batch.stats = stats
+        return batch
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        config: SpeculativeConfig | None = None,
+    ) -> RequestHandle:
+        """Add one request to the running scheduler (thread-safe); returns its handle."""
+        [request] = self._make_requests([prompt_ids], params, self._config_for("scheduled", config))
+        self.scheduler.submit([request])
+        return request.handle
+
+    def submit_many(
+        self,
+        prompt_ids: list[list[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        config: SpeculativeConfig | None = None,
+    ) -> list[RequestHandle]:
+        """Add several requests atomically: they are admitted in the same round."""
+        requests = self._make_requests(prompt_ids, params, self._config_for("scheduled", config))
+        self.scheduler.submit(requests)
+        return [request.handle for request in requests]
+
+    def close(self) -> None:
+        """Stop the scheduler thread once its work is done."""
+        self.scheduler.close()
+
+    # ----- requests -----------------------------------------------------------------
+    def _config_for(self, mode: str, config: SpeculativeConfig | None) -> SpeculativeConfig:
+        config = config or self.config
+        if mode == "autoregressive" or self.draft_model is None:
+            if mode == "speculative":
+                raise ValueError("mode='speculative' needs a draft model; this engine has none")
+            return SpeculativeConfig(k_config=(), verify=config.verify, max_batch_tokens=config.max_batch_tokens)
+        if mode == "speculative":
+            config = SpeculativeConfig(config.k_config, config.acceptance, "rounds", config.max_batch_tokens,
+                                       config.compact_slack)
+        self._check_tree_support(config, mode)
+        return config
+
+    def _check_tree_support(self, config: SpeculativeConfig, mode: str) -> None:
+        needs_mask = config.is_tree or mode == "scheduled"
+        if not needs_mask:
+            return
+        for model in (self.target_model, self.draft_model):
+            key = id(model)
+            if key not in self._mask_support:
+                self._mask_support[key] = supports_tree_mask(model)
+            if not self._mask_support[key]:
+                name = type(model).__name__
+                what = f"a tree k_config {config.k_config}" if config.is_tree else "scheduled decoding"
+                raise ValueError(
+                    f"{name} does not accept a 4-D attention mask, so it cannot run {what}; "
+                    f"use a chain k_config such as (1, 1, 1, 1) with mode='speculative' or 'autoregressive'"
+                )
+
+    def _make_requests(self, prompt_ids, params, config: SpeculativeConfig) -> list[Request]:
+        prompts = _check_prompts(prompt_ids)
+        per_prompt = _per_prompt_params(params, len(prompts))
+        requests = []
+        for index, (prompt, sampling) in enumerate(zip(prompts, per_prompt)):
+            self._check_fits(index, prompt, sampling)
+            requests.append(Request.create(prompt, sampling, config))
+        return requests
+
+    def _check_fits(self, index: int, prompt: list[int], params: SamplingParams) -> None:
+        vocab = int(self.target_model.config.vocab_size)
+        if any(token < 0 or token >= vocab for token in prompt):
+            bad = next(t for t in prompt if t < 0 or t >= vocab)
+            raise ValueError(f"prompt {index} has token id {bad} outside the vocabulary [0, {vocab})")
+        limit = self.context_window
+        needed = len(prompt) + params.max_tokens + self.config.tokens_per_sequence
+        if limit is not None and needed > limit:
+            raise ValueError(
+                f"prompt {index} has {len(prompt)} tokens; with max_tokens={params.max_tokens} (and "
+                f"{self.config.tokens_per_sequence - 1} draft tokens) it needs {needed} positions, "
+                f"past the model's context window of {limit}"
+            )
+
+    # ----- running ------------------------------------------------------------------
+    def _run_scheduled(self, requests: list[Request]) -> RunStats:
+        before = self.scheduler.forwards()
+        peak_before = self.scheduler.stats.peak_kv_bytes
+        self.scheduler.stats.peak_kv_bytes = 0
+        self.scheduler.submit(requests)
+        for request in requests:
+            request.handle.wait()
+        after = self.scheduler.forwards()
+        stats = _collect(requests)
+        stats.target_forwards, stats.draft_forwards = after[0] - before[0], after[1] - before[1]
+        stats.peak_kv_bytes = self.scheduler.stats.peak_kv_bytes
+        stats.peak_rss_mb = self.scheduler.stats.peak_rss_mb
+        self.scheduler.stats.peak_kv_bytes = max(peak_before, stats.peak_kv_bytes)
+        return stats
+
+    def _run_serially(self, requests: list[Request]) -> RunStats:
+        target_forwards = draft_forwards = 0
+        stats = RunStats()
+        for request in requests:
+            scheduler = Scheduler(self.target_model, self._make_drafter, self.eos_token_ids)
+            scheduler.submit([request], start_thread=False)
+            scheduler.run_until_idle()
+            target, draft = scheduler.forwards()
+            target_forwards, draft_forwards = target_forwards + target, draft_forwards + draft
+            stats.peak_kv_bytes = max(stats.peak_kv_bytes, scheduler.stats.peak_kv_bytes)
+            stats.peak_rss_mb = max(stats.peak_rss_mb, scheduler.stats.peak_rss_mb)
+        collected = _collect(requests)
+        collected.target_forwards, collected.draft_forwards = target_forwards, draft_forwards
+        collected.peak_kv_bytes, collected.peak_rss_mb = stats.peak_kv_bytes, stats.peak_rss_mb
+        return collected
+
+    def _make_drafter(self) -> ModelDrafter:
+        return ModelDrafter(self.draft_model, self.draft_head_token_ids)
+
+
+def _collect(requests: list[Request]) -> RunStats:
+    stats = RunStats()
+    for request in requests:
+        stats.add_request(request.handle.wait().stats)
+    return stats
+
+
+def _check_prompts(prompt_ids) -> list[list[int]]:
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
+        raise ValueError(f"prompt_ids must be a list of token-id lists; got {type(prompt_ids).__name__}")
+    prompts = []
+    for index, prompt in enumerate(prompt_ids):
+        if torch.is_tensor(prompt):
+            prompt = prompt.tolist()
+        if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
+            raise ValueError(f"prompt {index} must be a list of token ids; got {type(prompt).__name__}")
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {index} is empty: a prompt needs at least one token")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise ValueError(f"prompt {index} must contain only int token ids")
+        prompts.append(list(prompt))
+    return prompts
+
+
+def _per_prompt_params(params, count: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * count
+    if isinstance(params, SamplingParams):
+        return [params] * count
+    params = list(params)
+    if len(params) != count or not all(isinstance(p, SamplingParams) for p in params):
+        raise ValueError(f"params must be one SamplingParams or one per prompt ({count}); got {len(params)} items")
+    return params

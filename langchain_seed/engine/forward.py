@@ -1,0 +1,132 @@
+"""One model forward over a `BatchKV`, each row bringing its own new tokens.
+
+Rows may bring different numbers of tokens; the batch is padded to the longest row and
+the padding hides itself (it sees only itself and nobody sees it). Each new token says
+which existing slots it sees (its row's committed slots plus, for draft-tree nodes, the
+slots of its tentative ancestors) and which new tokens it sees (the tree's visibility).
+The forward returns the output at every new position; the caller decides which slots to
+keep with `BatchKV.commit_new_slots`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+
+from langchain_seed.engine.cache import BatchKV
+
+
+@dataclass
+class RowInput:
+    """New tokens of one row.
+
+    Attributes:
+        token_ids: the `m` new tokens.
+        positions: their absolute positions.
+        visible_new: `[m, m]` bool, which of the new tokens each one sees.
+        extra_slots: per new token, existing slots it sees beyond the row's committed ones.
+    """
+
+    token_ids: list[int]
+    positions: list[int]
+    visible_new: torch.Tensor
+    extra_slots: list[list[int]] = field(default_factory=list)
+
+
+def causal_row(token_ids: list[int], first_position: int) -> RowInput:
+    """A plain causal run of tokens starting at `first_position`."""
+    count = len(token_ids)
+    visible = torch.ones(count, count, dtype=torch.bool).tril()
+    return RowInput(list(token_ids), list(range(first_position, first_position + count)), visible)
+
+
+@dataclass
+class BatchInputs:
+    """Padded tensors for one forward: ids and positions `[batch, new]`, mask `[batch, 1, new, slots + new]`."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    width: int
+
+
+def pack_rows(kv: BatchKV, rows: list[RowInput], dtype: torch.dtype, device) -> BatchInputs:
+    """Pad the rows to one width and build the 4-D attention mask over `kv` plus the new tokens."""
+    if len(rows) != kv.batch_size:
+        raise ValueError(f"{len(rows)} row inputs for a cache of {kv.batch_size} rows")
+    width = max(len(row.token_ids) for row in rows)
+    batch = len(rows)
+    input_ids = torch.zeros(batch, width, dtype=torch.long)
+    position_ids = torch.zeros(batch, width, dtype=torch.long)
+    visible_new = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
+    visible_old = kv.valid[:, None, :].expand(batch, width, kv.num_slots).clone()
+    for index, row in enumerate(rows):
+        count = len(row.token_ids)
+        input_ids[index, :count] = torch.tensor(row.token_ids, dtype=torch.long)
+        position_ids[index, :count] = torch.tensor(row.positions, dtype=torch.long)
+        visible_new[index, :count, :count] = row.visible_new
+        visible_old[index, count:] = False
+        for token_index, slots in enumerate(row.extra_slots):
+            if slots:
+                visible_old[index, token_index, slots] = True
+    if _is_plain_causal(kv, rows, width):
+        mask = None
+    else:
+        mask = kv.attention_mask(visible_old.to(device), visible_new.to(device), dtype)
+    return BatchInputs(input_ids.to(device), position_ids.to(device), mask, width)
+
+
+def _is_plain_causal(kv: BatchKV, rows: list[RowInput], width: int) -> bool:
+    """One row, no holes in its cache, a causal run of new tokens: the model's own causal mask is exact."""
+    if len(rows) != 1 or not kv.is_prefix_only() or any(rows[0].extra_slots):
+        return False
+    return bool(torch.equal(rows[0].visible_new, torch.ones(width, width, dtype=torch.bool).tril()))
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def forward_logits(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
+    """Run `model` on the rows; returns logits at every new position, `[batch, width, vocab]`."""
+    inputs = pack_rows(kv, rows, model_dtype(model), model_device(model))
+    output = model(
+        input_ids=inputs.input_ids,
+        position_ids=inputs.position_ids,
+        attention_mask=inputs.attention_mask,
+        cache=kv.cache,
+        use_cache=True,
+        logits_to_keep=inputs.width,
+    )
+    return output.logits
+
+
+def forward_hidden(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
+    """Run `model`'s decoder (no LM head) on the rows; returns `[batch, width, hidden]`."""
+    inputs = pack_rows(kv, rows, model_dtype(model), model_device(model))
+    output = model.get_decoder()(
+        input_ids=inputs.input_ids,
+        position_ids=inputs.position_ids,
+        attention_mask=inputs.attention_mask,
+        cache=kv.cache,
+        use_cache=True,
+    )
+    return output.last_hidden_state
+
+
+def prefill(model, token_ids: list[int]) -> BatchKV:
+    """A one-row cache holding `token_ids` (plain causal forward, no logits kept)."""
+    kv = BatchKV.empty(1)
+    if not token_ids:
+        return kv
+    device = model_device(model)
+    ids = torch.tensor([token_ids], dtype=torch.long, device=device)
+    positions = torch.arange(len(token_ids), device=device)[None, :]
+    model(input_ids=ids, position_ids=positions, cache=kv.cache, use_cache=True, logits_to_keep=1)
+    kv.commit_new_slots(torch.ones(1, len(token_ids), dtype=torch.bool))
+    return kv
+

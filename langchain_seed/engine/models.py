@@ -1,0 +1,159 @@
+"""Load a target (and optional draft) and check that they can work together.
+
+Loading goes through transformers `from_pretrained` with accelerate's `device_map`.
+Safe defaults: safetensors only (pickled `.bin` weights are refused unless the caller
+opts in with `allow_pickle=True`) and `trust_remote_code=False` unless asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class LoadedModels:
+    """A loaded target, its optional draft, and the target's tokenizer."""
+
+    target: Any
+    draft: Any | None
+    tokenizer: Any
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """A causal LM from a local directory or hub id, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except OSError as error:
+        if not allow_pickle and "safetensors" in str(error).lower():
+            raise OSError(
+                f"{name_or_path} has no safetensors weights; langchain-seed refuses pickled weights by "
+                f"default because loading them can run code. Pass allow_pickle=True if you trust the source."
+            ) from error
+        raise
+    return model.eval()
+
+
+def load_models(
+    target: str | Path,
+    draft: str | Path | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedModels:
+    """Target, optional draft and the target's tokenizer, checked to share a vocabulary."""
+    from transformers import AutoTokenizer
+
+    options = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    tokenizer = AutoTokenizer.from_pretrained(str(target), trust_remote_code=trust_remote_code)
+    target_model = load_model(target, **options)
+    draft_model = None
+    if draft is not None:
+        draft_model = load_model(draft, **options)
+        draft_tokenizer = AutoTokenizer.from_pretrained(str(draft), trust_remote_code=trust_remote_code)
+        check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
+    return LoadedModels(target_model, draft_model, tokenizer)
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of {', '.join(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def check_pair(target_model, draft_model, tokenizer=None, draft_tokenizer=None) -> None:
+    """Raise ValueError naming the difference when draft and target cannot share tokens."""
+    target_vocab = _vocab_size(target_model)
+    draft_vocab = _vocab_size(draft_model)
+    if target_vocab != draft_vocab:
+        raise ValueError(
+            f"draft and target vocabularies differ: the target ({type(target_model).__name__}) has "
+            f"{target_vocab} token ids, the draft ({type(draft_model).__name__}) has {draft_vocab}"
+        )
+    if tokenizer is None or draft_tokenizer is None:
+        return
+    target_tokens, draft_tokens = tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    if target_tokens != draft_tokens:
+        differing = sorted(set(target_tokens.items()) ^ set(draft_tokens.items()))[:3]
+        raise ValueError(
+            f"draft and target tokenizers differ ({len(target_tokens)} vs {len(draft_tokens)} tokens); "
+            f"first differences: {differing}"
+        )
+
+
+def _vocab_size(model) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def eos_token_ids(model, tokenizer=None) -> frozenset[int]:
+    """Every EOS id the model's generation config or tokenizer names."""
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    for source in (getattr(generation_config, "eos_token_id", None), getattr(model.config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(t) for t in source)
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def context_window(model) -> int | None:
+    """The model's maximum number of positions, when its config says."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def supports_tree_mask(model) -> bool:
+    """Whether `model` honours a custom 4-D float attention mask (tree attention).
+
+    Runs three tokens twice: causally, and with the third token blind to the second. A
+    model that accepts the mask gives a different third output; one that ignores or
+    rejects it does not.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    ids = torch.tensor([[1, 2, 3]], device=device)
+    positions = torch.arange(3, device=device)[None, :]
+    visible = torch.ones(3, 3, dtype=torch.bool).tril()
+    visible[2, 1] = False
+    mask = torch.zeros(1, 1, 3, 3, dtype=dtype, device=device)
+    mask.masked_fill_(~visible.to(device), torch.finfo(dtype).min)
+    try:
+        with torch.inference_mode():
+            plain = model(input_ids=ids, position_ids=positions, cache=DynamicCache(), use_cache=True).logits
+            masked = model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=DynamicCache(),
+                           use_cache=True).logits
+    except Exception:  # noqa: BLE001 - any refusal means "no"
+        return False
+    same_prefix = torch.allclose(plain[0, :2], masked[0, :2], atol=1e-4)
+    return bool(same_prefix and not torch.allclose(plain[0, 2], masked[0, 2], atol=1e-5))

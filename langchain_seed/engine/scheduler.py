@@ -1,0 +1,308 @@
+"""The scheduled engine (SeeD): many sequences, one draft model, one shared target.
+
+A *lane* holds the active sequences that share a `SpeculativeConfig`: one draft batch for
+all of them, and target batches by verification policy ("rounds": one per sequence,
+verified first come first served; "batched": as many sequences per target forward as
+`max_batch_tokens` allows). A round of the scheduler is, for every lane:
+
+1. schedule: admit waiting requests (prefilling each distinct prompt once), drop
+   cancelled ones;
+2. draft: one batched draft forward per tree depth for every member;
+3. verify: each target batch in one forward, the acceptance rule per sequence;
+4. commit: append tokens, keep accepted cache slots, retire finished sequences;
+5. stream: hand each request's new tokens to its handle.
+
+Every active sequence is verified exactly once per round. Requests join between rounds;
+`submit` is thread-safe, and a background thread runs rounds while there is work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import torch
+
+from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.config import SpeculativeConfig
+from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
+from langchain_seed.engine.drafters import Draft, ModelDrafter, _group_by_prompt
+from langchain_seed.engine.forward import prefill
+from langchain_seed.engine.request import GenerationResult, Request, SequenceState
+from langchain_seed.engine.stats import RequestStats, RunStats
+from langchain_seed.engine.tree import build_tree
+
+
+class TargetBatch:
+    """Sequences verified together in one target forward, and their shared `BatchKV`."""
+
+    def __init__(self) -> None:
+        self.kv = BatchKV.empty(0)
+        self.members: list[SequenceState] = []
+
+    def add(self, kv: BatchKV, sequences: list[SequenceState]) -> None:
+        self.kv.concat(kv)
+        self.members.extend(sequences)
+
+    def remove(self, gone: set[int]) -> None:
+        keep = [i for i, s in enumerate(self.members) if id(s) not in gone]
+        if len(keep) < len(self.members):
+            self.kv.select_rows(keep)
+            self.members = [self.members[i] for i in keep]
+
+
+class Lane:
+    """Active sequences sharing one speculative configuration."""
+
+    def __init__(self, config: SpeculativeConfig, target_model, drafter: ModelDrafter | None) -> None:
+        self.config = config
+        self.tree = build_tree(config.k_config)
+        self.target_model = target_model
+        self.drafter = drafter if self.tree.size else None
+        self.members: list[SequenceState] = []
+        self.batches: list[TargetBatch] = []
+        self.target_forwards = 0
+        self.capacity = 1 if config.verify == "rounds" else max(1, config.max_batch_tokens // config.tokens_per_sequence)
+
+    # ----- 1. schedule -------------------------------------------------------------
+    def admit(self, sequences: list[SequenceState]) -> None:
+        """Prefill each distinct prompt once (target and draft) and place the rows."""
+        for prompt, group in _group_by_prompt(sequences).items():
+            with torch.inference_mode():
+                kv = prefill(self.target_model, list(prompt[:-1]))
+            self.target_forwards += 1
+            for sequence in group:
+                sequence.stats.target_calls += 1
+            for index, sequence in enumerate(group):
+                self._place(kv if index == len(group) - 1 else kv.repeat_rows(1), sequence)
+        if self.drafter is not None:
+            self.drafter.add(sequences)
+        self.members.extend(sequences)
+
+    def _place(self, kv: BatchKV, sequence: SequenceState) -> None:
+        """Put a one-row cache into the first target batch with room (or a new one)."""
+        batch = next((b for b in self.batches if len(b.members) < self.capacity), None)
+        if batch is None:
+            batch = TargetBatch()
+            self.batches.append(batch)
+        batch.add(kv, [sequence])
+
+    def remove(self, sequences: list[SequenceState]) -> None:
+        if not sequences:
+            return
+        gone = {id(s) for s in sequences}
+        self.members = [s for s in self.members if id(s) not in gone]
+        for batch in self.batches:
+            batch.remove(gone)
+        self.batches = [b for b in self.batches if b.members]
+        if self.drafter is not None:
+            self.drafter.remove(sequences)
+        self._merge_batches()
+
+    def _merge_batches(self) -> None:
+        """Fold half-empty target batches together once rows have left."""
+        merged: list[TargetBatch] = []
+        for batch in self.batches:
+            host = next((m for m in merged if len(m.members) + len(batch.members) <= self.capacity), None)
+            if host is None:
+                merged.append(batch)
+            else:
+                host.add(batch.kv, batch.members)
+        self.batches = merged
+
+    # ----- 2-4. draft, verify, commit ----------------------------------------------
+    def step(self) -> list[tuple[SequenceState, list[int]]]:
+        """One round for every member; returns (sequence, committed tokens) per member."""
+        drafts = self._draft_stage()
+        committed: list[tuple[SequenceState, list[int]]] = []
+        order = {id(s): i for i, s in enumerate(self.members)}
+        for batch in sorted(self.batches, key=lambda b: min(order[id(s)] for s in b.members)):
+            committed.extend(self._verify_and_commit(batch, drafts))
+        self._compact()
+        return committed
+
+    def _draft_stage(self) -> dict[int, Draft | None]:
+        if self.drafter is None:
+            return {id(s): None for s in self.members}
+        members = list(self.drafter.rows)
+        drafts = self.drafter.draft(members, self.tree)
+        return {id(s): d for s, d in zip(members, drafts)}
+
+    def _verify_and_commit(self, batch: TargetBatch, drafts) -> list[tuple[SequenceState, list[int]]]:
+        batch_drafts = [drafts[id(s)] for s in batch.members]
+        self.target_forwards += 1
+        acceptances = verify_batch(self.target_model, batch.kv, batch.members, batch_drafts, self.tree,
+                                   self.config.acceptance)
+        out = []
+        for sequence, draft, acceptance in zip(batch.members, batch_drafts, acceptances):
+            if self.drafter is not None:
+                self.drafter.commit(sequence, acceptance)
+            out.append((sequence, commit_tokens(sequence, accepted_tokens(self.tree, draft, acceptance))))
+        return out
+
+    def _compact(self) -> None:
+        for batch in self.batches:
+            batch.kv.trim_tail()
+            if batch.kv.slack() > self.config.compact_slack:
+                batch.kv.compact()
+        if self.drafter is not None:
+            self.drafter.compact_if_needed(self.config.compact_slack)
+
+    def nbytes(self) -> int:
+        total = sum(b.kv.nbytes() for b in self.batches)
+        return total + (self.drafter.nbytes() if self.drafter is not None else 0)
+
+
+class Scheduler:
+    """Runs rounds over every lane; requests come in through `submit` from any thread.
+
+    Args:
+        target_model: the model whose output is reproduced.
+        make_drafter: builds the `ModelDrafter` of a new lane (None: no draft model).
+    """
+
+    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int]) -> None:
+        self.target_model = target_model
+        self.make_drafter = make_drafter
+        self.eos_token_ids = eos_token_ids
+        self.lanes: dict[SpeculativeConfig, Lane] = {}
+        self.stats = RunStats()
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ----- submission (any thread) ---------------------------------------------------
+    def submit(self, requests: list[Request], start_thread: bool = True) -> None:
+        """Queue requests; they are admitted together at the start of the next round.
+
+        With `start_thread=False` nothing runs them until `run_until_idle` is called.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.extend(requests)
+            self._lock.notify_all()
+            if start_thread and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._serve, name="langchain-seed-scheduler", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    @property
+    def active(self) -> int:
+        return sum(len(lane.members) for lane in self.lanes.values())
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._waiting or self.active or self._closed)
+                if self._closed and not self._waiting and not self.active:
+                    return
+            self.run_round()
+
+    # ----- one round -------------------------------------------------------------------
+    def run_round(self) -> None:
+        """Schedule, then draft/verify/commit/stream every lane once."""
+        self._admit_waiting()
+        self._drop_cancelled()
+        for lane in list(self.lanes.values()):
+            if lane.members:
+                self._step_lane(lane)
+        self.stats.rounds += 1
+        self.stats.sample_memory(sum(lane.nbytes() for lane in self.lanes.values()))
+
+    def run_until_idle(self) -> None:
+        """Run rounds in the calling thread until nothing is waiting or active (no thread)."""
+        while self._waiting or self.active:
+            self.run_round()
+
+    def _admit_waiting(self) -> None:
+        with self._lock:
+            admitted = list(self._waiting)
+            self._waiting.clear()
+        by_config: dict[SpeculativeConfig, list[SequenceState]] = {}
+        for request in admitted:
+            if request.handle.cancel_requested:
+                self._finish_unstarted(request, "cancelled")
+                continue
+            by_config.setdefault(request.config, []).append(self._start(request))
+        for config, sequences in by_config.items():
+            lane = self._lane(config)
+            try:
+                lane.admit(sequences)
+            except Exception as error:  # noqa: BLE001 - a failed prefill fails these requests only
+                lane.remove([s for s in sequences if s in lane.members])
+                self._fail(sequences, error)
+
+    def _lane(self, config: SpeculativeConfig) -> Lane:
+        lane = self.lanes.get(config)
+        if lane is None:
+            drafter = self.make_drafter() if config.k_config else None
+            lane = self.lanes[config] = Lane(config, self.target_model, drafter)
+        return lane
+
+    def _start(self, request: Request) -> SequenceState:
+        seed = request.params.seed
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+        stop_ids = set(request.params.stop_token_ids)
+        if not request.params.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        now = time.perf_counter()
+        stats = RequestStats(prompt_tokens=len(request.prompt_ids), queue_seconds=now - request.submitted_at)
+        return SequenceState(request, generator, list(request.prompt_ids), frozenset(stop_ids), stats, now)
+
+    def _drop_cancelled(self) -> None:
+        for lane in self.lanes.values():
+            cancelled = [s for s in lane.members if s.request.handle.cancel_requested]
+            for sequence in cancelled:
+                sequence.finish_reason = "cancelled"
+            self._retire(lane, cancelled)
+
+    def _step_lane(self, lane: Lane) -> None:
+        try:
+            committed = lane.step()
+        except Exception as error:  # noqa: BLE001 - a failed forward fails this lane's requests, not the engine
+            members = list(lane.members)
+            lane.remove(members)
+            self._fail(members, error)
+            return
+        for sequence, tokens in committed:
+            if tokens:
+                sequence.request.handle._emit(tokens)
+        self._retire(lane, [s for s in lane.members if s.finish_reason is not None])
+
+    def _retire(self, lane: Lane, sequences: list[SequenceState]) -> None:
+        if not sequences:
+            return
+        lane.remove(sequences)
+        for sequence in sequences:
+            self._finish(sequence)
+
+    def _finish(self, sequence: SequenceState) -> None:
+        sequence.stats.seconds = time.perf_counter() - sequence.admitted_at
+        self.stats.add_request(sequence.stats)
+        result = GenerationResult(sequence.output_ids, sequence.finish_reason or "error", sequence.stats,
+                                  sequence.error)
+        sequence.request.handle._finish(result)
+
+    def _fail(self, sequences: list[SequenceState], error: BaseException) -> None:
+        for sequence in sequences:
+            sequence.finish_reason = "error"
+            sequence.error = error
+            self._finish(sequence)
+
+    def _finish_unstarted(self, request: Request, reason) -> None:
+        stats = RequestStats(prompt_tokens=len(request.prompt_ids))
+        request.handle._finish(GenerationResult([], reason, stats))
+
+    def forwards(self) -> tuple[int, int]:
+        """(target forwards, draft forwards) made so far by every lane."""
+        target = sum(lane.target_forwards for lane in self.lanes.values())
+        draft = sum(lane.drafter.forwards for lane in self.lanes.values() if lane.drafter is not None)
+        return target, draft
