@@ -1,0 +1,58 @@
+"""Tiny random model pairs for engine tests: no downloads, a few milliseconds per forward."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+VOCAB = 64
+
+
+def peaked_init(config):
+    """Large init scale so that random models have peaked next-token distributions."""
+    config.initializer_range = 0.3
+    return config
+
+
+def build_model(arch: str, seed: int = 0, layers: int = 2):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        model_class = LlamaForCausalLM
+    elif arch == "qwen2":
+        config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        model_class = Qwen2ForCausalLM
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=256)
+        model_class = GPT2LMHeadModel
+    else:
+        raise ValueError(arch)
+    config.bos_token_id = config.eos_token_id = config.pad_token_id = None
+    model = model_class(peaked_init(config)).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def noisy_copy(model, noise: float, seed: int = 1):
+    """A draft that agrees with the target often but not always."""
+    torch.manual_seed(seed)
+    draft = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            parameter.add_(torch.randn_like(parameter) * noise)
+    return draft
+
+
+def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """The reference: transformers' own greedy generation, new tokens only."""
+    output = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)
+    return output[0, len(prompt):].tolist()
+
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [7, 8], [3]]

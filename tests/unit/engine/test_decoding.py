@@ -1,0 +1,121 @@
+"""Greedy identity with the target's own `generate`, and KV-cache consistency."""
+
+import pytest
+import torch
+
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
+from langchain_seed.engine.drafters import ModelDrafter
+from langchain_seed.engine.forward import causal_row, forward_logits
+from langchain_seed.engine.request import Request
+from langchain_seed.engine.scheduler import Scheduler
+
+from engine_fixtures import PROMPTS, build_model, hf_greedy, noisy_copy
+
+K_CONFIGS = [(1, 1, 1, 1), (2, 2, 1), (3,), (1, 3, 1)]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def pair(request):
+    target = build_model(request.param)
+    return target, noisy_copy(target, 0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(pair):
+    target, _ = pair
+    return [hf_greedy(target, prompt, 24) for prompt in PROMPTS]
+
+
+@pytest.mark.parametrize("k_config", K_CONFIGS)
+@pytest.mark.parametrize("mode,verify", [("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")])
+def test_greedy_output_is_the_targets(pair, reference, k_config, mode, verify):
+    target, draft = pair
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=k_config, verify=verify, compact_slack=4))
+    results = engine.generate(PROMPTS, SamplingParams(max_tokens=24), mode=mode)
+    assert [r.token_ids for r in results] == reference
+    assert all(r.finish_reason == "length" for r in results)
+    assert 0 < results.stats.acceptance_rate < 1, "the draft must be partly right for the test to mean anything"
+
+
+def test_autoregressive_mode_is_the_targets(pair, reference):
+    target, draft = pair
+    results = SeedEngine(target, draft).generate(PROMPTS, SamplingParams(max_tokens=24), mode="autoregressive")
+    assert [r.token_ids for r in results] == reference
+    assert results.stats.draft_forwards == 0
+
+
+def test_eos_ends_like_generate(pair, reference):
+    target, draft = pair
+    eos = reference[0][5]  # a token the target emits early for prompt 0
+    expected = reference[0][: reference[0].index(eos) + 1]
+    for mode in ("autoregressive", "speculative", "scheduled"):
+        engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 2, 1)))
+        [result] = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=24, stop_token_ids=(eos,)), mode=mode)
+        assert result.token_ids == expected and result.finish_reason == "stop", mode
+        hf = target.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=24, do_sample=False, eos_token_id=eos)
+        assert hf[0, len(PROMPTS[0]):].tolist() == expected
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3, 7])
+def test_max_tokens_ending_mid_draft(pair, reference, max_tokens):
+    target, draft = pair
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(1, 1, 1, 1)))
+    results = engine.generate(PROMPTS, SamplingParams(max_tokens=max_tokens), mode="scheduled")
+    assert [r.token_ids for r in results] == [ref[:max_tokens] for ref in reference]
+
+
+def test_self_draft_accepts_everything():
+    target = build_model("llama")
+    engine = SeedEngine(target, target, config=SpeculativeConfig(k_config=(1, 1, 1, 1)))
+    [result] = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=20), mode="speculative")
+    assert result.stats.acceptance_rate == 1.0
+    assert result.stats.verify_steps == 4  # 5 tokens per step: 4 drafted + 1 bonus
+
+
+def test_cache_matches_fresh_forward_after_many_rejections(llama_pair):
+    target, draft = llama_pair
+    config = SpeculativeConfig(k_config=(2, 2, 1), verify="batched", compact_slack=3)
+    scheduler = Scheduler(target, lambda: ModelDrafter(draft), frozenset())
+    requests = [Request.create(p, SamplingParams(max_tokens=200), config) for p in PROMPTS[:3]]
+    scheduler.submit(requests, start_thread=False)
+    for _ in range(12):
+        scheduler.run_round()
+    lane = scheduler.lanes[config]
+    rejected = sum(s.stats.draft_nodes - s.stats.accepted for s in lane.members)
+    assert rejected > 20
+    for model, kv_rows in ((target, [(b.kv, b.members) for b in lane.batches]), (draft, [(lane.drafter.kv, lane.drafter.rows)])):
+        for kv, members in kv_rows:
+            assert kv.num_slots > 0
+            rows = []
+            for sequence in members:
+                pending = sequence.target_pending if model is target else sequence.draft_pending
+                tokens, first = sequence.pending_tokens(pending)
+                rows.append(causal_row(tokens, first))
+            with torch.inference_mode():
+                cached = forward_logits(model, kv, rows)
+                for index, (sequence, row) in enumerate(zip(members, rows)):
+                    fresh = model(torch.tensor([sequence.tokens])).logits[0, -1]
+                    got = cached[index, len(row.token_ids) - 1]
+                    torch.testing.assert_close(got, fresh, atol=1e-4, rtol=1e-4)
+
+
+def test_model_without_4d_mask_decodes_chains_and_refuses_trees():
+    from transformers import LlamaForCausalLM
+
+    class RefusesMasks(LlamaForCausalLM):
+        def forward(self, *args, attention_mask=None, **kwargs):
+            if attention_mask is not None and attention_mask.dim() == 4:
+                raise ValueError("4-D masks are not supported by this model")
+            return super().forward(*args, attention_mask=attention_mask, **kwargs)
+
+    source = build_model("llama")
+    target = RefusesMasks(source.config).eval()
+    target.load_state_dict(source.state_dict())
+    target.generation_config.eos_token_id = None
+    draft = noisy_copy(target, 0.02)
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(1, 1, 1)))
+    [result] = engine.generate([PROMPTS[2]], SamplingParams(max_tokens=20), mode="speculative")
+    assert result.token_ids == hf_greedy(source, PROMPTS[2], 20)
+    with pytest.raises(ValueError, match="RefusesMasks does not accept a 4-D attention mask"):
+        engine.generate([PROMPTS[2]], SamplingParams(max_tokens=5), mode="speculative",
+                        config=SpeculativeConfig(k_config=(2, 1)))
