@@ -1,0 +1,124 @@
+"""`langchain-seed run "question"`: Tree-of-Thoughts on the default model pair.
+
+Loads (fetching and caching on first use) the embedded default pair, builds a
+`TreeOfThoughts` over `SeedLLM`, and prints the tree, the answer and the speed. Progress
+goes to stderr while it works; the result goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+SAMPLE_QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+
+
+class ProgressPrinter(BaseCallbackHandler):
+    """Prints one line per batched LLM call: how many prompts went out, how long they took."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.calls = 0
+        self._started: dict[Any, float] = {}
+
+    def on_llm_start(self, serialized, prompts, *, run_id, **kwargs) -> None:
+        self.calls += 1
+        self._started[run_id] = time.perf_counter()
+        print(f"  [call {self.calls}] {len(prompts)} prompt(s) to the scheduler ...", file=self.stream, flush=True)
+
+    def on_llm_end(self, response, *, run_id, **kwargs) -> None:
+        seconds = time.perf_counter() - self._started.pop(run_id, time.perf_counter())
+        totals = response.llm_output or {}
+        rate = totals.get("acceptance_rate")
+        extra = f", acceptance {rate:.2f}" if isinstance(rate, (int, float)) else ""
+        print(f"  [call {self.calls}] done in {seconds:.1f} s{extra}", file=self.stream, flush=True)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="Tree-of-Thoughts on the default model pair; prints tree, answer, speed.")
+    parser.add_argument("question", nargs="?", default=SAMPLE_QUESTION, help="the question (default: a GSM8K sample)")
+    parser.add_argument("--breadth", type=int, default=3, help="thoughts per state (default 3)")
+    parser.add_argument("--depth", type=int, default=2, help="tree depth (default 2)")
+    parser.add_argument("--generator", choices=("propose", "sample"), default="sample")
+    parser.add_argument("--evaluator", choices=("value", "vote"), default="value")
+    parser.add_argument("--search", choices=("bfs", "dfs"), default="bfs")
+    parser.add_argument("--decoding", choices=("autoregressive", "speculative", "scheduled"), default="scheduled")
+    parser.add_argument("--verify", choices=("rounds", "batched"), default="batched")
+    parser.add_argument("--k-config", default="1,1,1,1", help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1")
+    parser.add_argument("--max-tokens", type=int, default=64, help="most tokens per LLM completion (default 64)")
+    parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")
+    parser.set_defaults(func=run_command)
+
+
+def parse_k_config(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SystemExit(f"--k-config must be comma-separated positive ints such as 1,1,1,1; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"--k-config must be comma-separated positive ints such as 1,1,1,1; got {text!r}")
+    return values
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from langchain_seed.llms import SeedLLM
+    from langchain_seed.tot import TreeOfThoughts
+
+    if not args.question.strip():
+        raise SystemExit("the question is empty")
+    print("Loading the default model pair (first use fetches and converts it) ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, k_config=parse_k_config(args.k_config),
+                               max_tokens=args.max_tokens)
+    print(f"Loaded in {time.perf_counter() - started:.1f} s. Building the tree ...", file=sys.stderr, flush=True)
+    tot = TreeOfThoughts(llm=llm, task="gsm8k", breadth=args.breadth, depth=args.depth,
+                         generator=args.generator, evaluator=args.evaluator, search=args.search)
+    result = tot.invoke({"question": args.question}, config={"callbacks": [ProgressPrinter()]}, return_tree=True)
+    print(format_report(args.question, result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"question": args.question, "answer": result.answer, "tree": result.tree.to_dict(),
+                       "speed": speed_summary(result.stats)}, handle, indent=2)
+    return 0
+
+
+def speed_summary(stats) -> dict[str, float | int | None]:
+    """Tokens/s, acceptance and target calls of a ToT run, from SeedLLM's statistics."""
+    info, totals = stats.generation_info, stats.llm_output
+    new_tokens = info.get("new_tokens") or stats.completion_tokens or 0
+    return {
+        "llm_batches": stats.llm_batches,
+        "completions": stats.llm_calls,
+        "new_tokens": new_tokens,
+        "llm_seconds": round(stats.llm_seconds, 3),
+        "tokens_per_s": round(new_tokens / stats.llm_seconds, 2) if stats.llm_seconds else None,
+        "acceptance_rate": round(info["acceptance_rate"], 3) if "acceptance_rate" in info else None,
+        "target_calls": totals.get("target_forwards"),
+        "draft_calls": totals.get("draft_forwards"),
+        "seconds": round(stats.seconds, 3),
+    }
+
+
+def format_report(question: str, result) -> str:
+    speed = speed_summary(result.stats)
+    lines = [
+        "Question: " + question,
+        "",
+        "Tree (* kept):",
+        result.tree.render(),
+        "",
+        f"Answer: {result.answer}",
+        "",
+        "Speed: {tokens_per_s} tokens/s over {new_tokens} new tokens in {llm_batches} batched calls "
+        "({completions} completions); acceptance rate {acceptance_rate}; target calls {target_calls}; "
+        "draft calls {draft_calls}; total {seconds} s".format(**speed),
+    ]
+    return "\n".join(lines)
