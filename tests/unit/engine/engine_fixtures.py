@@ -51,7 +51,8 @@ def noisy_copy(model, noise: float, seed: int = 1):
 
 def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     """The reference: transformers' own greedy generation, new tokens only."""
-    output = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)
+    ids = torch.tensor([prompt])
+    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
     return output[0, len(prompt):].tolist()
 
 
