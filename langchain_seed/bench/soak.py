@@ -102,7 +102,7 @@ def run_soak(requests: int = 300, clients: int = 12, minutes: float = 2.0, cance
     engine.close()
     gc.collect()
     report.active_after = engine.scheduler.active
-    report.kv_bytes_after = sum(lane.nbytes() for lane in engine.scheduler.lanes.values())
+    report.kv_bytes_after = engine.scheduler.kv_bytes()
     report.rss_after_mb = current_rss_mb()
     return report
 

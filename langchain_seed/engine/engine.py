@@ -147,29 +147,31 @@ class SeedEngine:
         per_prompt = _per_prompt_params(params, len(prompts))
         requests = []
         for index, (prompt, sampling) in enumerate(zip(prompts, per_prompt)):
-            self._check_fits(index, prompt, sampling)
+            self._check_fits(index, prompt, sampling, config)
             requests.append(Request.create(prompt, sampling, config))
         return requests
 
-    def _check_fits(self, index: int, prompt: list[int], params: SamplingParams) -> None:
+    def _check_fits(self, index: int, prompt: list[int], params: SamplingParams, config: SpeculativeConfig) -> None:
         vocab = int(self.target_model.config.vocab_size)
         if any(token < 0 or token >= vocab for token in prompt):
             bad = next(t for t in prompt if t < 0 or t >= vocab)
             raise ValueError(f"prompt {index} has token id {bad} outside the vocabulary [0, {vocab})")
         limit = self.context_window
-        needed = len(prompt) + params.max_tokens + self.config.tokens_per_sequence
+        needed = len(prompt) + params.max_tokens + config.tokens_per_sequence - 1
         if limit is not None and needed > limit:
             raise ValueError(
                 f"prompt {index} has {len(prompt)} tokens; with max_tokens={params.max_tokens} (and "
-                f"{self.config.tokens_per_sequence - 1} draft tokens) it needs {needed} positions, "
+                f"{config.tokens_per_sequence - 1} draft tokens) it needs {needed} positions, "
                 f"past the model's context window of {limit}"
             )
 
     # ----- running ------------------------------------------------------------------
     def _run_scheduled(self, requests: list[Request]) -> RunStats:
+        """Submit together, wait for all; forwards and memory peaks are counted over the call
+        (requests of concurrent callers served in the same rounds are included)."""
         before = self.scheduler.forwards()
-        peak_before = self.scheduler.stats.peak_kv_bytes
         self.scheduler.stats.peak_kv_bytes = 0
+        self.scheduler.stats.peak_rss_mb = 0.0
         self.scheduler.submit(requests)
         for request in requests:
             request.handle.wait()
@@ -178,7 +180,6 @@ class SeedEngine:
         stats.target_forwards, stats.draft_forwards = after[0] - before[0], after[1] - before[1]
         stats.peak_kv_bytes = self.scheduler.stats.peak_kv_bytes
         stats.peak_rss_mb = self.scheduler.stats.peak_rss_mb
-        self.scheduler.stats.peak_kv_bytes = max(peak_before, stats.peak_kv_bytes)
         return stats
 
     def _run_serially(self, requests: list[Request]) -> RunStats:

@@ -195,7 +195,8 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return sum(len(lane.members) for lane in self.lanes.values())
+        """Sequences being decoded now (waiting requests not counted)."""
+        return sum(len(lane.members) for lane in self._lane_snapshot())
 
     def _serve(self) -> None:
         while True:
@@ -214,7 +215,7 @@ class Scheduler:
             if lane.members:
                 self._step_lane(lane)
         self.stats.rounds += 1
-        self.stats.sample_memory(sum(lane.nbytes() for lane in self.lanes.values()))
+        self.stats.sample_memory(self.kv_bytes())
 
     def run_until_idle(self) -> None:
         """Run rounds in the calling thread until nothing is waiting or active (no thread)."""
@@ -302,7 +303,17 @@ class Scheduler:
         request.handle._finish(GenerationResult([], reason, stats))
 
     def forwards(self) -> tuple[int, int]:
-        """(target forwards, draft forwards) made so far by every lane."""
-        target = sum(lane.target_forwards for lane in self.lanes.values())
-        draft = sum(lane.drafter.forwards for lane in self.lanes.values() if lane.drafter is not None)
+        """(target forwards, draft forwards) made so far by every lane; safe from any thread."""
+        lanes = self._lane_snapshot()
+        target = sum(lane.target_forwards for lane in lanes)
+        draft = sum(lane.drafter.forwards for lane in lanes if lane.drafter is not None)
         return target, draft
+
+    def kv_bytes(self) -> int:
+        """Bytes held by every lane's caches now."""
+        return sum(lane.nbytes() for lane in self._lane_snapshot())
+
+    def _lane_snapshot(self) -> list[Lane]:
+        # list() of a plain dict's values runs in C under the GIL: the worker thread adding a lane
+        # cannot change the dict mid-copy.
+        return list(self.lanes.values())
