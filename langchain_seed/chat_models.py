@@ -35,7 +35,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from langchain_seed.llms import SeedLLM, SeedModelMixin, SeedRun
+from langchain_seed.llms import SeedLLM, SeedModelMixin, SeedRun, check_utf8
 
 TOOL_KWARGS = ("tools", "tool_choice")
 IGNORED_KWARGS = ("stream",)
@@ -148,6 +148,9 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
             raise ValueError("messages is empty: give the chat model at least one message")
         native_tools = bool(tools) and "tools" in str(template)
         conversation = [_to_chat_dict(m, index, native_tools) for index, m in enumerate(messages)]
+        for index, entry in enumerate(conversation):
+            if isinstance(entry.get("content"), str):
+                check_utf8(entry["content"], f"message {index}")
         options: dict[str, Any] = {}
         if tools and native_tools:
             options["tools"] = tools

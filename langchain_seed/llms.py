@@ -505,6 +505,10 @@ class SeedModelMixin(BaseModel):
     def _check_field(cls, value: Any, info) -> Any:
         return _CHECKS[info.field_name](value)
 
+    def _convert_input(self, model_input: Any):
+        refuse_bytes(model_input)
+        return super()._convert_input(model_input)
+
     # ----- engine -----------------------------------------------------------------------
     @property
     def engine(self) -> SeedEngine:
@@ -547,14 +551,18 @@ class SeedModelMixin(BaseModel):
     @classmethod
     def from_pretrained(cls, target: str | Path, draft: str | Path | None = None, *, dtype: str = "float32",
                         device_map: str | dict | None = None, trust_remote_code: bool = False,
-                        draft_head_token_ids: Sequence[int] | None = None, **fields: Any):
-        """Load a target (and optional draft) from local directories or hub ids (safetensors only).
+                        allow_pickle: bool = False, draft_head_token_ids: Sequence[int] | None = None,
+                        **fields: Any):
+        """Load a target (and optional draft) from local directories or hub ids.
 
+        Safetensors only unless `allow_pickle=True` (pickled weights can run code when
+        loaded); remote model code only with `trust_remote_code=True`.
         `draft_head_token_ids` defaults to the draft directory's `head_token_ids.json`, if any.
         """
         from langchain_seed.engine import load_models
 
-        loaded = load_models(target, draft, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+        loaded = load_models(target, draft, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                             allow_pickle=allow_pickle)
         if draft_head_token_ids is None and draft is not None:
             draft_head_token_ids = read_head_token_ids(draft)
         if "model" not in fields and "model_name" not in fields:
@@ -713,7 +721,28 @@ def check_text_prompts(prompts: Sequence[Any]) -> list[str]:
             raise ValueError(f"prompt {index} must be a string; got {type(prompt).__name__}")
         if not prompt:
             raise ValueError(f"prompt {index} is empty: give the model some text to continue")
+        check_utf8(prompt, f"prompt {index}")
     return list(prompts)
+
+
+def check_utf8(text: str, what: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates from a bad decode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: {error.reason} at position {error.start} "
+            f"(decode your bytes with errors='replace' first)"
+        ) from None
+
+
+def refuse_bytes(value: Any) -> None:
+    """LangChain would read bytes as a list of ints; say what is wrong instead."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"prompt must be str, not {type(value).__name__}: decode it first, e.g. data.decode('utf-8', "
+            f"errors='replace')"
+        )
 
 
 # ------------------------------------------------------------------------------ SeedLLM

@@ -45,26 +45,41 @@ class ProgressPrinter(BaseCallbackHandler):
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("run", help="Tree-of-Thoughts on the default model pair; prints tree, answer, speed.")
     parser.add_argument("question", nargs="?", default=SAMPLE_QUESTION, help="the question (default: a GSM8K sample)")
-    parser.add_argument("--breadth", type=int, default=3, help="thoughts per state (default 3)")
-    parser.add_argument("--depth", type=int, default=2, help="tree depth (default 2)")
+    parser.add_argument("--breadth", type=positive_int, default=3, help="thoughts per state (default 3)")
+    parser.add_argument("--depth", type=positive_int, default=2, help="tree depth (default 2)")
     parser.add_argument("--generator", choices=("propose", "sample"), default="sample")
     parser.add_argument("--evaluator", choices=("value", "vote"), default="value")
     parser.add_argument("--search", choices=("bfs", "dfs"), default="bfs")
     parser.add_argument("--decoding", choices=("autoregressive", "speculative", "scheduled"), default="scheduled")
     parser.add_argument("--verify", choices=("rounds", "batched"), default="batched")
-    parser.add_argument("--k-config", default="1,1,1,1", help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1")
-    parser.add_argument("--max-tokens", type=int, default=64, help="most tokens per LLM completion (default 64)")
+    parser.add_argument("--k-config", type=parse_k_config, default=(1, 1, 1, 1),
+                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1")
+    parser.add_argument("--max-tokens", type=positive_int, default=64,
+                        help="most tokens per LLM completion (default 64)")
     parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")
     parser.set_defaults(func=run_command)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int; got {value}")
+    return value
+
+
 def parse_k_config(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive ints, the draft tree per depth."""
+    message = f"must be comma-separated positive ints such as 1,1,1,1; got {text!r}"
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise SystemExit(f"--k-config must be comma-separated positive ints such as 1,1,1,1; got {text!r}") from None
+        raise argparse.ArgumentTypeError(message) from None
     if not values or any(v < 1 for v in values):
-        raise SystemExit(f"--k-config must be comma-separated positive ints such as 1,1,1,1; got {text!r}")
+        raise argparse.ArgumentTypeError(message)
     return values
 
 
@@ -76,7 +91,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise SystemExit("the question is empty")
     print("Loading the default model pair (first use fetches and converts it) ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, k_config=parse_k_config(args.k_config),
+    llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, k_config=args.k_config,
                                max_tokens=args.max_tokens)
     print(f"Loaded in {time.perf_counter() - started:.1f} s. Building the tree ...", file=sys.stderr, flush=True)
     tot = TreeOfThoughts(llm=llm, task="gsm8k", breadth=args.breadth, depth=args.depth,

@@ -1,0 +1,69 @@
+"""The real default pair (SmolLM2-135M-Instruct + our distilled draft), from the cache
+that `langchain-seed models` builds: greedy identity with the target alone, and the main job."""
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def default_pair():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_seed.defaults import ensure_default_pair
+
+    target_dir, draft_dir = ensure_default_pair(progress=False)
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True).eval()
+    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    head_ids = json.loads((draft_dir / "head_token_ids.json").read_text())
+    return target, draft, tokenizer, head_ids
+
+
+@pytest.fixture(scope="module")
+def heldout_prompts(default_pair):
+    _, _, tokenizer, _ = default_pair
+    from langchain_seed.tot.prompts import default_prompts
+
+    lines = resources.files("langchain_seed.bench").joinpath("data/gsm8k_heldout.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["question"] for line in lines[:2]]
+    sample = default_prompts("gsm8k")["sample"]
+    texts = [sample.format(question=q, steps="", index=i, k=2) for q in questions for i in (1, 2)]
+    return [tokenizer(text).input_ids for text in texts]
+
+
+def target_greedy(target, prompt, max_tokens):
+    ids = torch.tensor([prompt])
+    out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+def test_every_mode_is_the_targets_greedy_output(default_pair, heldout_prompts):
+    target, draft, tokenizer, head_ids = default_pair
+    expected = [target_greedy(target, p, 40) for p in heldout_prompts]
+    engine = SeedEngine(target, draft, tokenizer, SpeculativeConfig(k_config=(1, 1, 1, 1)), draft_head_token_ids=head_ids)
+    for mode, verify in (("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")):
+        config = SpeculativeConfig(k_config=(1, 1, 1, 1), verify=verify)
+        results = engine.generate(heldout_prompts, SamplingParams(max_tokens=40), mode=mode, config=config)
+        got = [r.token_ids for r in results]
+        assert got == expected, mode + "/" + verify
+        assert results.stats.acceptance_rate > 0.3, "the distilled draft should agree with the target often"
+    tree = engine.generate(heldout_prompts, SamplingParams(max_tokens=40), mode="scheduled",
+                           config=SpeculativeConfig(k_config=(2, 2, 1)))
+    assert [r.token_ids for r in tree] == expected
+
+
+def test_main_job_prints_tree_answer_and_speed(capsys):
+    from langchain_seed.cli import main
+
+    assert main(["run", "Tom has 3 apples and buys 5 more. How many apples does he have?",
+                 "--breadth", "2", "--depth", "1", "--max-tokens", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "Tree (* kept):" in out and "Answer:" in out
+    assert "tokens/s" in out and "acceptance rate" in out and "target calls" in out
