@@ -126,6 +126,18 @@ class BatchKV:
             clone._copy_layers_from(self, lambda t: t.repeat_interleave(times, dim=0))
         return clone
 
+    def split_rows(self) -> list["BatchKV"]:
+        """One single-row batch per row (views of this batch's tensors, no copy)."""
+        from transformers import DynamicCache
+
+        rows = []
+        for row in range(self.batch_size):
+            single = BatchKV(DynamicCache(), self.valid[row : row + 1])
+            if _has_layers(self.cache):
+                single._copy_layers_from(self, lambda t, row=row: t[row : row + 1])
+            rows.append(single)
+        return rows
+
     def concat(self, other: "BatchKV") -> None:
         """Append the rows of `other` below this batch's rows (slots padded as invalid)."""
         if other.batch_size == 0:

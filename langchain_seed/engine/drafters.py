@@ -16,7 +16,8 @@ from typing import Protocol
 import torch
 
 from langchain_seed.engine.cache import BatchKV
-from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, model_device, prefill
+from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, model_device
+from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import SequenceState
 from langchain_seed.engine.tree import DraftTree
 from langchain_seed.engine.verify import Acceptance, target_probs_from_logits
@@ -79,15 +80,14 @@ class ModelDrafter:
 
     # ----- membership ------------------------------------------------------------
     def add(self, sequences: list[SequenceState]) -> None:
-        for prompt, group in _group_by_prompt(sequences).items():
-            with torch.inference_mode():
-                kv = prefill(self.model, list(prompt[:-1]))
-            self.forwards += 1
-            self.kv.concat(kv.repeat_rows(len(group)) if len(group) > 1 else kv)
-            self.rows.extend(group)
-            for sequence in group:
-                sequence.draft_pending = 1
-                sequence.stats.draft_calls += 1
+        with torch.inference_mode():
+            caches, forwards = prefill_prompts(self.model, [s.request.prompt_ids[:-1] for s in sequences])
+        self.forwards += forwards
+        for sequence, kv in zip(sequences, caches):
+            self.kv.concat(kv)
+            self.rows.append(sequence)
+            sequence.draft_pending = 1
+            sequence.stats.draft_calls += 1
 
     def remove(self, sequences: list[SequenceState]) -> None:
         gone = {id(s) for s in sequences}
@@ -232,10 +232,3 @@ class ModelDrafter:
 
 def _pad_picks(picks: list[int], count: int) -> list[int]:
     return picks + picks[-1:] * (count - len(picks))
-
-
-def _group_by_prompt(sequences: list[SequenceState]) -> dict[tuple[int, ...], list[SequenceState]]:
-    groups: dict[tuple[int, ...], list[SequenceState]] = {}
-    for sequence in sequences:
-        groups.setdefault(tuple(sequence.request.prompt_ids), []).append(sequence)
-    return groups

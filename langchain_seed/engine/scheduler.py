@@ -5,7 +5,7 @@ all of them, and target batches by verification policy ("rounds": one per sequen
 verified first come first served; "batched": as many sequences per target forward as
 `max_batch_tokens` allows). A round of the scheduler is, for every lane:
 
-1. schedule: admit waiting requests (prefilling each distinct prompt once), drop
+1. schedule: admit waiting requests (prefilling shared prompt prefixes once), drop
    cancelled ones;
 2. draft: one batched draft forward per tree depth for every member;
 3. verify: each target batch in one forward, the acceptance rule per sequence;
@@ -27,8 +27,8 @@ import torch
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
-from langchain_seed.engine.drafters import Draft, ModelDrafter, _group_by_prompt
-from langchain_seed.engine.forward import prefill
+from langchain_seed.engine.drafters import Draft, ModelDrafter
+from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
 from langchain_seed.engine.tree import build_tree
@@ -67,15 +67,13 @@ class Lane:
 
     # ----- 1. schedule -------------------------------------------------------------
     def admit(self, sequences: list[SequenceState]) -> None:
-        """Prefill each distinct prompt once (target and draft) and place the rows."""
-        for prompt, group in _group_by_prompt(sequences).items():
-            with torch.inference_mode():
-                kv = prefill(self.target_model, list(prompt[:-1]))
-            self.target_forwards += 1
-            for sequence in group:
-                sequence.stats.target_calls += 1
-            for index, sequence in enumerate(group):
-                self._place(kv if index == len(group) - 1 else kv.repeat_rows(1), sequence)
+        """Prefill the prompts (shared prefixes once, target and draft) and place the rows."""
+        with torch.inference_mode():
+            caches, forwards = prefill_prompts(self.target_model, [s.request.prompt_ids[:-1] for s in sequences])
+        self.target_forwards += forwards
+        for sequence, kv in zip(sequences, caches):
+            sequence.stats.target_calls += 1
+            self._place(kv, sequence)
         if self.drafter is not None:
             self.drafter.add(sequences)
         self.members.extend(sequences)

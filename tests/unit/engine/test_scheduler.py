@@ -252,3 +252,21 @@ def test_vocabulary_mismatch_is_named():
                                          num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ValueError, match="64 token ids, the draft .* has 100"):
         SeedEngine(target, other)
+
+
+def test_sibling_prompts_share_their_common_prefix(llama_pair):
+    from langchain_seed.engine.prefill import cluster_by_prefix
+
+    target, _ = llama_pair
+    stem = list(range(1, 13))
+    siblings = [stem + [20 + i, 30 + i] for i in range(3)] + [[40, 41, 42]]
+    assert cluster_by_prefix([p[:-1] for p in siblings]) == [(12, [0, 1, 2]), (2, [3])]
+    config = SpeculativeConfig(k_config=(1, 1))
+    scheduler = manual_scheduler(llama_pair, config)
+    requests = make_requests(siblings, config)
+    scheduler.submit(requests, start_thread=False)
+    scheduler.run_round()
+    lane = scheduler.lanes[config]
+    assert lane.target_forwards == 3 + 1  # shared stem, batched suffixes, lone prompt; then one verification
+    scheduler.run_until_idle()
+    assert [r.handle.result().token_ids for r in requests] == [hf_greedy(target, p, MAX) for p in siblings]

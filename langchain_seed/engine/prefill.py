@@ -1,0 +1,74 @@
+"""Prefill admitted prompts, computing shared prefixes once.
+
+Tree-of-Thoughts prompts of one step are siblings: k samples of one state are the same
+prompt, and k indexed prompts ("option i of k") or k evaluations of sibling states share
+most of their text. Prompts are clustered by longest common prefix; each cluster's prefix
+is prefilled once, copied to its members, and the members' remaining suffixes are
+prefilled together in one batched forward. Every prompt's last token is left out: it is
+the pending token that the first verification (or draft step) feeds.
+"""
+
+from __future__ import annotations
+
+from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
+
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def cluster_by_prefix(token_lists: list[list[int]]) -> list[tuple[int, list[int]]]:
+    """Clusters of row indices whose token lists share a prefix: (prefix length, members).
+
+    Adjacent lists in sorted order join a cluster while they keep at least half of its
+    prefix (and MIN_SHARED_PREFIX tokens); identical lists always share.
+    """
+    clusters: list[tuple[int, list[int]]] = []
+    for index in sorted(range(len(token_lists)), key=lambda i: token_lists[i]):
+        tokens = token_lists[index]
+        if clusters:
+            length, members = clusters[-1]
+            shared = min(length, shared_prefix_length(token_lists[members[0]], tokens))
+            if shared == length == len(tokens) or shared >= max(MIN_SHARED_PREFIX, length // 2):
+                clusters[-1] = (shared, members + [index])
+                continue
+        clusters.append((len(tokens), [index]))
+    return clusters
+
+
+def prefill_prompts(model, token_lists: list[list[int]]) -> tuple[list[BatchKV], int]:
+    """One-row caches holding each token list, in input order, and the model forwards made."""
+    caches: list[BatchKV | None] = [None] * len(token_lists)
+    forwards = 0
+    for length, members in cluster_by_prefix(token_lists):
+        prefix = token_lists[members[0]][:length]
+        kv = prefill(model, prefix)
+        forwards += 1 if prefix else 0
+        if len(members) > 1:
+            kv = kv.repeat_rows(len(members))
+        suffixes = [token_lists[m][length:] for m in members]
+        if any(suffixes):
+            forward_hidden(model, kv, [causal_row(s, length) for s in suffixes])
+            kv.commit_new_slots(_suffix_validity(suffixes))
+            forwards += 1
+        for member, row_kv in zip(members, kv.split_rows()):
+            caches[member] = row_kv
+    return caches, forwards
+
+
+def _suffix_validity(suffixes: list[list[int]]):
+    import torch
+
+    width = max(len(s) for s in suffixes)
+    valid = torch.zeros(len(suffixes), width, dtype=torch.bool)
+    for row, suffix in enumerate(suffixes):
+        valid[row, : len(suffix)] = True
+    return valid
