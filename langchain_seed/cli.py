@@ -16,6 +16,7 @@ _SUBCOMMAND_MODULES = (
     "langchain_seed.bench.cli",  # bench
     "langchain_seed.defaults",  # models
     "langchain_seed.distill",  # distill
+    "langchain_seed.server",  # serve
 )
 
 

@@ -103,7 +103,8 @@ class BatchKV:
         for layer in getattr(self.cache, "layers", []):
             if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
                 continue
-            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            index = order.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1,
+                                                                         layer.keys.shape[3])
             layer.keys = layer.keys.gather(2, index)
             layer.values = layer.values.gather(2, index.expand(-1, -1, -1, layer.values.shape[3]))
         self.valid = torch.arange(width, device=self.valid.device)[None, :] < counts[:, None]
@@ -113,8 +114,9 @@ class BatchKV:
         index = torch.tensor(rows, dtype=torch.long, device=self.valid.device)
         for layer in getattr(self.cache, "layers", []):
             if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-                layer.keys = layer.keys.index_select(0, index)
-                layer.values = layer.values.index_select(0, index)
+                layer_index = index.to(layer.keys.device)  # layers may sit on different GPUs
+                layer.keys = layer.keys.index_select(0, layer_index)
+                layer.values = layer.values.index_select(0, layer_index)
         self.valid = self.valid.index_select(0, index)
 
     def repeat_rows(self, times: int) -> "BatchKV":
