@@ -19,7 +19,8 @@ class BatchKV:
 
     Attributes:
         cache: the transformers cache passed to the model as `cache=`.
-        valid: `[batch, slots]` bool, True where the slot holds a committed token of that row.
+        valid: `[batch, slots]` bool on the CPU, True where the slot holds a committed token of
+            that row (index tensors built from it move to each layer's device).
     """
 
     def __init__(self, cache, valid: torch.Tensor) -> None:
