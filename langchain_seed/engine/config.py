@@ -19,6 +19,7 @@ VERIFY_POLICIES: tuple[str, ...] = ("rounds", "batched")
 DECODING_MODES: tuple[str, ...] = ("autoregressive", "speculative", "scheduled")
 
 MAX_TREE_NODES = 256
+MAX_LOOKUP_NGRAM = 4
 MAX_TREE_DEPTH = 32
 
 
@@ -83,6 +84,11 @@ class SpeculativeConfig:
             pending tokens of every sequence in it).
         compact_slack: cache slots left behind by rejected drafts, per batch, before the
             cache is compacted.
+        prompt_lookup: greedy drafting also looks up the sequence's own text (prompt and
+            output): when its last n tokens (n from 4 down to `prompt_lookup`) occurred
+            before, the token that followed is the first candidate, ahead of the draft
+            model's. 0 turns it off. Lossless either way; sampled requests use the draft
+            model alone.
     """
 
     k_config: tuple[int, ...] = (1, 1, 1, 1)
@@ -90,6 +96,7 @@ class SpeculativeConfig:
     verify: VerifyPolicy = "batched"
     max_batch_tokens: int = 512
     compact_slack: int = 64
+    prompt_lookup: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_config", normalize_k_config(self.k_config))
@@ -102,6 +109,8 @@ class SpeculativeConfig:
                  f"({1 + tree_size(self.k_config)} tokens for k_config={self.k_config})")
         _require(_is_int(self.compact_slack) and self.compact_slack >= 0,
                  f"compact_slack must be a non-negative int; got {self.compact_slack!r}")
+        _require(_is_int(self.prompt_lookup) and 0 <= self.prompt_lookup <= MAX_LOOKUP_NGRAM,
+                 f"prompt_lookup must be an int in [0, {MAX_LOOKUP_NGRAM}] (0 turns it off); got {self.prompt_lookup!r}")
 
     @property
     def is_tree(self) -> bool:

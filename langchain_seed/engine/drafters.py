@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.config import MAX_LOOKUP_NGRAM
 from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, model_device
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import SequenceState
@@ -53,6 +54,33 @@ class Drafter(Protocol):
         """Learn which nodes the target accepted (e.g. keep their cache slots)."""
 
 
+class NGramIndex:
+    """Which token followed the last occurrence of every short n-gram of a sequence's text.
+
+    Updated incrementally as tokens are committed; a lookup is a few dict probes.
+    """
+
+    def __init__(self, max_n: int = MAX_LOOKUP_NGRAM) -> None:
+        self.max_n = max_n
+        self.next_token: dict[tuple[int, ...], int] = {}
+        self.indexed = 0
+
+    def update(self, tokens: list[int]) -> None:
+        """Index the tokens appended since the last update."""
+        for position in range(max(self.indexed, 1), len(tokens)):
+            for n in range(1, min(self.max_n, position) + 1):
+                self.next_token[tuple(tokens[position - n : position])] = tokens[position]
+        self.indexed = len(tokens)
+
+    def lookup(self, tail: list[int], min_n: int) -> int | None:
+        """The token that followed the longest (n >= min_n) earlier occurrence of `tail`'s end."""
+        for n in range(min(self.max_n, len(tail)), min_n - 1, -1):
+            token = self.next_token.get(tuple(tail[-n:]))
+            if token is not None:
+                return token
+        return None
+
+
 class ModelDrafter:
     """A draft language model serving every sequence of a lane in batched forwards.
 
@@ -67,6 +95,7 @@ class ModelDrafter:
         self.kv = BatchKV.empty(0)
         self.rows: list[SequenceState] = []
         self._node_slots: dict[int, list[int]] = {}
+        self._ngrams: dict[int, NGramIndex] = {}
         self.forwards = 0
         device = model_device(model)
         weight = model.get_output_embeddings().weight
@@ -98,6 +127,7 @@ class ModelDrafter:
         self.rows = [self.rows[i] for i in keep]
         for sequence in sequences:
             self._node_slots.pop(id(sequence), None)
+            self._ngrams.pop(id(sequence), None)
 
     # ----- the draft stage ---------------------------------------------------------
     def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
@@ -192,6 +222,8 @@ class ModelDrafter:
                 if len(children) == 0:
                     continue
                 tokens, probs = self._choose(logits[i, j], len(children), sequence)
+                if probs is None:
+                    tokens = self._with_lookup(sequence, tree, drafts[i], parent, tokens)
                 for child, token in zip(children, tokens):
                     drafts[i].node_tokens[child] = token
                 if probs is not None:
@@ -216,6 +248,23 @@ class ModelDrafter:
         else:
             picks = torch.multinomial(probs, count, replacement=True, generator=sequence.generator)
         return _pad_picks(picks.tolist(), count), probs
+
+    def _with_lookup(self, sequence: SequenceState, tree: DraftTree, draft: Draft, parent: int,
+                     candidates: list[int]) -> list[int]:
+        """Put the prompt-lookup token (if any) first among a greedy node's candidates."""
+        min_n = sequence.request.config.prompt_lookup
+        if min_n == 0:
+            return candidates
+        index = self._ngrams.get(id(sequence))
+        if index is None:
+            index = self._ngrams[id(sequence)] = NGramIndex()
+        index.update(sequence.tokens)
+        path = [draft.node_tokens[node] for node in tree.path_to(parent)] if parent >= 0 else []
+        tail = sequence.tokens[-MAX_LOOKUP_NGRAM:] + path
+        token = index.lookup(tail, min_n)
+        if token is None or token == candidates[0]:
+            return candidates
+        return [token] + [c for c in candidates if c != token][: len(candidates) - 1]
 
     def _full_vocab(self, head_probs: torch.Tensor) -> torch.Tensor:
         """Head probabilities `[head]` placed in a `[vocab]` tensor on the CPU."""

@@ -119,3 +119,30 @@ def test_model_without_4d_mask_decodes_chains_and_refuses_trees():
     with pytest.raises(ValueError, match="RefusesMasks does not accept a 4-D attention mask"):
         engine.generate([PROMPTS[2]], SamplingParams(max_tokens=5), mode="speculative",
                         config=SpeculativeConfig(k_config=(2, 1)))
+
+
+def test_ngram_index_finds_the_latest_continuation():
+    from langchain_seed.engine.drafters import NGramIndex
+
+    index = NGramIndex()
+    index.update([5, 6, 7])
+    index.update([5, 6, 7, 8, 5, 6, 9, 5, 6])
+    assert index.lookup([1, 5, 6], min_n=2) == 9  # the latest occurrence wins
+    assert index.lookup([6, 7], min_n=2) == 8
+    assert index.lookup([3, 4], min_n=2) is None
+    assert index.lookup([4, 6], min_n=2) is None and index.lookup([4, 6], min_n=1) == 9
+
+
+@pytest.mark.parametrize("k_config", [(1, 1, 1, 1), (2, 2, 1)])
+def test_prompt_lookup_keeps_output_and_raises_acceptance_on_repetitive_text(k_config):
+    target = build_model("llama")
+    draft = noisy_copy(target, 0.05)
+    prompt = [3, 9, 4, 3, 9, 4, 3, 9, 4, 3, 9]
+    expected = hf_greedy(target, prompt, 60)
+    rates = {}
+    for lookup in (0, 2):
+        engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=k_config, prompt_lookup=lookup))
+        [result] = engine.generate([prompt], SamplingParams(max_tokens=60), mode="speculative")
+        assert result.token_ids == expected
+        rates[lookup] = result.stats.acceptance_rate
+    assert rates[2] >= rates[0]
