@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Rebuild the shipped default draft (langchain_seed/assets/smollm2-draft) from scratch.
+#
+# 1. fetch + convert the default target (SmolLM2-135M-Instruct) into the cache;
+# 2. distill a 2-layer draft on the target's own greedy outputs for Tree-of-Thoughts
+#    GSM8K prompts (GSM8K test split; questions 0..99 held out, never trained on).
+#
+# Needs the full GSM8K test split as jsonl (question, answer): GSM8K_JSONL, default
+# /work/shared/data/gsm8k_test.jsonl. CPU only, 2 threads. Target outputs are cached in
+# WORK_DIR, so a rerun with other training settings does not regenerate them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+GSM8K_JSONL="${GSM8K_JSONL:-/work/shared/data/gsm8k_test.jsonl}"
+WORK_DIR="${WORK_DIR:-${LANGCHAIN_SEED_HOME:-$HOME/.cache/langchain-seed}/distill-work}"
+
+TARGET="$("$PYTHON" -c 'from langchain_seed.defaults import ensure_default_target; print(ensure_default_target())')"
+
+"$PYTHON" -m langchain_seed.cli distill \
+  --target "$TARGET" \
+  --out langchain_seed/assets/smollm2-draft \
+  --data "$GSM8K_JSONL" \
+  --layers 2 --head-size 8192 --seed 0 --heldout 100 \
+  --max-train-questions 384 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
+  --steps 300 --batch-size 8 --lr 1e-3 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
+  --threads 2 --work "$WORK_DIR"

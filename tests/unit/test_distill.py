@@ -1,0 +1,168 @@
+"""Distillation of a draft: acceptance replay, head ids, and an end-to-end tiny run."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from langchain_seed import distill  # noqa: E402
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def make_tiny_llama(path: Path, layers: int = 3, seed: int = 0) -> Path:
+    """A random character-level Llama (vocab ~100, hidden 32) saved as safetensors."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_gsm8k(path: Path, n: int = 12) -> Path:
+    with open(path, "w") as handle:
+        for i in range(n):
+            answer = f"She has {i} + 2 = <<{i}+2={i + 2}>>{i + 2} apples.\nSo {i + 2} * 2 = {2 * i + 4}.\n#### {2 * i + 4}"
+            handle.write(json.dumps({"question": f"Ann has {i} apples and gets 2. Then doubles. How many?",
+                                     "answer": answer}) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ acceptance replay
+
+
+def test_acceptance_is_one_when_draft_equals_target():
+    tokens = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    accepted, drafted = distill.teacher_forced_acceptance(tokens, tokens, chain=4)
+    # rounds at 0 and 5 each accept 4; positions 4 and 9 are the target's bonus tokens
+    assert accepted == drafted == 8
+
+
+def test_acceptance_hand_made_case():
+    target = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    draft = [1, 2, 0, 4, 5, 6, 7, 8, 0]
+    # round at 0: drafts 4, matches [1, 2] -> accepted 2, target recovers token 3, j = 3
+    # round at 3: drafts 4 (4..7), all match -> accepted 4, bonus token 8, j = 8
+    # round at 8: drafts 1, mismatch -> accepted 0, j = 9
+    assert distill.teacher_forced_acceptance(draft, target, chain=4) == (6, 9)
+    assert distill.teacher_forced_acceptance([0] * 5, [1] * 5, chain=4) == (0, 4 + 4 + 3 + 2 + 1)
+
+
+def test_acceptance_rejects_length_mismatch():
+    with pytest.raises(ValueError):
+        distill.teacher_forced_acceptance([1, 2], [1], chain=4)
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def test_reference_steps_strip_calculator_and_final_line():
+    answer = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
+    assert distill.reference_steps(answer) == ["Janet sells 16 - 3 - 4 = 9 eggs.", "She makes 9 * 2 = $18."]
+    assert distill.format_steps(["a", "b"]) == "Step 1: a\nStep 2: b\n"
+
+
+def test_prompt_shapes_match_the_tot_templates():
+    assert distill.render_prompt("answer", "Q?", "") == "Question: Q?\nTherefore, the final answer (a number) is "
+    assert distill.render_prompt("sample", "Q?", "Step 1: x\n", k=3, index=2).endswith(
+        "Question: Q?\nStep 1: x\nNext step (option 2 of 3): ")
+    assert "Propose 4 different next steps." in distill.render_prompt("propose", "Q?", "", k=4)
+    assert distill.render_prompt("value", "Q?", "").endswith("Give a score from 0 to 10.\nScore: ")
+
+
+def test_select_head_ids_frequency_then_lowest_fill():
+    ids = distill.select_head_ids([[50, 50, 50, 40]], [[40, 30]], head_size=5, vocab_size=100, always=[2])
+    assert ids == sorted({2, 50, 40, 30, 0})
+    assert len(distill.select_head_ids([], [], head_size=300, vocab_size=100)) == 100
+
+
+# ----------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("prompt_weight", ["0.2", "0"])
+def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
+    target_dir = make_tiny_llama(tmp_path / "target")
+    data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
+    out = tmp_path / "draft"
+    argv = ["distill", "--target", str(target_dir), "--out", str(out), "--data", str(data),
+            "--layers", "1", "--head-size", "64", "--steps", "3", "--heldout", "4",
+            "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
+            "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", prompt_weight]
+    assert distill.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", distill.LAYERS_FILE, distill.HEAD_IDS_FILE, "README.md"])
+    head_ids = json.loads((out / distill.HEAD_IDS_FILE).read_text())
+    assert len(head_ids) == 64 and 2 in head_ids and head_ids == sorted(head_ids)
+    from safetensors.torch import load_file
+
+    weights = load_file(out / distill.LAYERS_FILE)
+    assert not any("embed_tokens" in k or "lm_head" in k for k in weights)
+    assert "model.norm.weight" in weights and "model.layers.0.self_attn.q_proj.weight" in weights
+    assert all(t.dtype == torch.float16 for t in weights.values())
+    card = (out / "README.md").read_text()
+    assert "acceptance" in card and "langchain-seed distill --target" in card
+    report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
+    assert report["heldout_range"] == "0..3" and report["n_train_sequences"] == 8
+    assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
+    assert list((tmp_path / "work").glob("train-*.pt")), "target outputs are cached for reruns"
+    assert list((tmp_path / "work" / "train-batches").glob("batch-*.pt")), "finished batches are kept"
+
+
+def test_generation_batches_are_stable_prefixes():
+    specs = [distill.PromptSpec(i, distill.PROMPT_SHAPES[i % 4], 0, False, f"q{i}") for i in range(40)]
+    ids = [[0] * (i % 7 + 1) for i in range(40)]
+    full = distill._generation_batches(specs, ids, batch_size=4, chunk_batches=2)
+    prefix = distill._generation_batches(specs[:16], ids[:16], batch_size=4, chunk_batches=2)
+    assert full[: len(prefix)] == prefix
+    assert sorted(i for b in full for i in b) == list(range(40))
+
+
+def test_init_draft_copies_target_layers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tmp_path / "t"))
+    draft = distill.init_draft(target, layers=2)
+    assert draft.config.num_hidden_layers == 2
+    assert torch.equal(draft.model.layers[1].mlp.up_proj.weight, target.model.layers[1].mlp.up_proj.weight)
+    assert torch.equal(draft.get_input_embeddings().weight, target.get_input_embeddings().weight)
+    assert draft.lm_head.weight.data_ptr() == draft.get_input_embeddings().weight.data_ptr()
+
+
+def test_full_head_teacher_forcing_matches_itself(tmp_path):
+    """A draft that is the whole target (all layers, full head) is accepted everywhere."""
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tmp_path / "t")).eval()
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    sequence = target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                               do_sample=False, min_new_tokens=8)[0]
+    example = distill.Example(sequence, 4, None, None, {"shape": "x"})
+    draft = distill.init_draft(target, layers=3).eval()
+    result = distill.heldout_acceptance(draft, torch.arange(128), [example], chain=4)
+    assert result["acceptance_rate"] == 1.0 and result["token_agreement"] == 1.0
