@@ -1,0 +1,40 @@
+"""The benchmark harness behind `langchain-seed bench` (DESIGN.md section 5).
+
+- `workloads`: GSM8K prompt groups as Tree-of-Thoughts sends them (tot-step, single,
+  tot-full);
+- `methods`: the decoding methods compared (transformers serial / batched / assisted,
+  and the SeeD engine's speculative, rounds and batched modes);
+- `harness`: interleaved, repeated, timed runs with forward counts, peak memory and
+  token-for-token comparison with the target's greedy output; the per-round profile;
+- `report`: rows, table, JSON and plot; `cli`: the subcommand.
+
+Names are imported lazily; torch and transformers only when a benchmark runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BenchRun": "harness",
+    "run_benchmark": "harness",
+    "run_tot_full": "harness",
+    "METHODS": "methods",
+    "BenchModels": "methods",
+    "make_method": "methods",
+    "WORKLOADS": "workloads",
+    "Workload": "workloads",
+    "build_single": "workloads",
+    "build_tot_full": "workloads",
+    "build_tot_step": "workloads",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the exported names lazily (the bench's sibling scripts stay light to import)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'langchain_seed.bench' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"langchain_seed.bench.{_EXPORTS[name]}"), name)

@@ -1,0 +1,215 @@
+"""`langchain-seed bench`: every decoding method side by side on one workload.
+
+Examples::
+
+    langchain-seed bench --quick                        # ~10 min on a 2-core CPU
+    langchain-seed bench --json bench.json --plot bench.png
+    langchain-seed bench --workload single --methods hf_ar_serial,seed_sd_serial
+    langchain-seed bench --target DIR --draft DIR --k-config 2,2,1 --device cuda --dtype bfloat16
+
+The default run is the full measurement (``tot-step``: 20 questions, 3 repetitions);
+``--quick`` runs 3 questions, 2 repetitions. The table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
+from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
+
+FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
+"""Questions and repetitions of the default (full) run per workload."""
+QUICK = {"tot-step": (3, 2), "single": (6, 2), "tot-full": (1, 1)}
+"""Questions and repetitions of ``--quick`` (within 15 minutes on a 2-core CPU)."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _k_config(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"k-config must be comma-separated ints such as 1,1,1,1; got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"k-config must be positive ints such as 1,1,1,1; got {text!r}")
+    return values
+
+
+def _methods(text: str) -> list[str]:
+    from langchain_seed.bench.methods import parse_methods
+
+    try:
+        return parse_methods(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``bench`` on the ``langchain-seed`` command."""
+    parser = subparsers.add_parser(
+        "bench", help="compare transformers and SeeD decoding on a ToT workload",
+        description="Run every decoding method on the same models and prompts, interleaved, with warm-up "
+                    "and repetitions; print a table of medians (and write JSON / a plot).")
+    parser.add_argument("--workload", choices=WORKLOADS, default="tot-step",
+                        help="tot-step: 3 thoughts then 3 values per question (default); tot-full: whole BFS "
+                             "trees through TreeOfThoughts; single: one prompt per call")
+    parser.add_argument("--quick", action="store_true",
+                        help="few questions and repetitions (about 10 minutes on a 2-core CPU)")
+    parser.add_argument("--questions", type=_positive, default=None,
+                        help=f"questions (default {FULL['tot-step'][0]}, --quick {QUICK['tot-step'][0]})")
+    parser.add_argument("--reps", type=_positive, default=None,
+                        help=f"timed repetitions (default {FULL['tot-step'][1]}, --quick {QUICK['tot-step'][1]})")
+    parser.add_argument("--methods", type=_methods, default=list(METHODS),
+                        help=f"comma-separated subset of: {','.join(METHODS)}")
+    parser.add_argument("--k-config", type=_k_config, default=(1, 1, 1, 1),
+                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1")
+    parser.add_argument("--max-tokens", type=_positive, default=THOUGHT_TOKENS,
+                        help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
+    parser.add_argument("--value-tokens", type=_positive, default=VALUE_TOKENS,
+                        help=f"new tokens per value evaluation in tot-step (default {VALUE_TOKENS})")
+    parser.add_argument("--target", default=None, help="target model dir or hub id (default: the default pair)")
+    parser.add_argument("--draft", default=None, help="draft model dir or hub id (default: the default pair)")
+    parser.add_argument("--data", default=None, help="JSON lines with a 'question' field (default: packaged "
+                                                    "held-out GSM8K questions)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up call")
+    parser.add_argument("--profile", action="store_true",
+                        help="afterwards, profile seed_batched per round (draft / verify / other)")
+    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write results as JSON")
+    parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH", help="write a PNG plot")
+    parser.add_argument("--check-identical", action="store_true",
+                        help="exit with status 2 if a seed method's output differs from the target's")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.set_defaults(func=run_bench)
+    return parser
+
+
+def resolve_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """(questions, reps) from the flags, the workload and ``--quick``."""
+    questions, reps = (QUICK if args.quick else FULL)[args.workload]
+    return args.questions or questions, args.reps or reps
+
+
+def load_bench_models(args: argparse.Namespace):
+    """Load the pair named by the flags (or the default pair) onto the device."""
+    import torch
+
+    from langchain_seed.bench.methods import BenchModels
+    from langchain_seed.engine.models import load_models
+
+    needs_draft = any(m in DRAFT_METHODS for m in args.methods)
+    target, draft = args.target, args.draft
+    if target is None:
+        from langchain_seed.defaults import ensure_default_pair
+
+        default_target, default_draft = ensure_default_pair(progress=args.progress)
+        target, draft = default_target, draft or default_draft
+    if needs_draft and draft is None:
+        raise SystemExit("the methods " + ", ".join(m for m in args.methods if m in DRAFT_METHODS)
+                         + " need --draft (or leave out --target to use the default pair)")
+    loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype)
+    device = torch.device(args.device)
+    loaded.target.to(device)
+    if loaded.draft is not None:
+        loaded.draft.to(device)
+    head_ids = _head_ids(draft) if needs_draft else None
+    return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tuple(args.k_config),
+                       str(target), str(draft) if needs_draft else "-")
+
+
+def _head_ids(draft) -> list[int] | None:
+    path = Path(str(draft))
+    if not (path / "head_token_ids.json").is_file():
+        return None
+    from langchain_seed.llms import read_head_token_ids
+
+    return read_head_token_ids(path)
+
+
+def model_pair_info(models) -> dict[str, Any]:
+    def params(model) -> int | None:
+        return sum(p.numel() for p in model.parameters()) if model is not None else None
+
+    return {
+        "target": models.target_name,
+        "draft": models.draft_name,
+        "target_parameters": params(models.target),
+        "draft_parameters": params(models.draft),
+        "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
+        "k_config": list(models.k_config),
+        "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+def build_workload(args: argparse.Namespace, models, questions: int, reference):
+    from langchain_seed.bench import workloads
+
+    texts = workloads.load_questions(questions, args.data)
+    if args.workload == "tot-step":
+        return workloads.build_tot_step(texts, models.tokenizer, reference, args.max_tokens, args.value_tokens)
+    if args.workload == "single":
+        return workloads.build_single(texts, models.tokenizer, args.max_tokens)
+    return workloads.build_tot_full(texts, args.max_tokens)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``bench`` subcommand."""
+    import torch
+    import transformers
+
+    from langchain_seed.bench import harness, report
+    from langchain_seed.bench.methods import make_method, reference_outputs
+
+    transformers.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    questions, reps = resolve_counts(args)
+    machine = report.machine_info(args.device)  # before loading: the load average is others' work
+    warning = report.busy_warning(machine)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    models = load_bench_models(args)
+    reference = harness.CachedReference(reference_outputs(models))
+    workload = build_workload(args, models, questions, reference)
+    methods = [make_method(name, models) for name in args.methods]
+    try:
+        if args.workload == "tot-full":
+            run = harness.run_tot_full(workload, methods, models, reps, args.warmup, args.progress)
+        else:
+            run = harness.run_benchmark(workload, methods, models, reference, reps, args.warmup, args.progress)
+    finally:
+        for method in methods:
+            method.close()
+    if args.profile and args.workload != "tot-full" and models.draft is not None:
+        run.profile = harness.profile_seed(workload, models, "seed_batched")
+    machine["torch_threads"] = torch.get_num_threads()
+    document = report.to_document(run, machine, model_pair_info(models),
+                                  {"quick": args.quick, "warmup": args.warmup, "methods": args.methods})
+    print(f"workload {run.workload}: {run.settings} | {reps} reps, medians | "
+          f"{document['machine']['platform']}, {document['machine']['torch_threads']} torch threads")
+    print(report.format_table(document["rows"]))
+    if run.profile is not None:
+        print(report.format_profile(run.profile))
+    if args.json_path:
+        print(f"wrote {report.write_json(document, args.json_path)}")
+    if args.plot_path:
+        title = f"{run.workload} - {Path(models.target_name).name} + {Path(models.draft_name).name}"
+        print(f"wrote {report.write_plot(document['rows'], args.plot_path, title)}")
+    bad = [row["method"] for row in document["rows"]
+           if row["method"].startswith("seed_") and not row["identical_to_target"]]
+    if bad:
+        print(f"warning: not identical to the target's greedy output: {', '.join(bad)}", file=sys.stderr)
+        if args.check_identical:
+            return 2
+    return 0

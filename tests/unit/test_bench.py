@@ -1,0 +1,250 @@
+"""`langchain_seed.bench`: every method on a tiny workload, the report, the CLI.
+
+Tiny random models from conftest; no real model, no timing assertions (timings are
+ratios measured in one run and are never asserted in tests).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from langchain_seed.bench import harness, report, workloads
+from langchain_seed.bench.methods import METHODS, SEED_METHODS, BenchModels, make_method, parse_methods, \
+    reference_outputs
+
+QUESTIONS = ["What is 12 + 30?", "Tom has 3 apples and buys 2 more. How many apples?"]
+ROW_KEYS = {"method", "seconds", "new_tokens", "tokens_per_s", "target_calls", "acceptance_rate", "peak_rss_mb",
+            "identical_to_target", "speedup_vs_hf_ar_serial", "all_accepted_bound_s"}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_target, tiny_draft, tiny_tokenizer):
+    return BenchModels(tiny_target, tiny_draft, tiny_tokenizer, None, (1, 1, 1), "tiny-target", "tiny-draft")
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    return harness.CachedReference(reference_outputs(models))
+
+
+@pytest.fixture(scope="module")
+def tot_step(models, reference):
+    return workloads.build_tot_step(QUESTIONS, models.tokenizer, reference, thought_tokens=8, value_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def bench_run(models, reference, tot_step):
+    methods = [make_method(name, models) for name in METHODS]
+    try:
+        run = harness.run_benchmark(tot_step, methods, models, reference, reps=2, progress=False)
+    finally:
+        for method in methods:
+            method.close()
+    run.profile = harness.profile_seed(tot_step, models, "seed_batched")
+    return run
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": "#### 1"}) + "\n" for q in QUESTIONS))
+    return path
+
+
+def test_tot_step_groups_thoughts_then_values(tot_step, reference, models):
+    assert [g.phase for g in tot_step.groups] == ["thoughts", "values"] * len(QUESTIONS)
+    thoughts, values = tot_step.groups[:2]
+    assert len(set(thoughts.prompts)) == 3 and all(f"option {i} of 3" in p for i, p in enumerate(thoughts.prompts, 1))
+    assert thoughts.max_tokens == 8 and values.max_tokens == 4
+    # the value prompts are built from the target's greedy thoughts
+    greedy = reference([list(ids) for ids in thoughts.prompt_ids], 8)
+    for tokens, prompt in zip(greedy, values.prompts):
+        thought = workloads.thought_from_tokens(models.tokenizer, tokens)
+        assert prompt.startswith(f"Question: {QUESTIONS[0]}\nStep 1: {thought}\n") and prompt.endswith("Score: ")
+
+
+def test_every_method_runs_and_seed_methods_are_identical(bench_run):
+    records = {r.name: r for r in bench_run.records}
+    assert list(records) == list(METHODS)
+    for name, record in records.items():
+        assert len(record.reps) == 2
+        assert all(rep.seconds > 0 and rep.new_tokens > 0 and rep.target_calls > 0 for rep in record.reps), name
+    for name in (*SEED_METHODS, "hf_ar_serial"):
+        assert records[name].identical, (name, records[name].mismatches)
+    for name in ("seed_sd_serial", "seed_rounds", "seed_batched", "hf_assisted_serial"):
+        assert all(rep.draft_calls > 0 for rep in records[name].reps), name
+    assert all(rep.draft_calls == 0 for rep in records["hf_ar_serial"].reps)
+    # one target forward per generated token for plain serial decoding (transformers `generate`)
+    rep = records["hf_ar_serial"].reps[0]
+    assert rep.target_calls == rep.new_tokens
+    # batching shares forwards across the group
+    assert records["hf_ar_batched"].reps[0].target_calls < rep.target_calls
+
+
+def test_rows_schema_and_values(bench_run):
+    rows = report.build_rows(bench_run)
+    assert [row["method"] for row in rows] == list(METHODS)
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        assert row["tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
+    by_name = {row["method"]: row for row in rows}
+    assert by_name["hf_ar_serial"]["speedup_vs_hf_ar_serial"] == pytest.approx(1.0)
+    assert by_name["hf_ar_serial"]["acceptance_rate"] is None
+    assert by_name["hf_ar_serial"]["all_accepted_bound_s"] is None
+    for name in ("hf_assisted_serial", *SEED_METHODS):
+        assert 0.0 <= by_name[name]["acceptance_rate"] <= 1.0, name
+    for name in SEED_METHODS:
+        bound = by_name[name]["all_accepted_bound_s"]
+        assert bound is not None and 0 < bound <= by_name[name]["seconds"] * 1.0001, name
+    assert len({row["new_tokens"] for row in rows}) == 1  # same work for every method
+
+
+def test_json_document_schema(bench_run, tmp_path):
+    document = report.to_document(bench_run, report.machine_info("cpu"), {"target": "t", "draft": "d"})
+    path = report.write_json(document, tmp_path / "out" / "bench.json")
+    loaded = json.loads(path.read_text())
+    assert loaded["workload"] == "tot-step"
+    assert {"platform", "cpu_count", "torch_threads", "torch_version"} <= set(loaded["machine"])
+    assert loaded["model_pair"] == {"target": "t", "draft": "d"}
+    assert len(loaded["rows"]) == len(METHODS)
+    assert all(ROW_KEYS <= set(row) for row in loaded["rows"])
+    assert loaded["profile"]["method"] == "seed_batched"
+
+
+def test_table_and_profile_text(bench_run):
+    table = report.format_table(report.build_rows(bench_run))
+    lines = table.splitlines()
+    assert lines[0].split()[0] == "method" and len(lines) == 2 + len(METHODS)
+    assert all(name in table for name in METHODS)
+    profile = report.format_profile(bench_run.profile)
+    for stage in ("target_verify_forward", "draft_stage", "other"):
+        assert stage in profile
+    shares = bench_run.profile["share"]
+    assert shares["draft_stage_forwards"] <= shares["draft_stage"] + 1e-9
+    assert bench_run.profile["rounds"] > 0
+
+
+def test_plot_is_written(bench_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = report.write_plot(report.build_rows(bench_run), tmp_path / "bench.png", "tiny")
+    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_workload(models, reference):
+    workload = workloads.build_single(QUESTIONS[:1], models.tokenizer, max_tokens=6)
+    methods = [make_method(name, models) for name in ("hf_ar_serial", "hf_ar_batched", "seed_batched")]
+    try:
+        run = harness.run_benchmark(workload, methods, models, reference, reps=1, warmup=False, progress=False)
+    finally:
+        for method in methods:
+            method.close()
+    assert len(workload.groups) == 1 and len(workload.groups[0].prompts) == 1
+    assert all(record.identical for record in run.records)
+
+
+def test_tot_full_workload(models):
+    workload = workloads.build_tot_full(QUESTIONS[:1], max_tokens=6)
+    methods = [make_method(name, models) for name in ("hf_ar_batched", "seed_batched", "seed_sd_serial")]
+    try:
+        run = harness.run_tot_full(workload, methods, models, reps=1, warmup=False, progress=False)
+    finally:
+        for method in methods:
+            method.close()
+    rows = {row["method"]: row for row in report.build_rows(run)}
+    assert rows["seed_batched"]["identical_to_target"] and rows["seed_sd_serial"]["identical_to_target"]
+    assert all(row["new_tokens"] > 0 and row["target_calls"] > 0 for row in rows.values())
+    assert rows["hf_ar_batched"]["speedup_vs_hf_ar_serial"] is None  # the reference run is not timed
+
+
+def test_truncate_at_eos():
+    assert workloads.truncate_at_eos([5, 6, 2, 2, 2], {2}) == [5, 6, 2]
+    assert workloads.truncate_at_eos([5, 6, 7], {2}, max_tokens=2) == [5, 6]
+    assert workloads.truncate_at_eos([], {2}) == []
+
+
+def test_parse_methods():
+    assert parse_methods("seed_batched, hf_ar_serial") == ["hf_ar_serial", "seed_batched"]
+    assert parse_methods(None) == list(METHODS)
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_methods("hf_ar_serial,nope")
+
+
+def test_load_questions(data_file):
+    assert workloads.load_questions(2, data_file) == QUESTIONS
+    with pytest.raises(ValueError, match="asked for 3"):
+        workloads.load_questions(3, data_file)
+    packaged = workloads.load_questions(3)
+    assert len(packaged) == 3 and packaged[0].startswith("Janet")
+
+
+def _parse(argv):
+    from langchain_seed.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_cli_quick_parsing():
+    from langchain_seed.bench import cli
+
+    args = _parse(["bench", "--quick"])
+    assert args.quick and args.workload == "tot-step" and args.func is cli.run_bench
+    assert cli.resolve_counts(args) == cli.QUICK["tot-step"]
+    assert cli.resolve_counts(_parse(["bench"])) == cli.FULL["tot-step"]
+    args = _parse(["bench", "--quick", "--workload", "single", "--questions", "3", "--k-config", "2,2,1",
+                   "--methods", "seed_rounds,hf_ar_serial", "--max-tokens", "32"])
+    assert cli.resolve_counts(args) == (3, cli.QUICK["single"][1])
+    assert args.k_config == (2, 2, 1) and args.methods == ["hf_ar_serial", "seed_rounds"]
+    assert args.max_tokens == 32
+    for bad in (["bench", "--k-config", "1,0"], ["bench", "--methods", "fast"], ["bench", "--reps", "0"]):
+        with pytest.raises(SystemExit):
+            _parse(bad)
+
+
+def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_file, capsys):
+    from langchain_seed.cli import main
+
+    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
+    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
+        model.save_pretrained(directory)
+        tiny_tokenizer.save_pretrained(directory)
+    (draft_dir / "head_token_ids.json").write_text(json.dumps(list(range(len(tiny_tokenizer)))))
+    json_path, plot_path = tmp_path / "b.json", tmp_path / "b.png"
+    argv = ["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--data", str(data_file),
+            "--questions", "1", "--reps", "1", "--max-tokens", "6", "--value-tokens", "3", "--k-config", "1,1",
+            "--json", str(json_path), "--no-progress", "--profile", "--check-identical"]
+    if _has_matplotlib():
+        argv += ["--plot", str(plot_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seed_batched" in out and "profile of seed_batched" in out
+    document = json.loads(json_path.read_text())
+    assert document["model_pair"]["k_config"] == [1, 1]
+    assert document["model_pair"]["draft_head_tokens"] == len(tiny_tokenizer)
+    assert {row["method"] for row in document["rows"]} == set(METHODS)
+    assert all(row["identical_to_target"] for row in document["rows"] if row["method"].startswith("seed_"))
+    if _has_matplotlib():
+        assert plot_path.stat().st_size > 1000
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_hf_generate_batched_rows_end_at_their_stop_string(models):
+    from langchain_seed.bench.hf_llm import hf_generate
+
+    prompts = [models.tokenizer.encode(q, add_special_tokens=False) for q in QUESTIONS]
+    serial = [hf_generate(models.target, [ids], 12, models.tokenizer)[0] for ids in prompts]
+    text = models.tokenizer.decode(serial[0])
+    stop = next(ch for ch in text[1:] if not ch.isspace())  # a string the first output contains
+    batched = hf_generate(models.target, prompts, 12, models.tokenizer, stop=[stop])
+    one_by_one = [hf_generate(models.target, [ids], 12, models.tokenizer, stop=[stop])[0] for ids in prompts]
+    assert batched == one_by_one
+    assert len(batched[0]) < 12 and stop in models.tokenizer.decode(batched[0])
