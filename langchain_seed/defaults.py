@@ -45,6 +45,10 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MANIFEST = "manifest.json"
 DRAFT_LAYERS_FILE = "draft_layers.safetensors"
 HEAD_IDS_FILE = "head_token_ids.json"
+# The draft tree that serves the shipped draft best: with its measured acceptance (about
+# 0.2 per position from the model, 0.3-0.45 with prompt lookup) longer chains verify more
+# tokens than they keep (docs/BENCHMARKS.md, the k_config sweep).
+DEFAULT_PAIR_K_CONFIG = (1, 1)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
 

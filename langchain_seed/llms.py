@@ -573,12 +573,14 @@ class SeedModelMixin(BaseModel):
     @classmethod
     def from_default(cls, **fields: Any):
         """The embedded default pair (SmolLM2-135M-Instruct and its distilled draft), fetched
-        and built once into the cache (see `langchain-seed models`)."""
-        from langchain_seed.defaults import ensure_default_pair
+        and built once into the cache (see `langchain-seed models`); `k_config` defaults to
+        the tree measured best for that draft (`defaults.DEFAULT_PAIR_K_CONFIG`)."""
+        from langchain_seed.defaults import DEFAULT_PAIR_K_CONFIG, ensure_default_pair
 
         target_dir, draft_dir = ensure_default_pair()
         if "model" not in fields and "model_name" not in fields:
             fields["model_name"] = "SmolLM2-135M-Instruct"
+        fields.setdefault("k_config", DEFAULT_PAIR_K_CONFIG)
         return cls.from_pretrained(target_dir, draft_dir, **fields)
 
     # ----- options ----------------------------------------------------------------------

@@ -52,8 +52,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--search", choices=("bfs", "dfs"), default="bfs")
     parser.add_argument("--decoding", choices=("autoregressive", "speculative", "scheduled"), default="scheduled")
     parser.add_argument("--verify", choices=("rounds", "batched"), default="batched")
-    parser.add_argument("--k-config", type=parse_k_config, default=(1, 1, 1, 1),
-                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1")
+    parser.add_argument("--k-config", type=parse_k_config, default=None,
+                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1 (default: the pair's best, 1,1)")
     parser.add_argument("--max-tokens", type=positive_int, default=64,
                         help="most tokens per LLM completion (default 64)")
     parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")
@@ -91,8 +91,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise SystemExit("the question is empty")
     print("Loading the default model pair (first use fetches and converts it) ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, k_config=args.k_config,
-                               max_tokens=args.max_tokens)
+    options = {"k_config": args.k_config} if args.k_config else {}
+    llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, max_tokens=args.max_tokens, **options)
     print(f"Loaded in {time.perf_counter() - started:.1f} s. Building the tree ...", file=sys.stderr, flush=True)
     tot = TreeOfThoughts(llm=llm, task="gsm8k", breadth=args.breadth, depth=args.depth,
                          generator=args.generator, evaluator=args.evaluator, search=args.search)

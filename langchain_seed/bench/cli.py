@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
+from langchain_seed.defaults import DEFAULT_PAIR_K_CONFIG
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 
 FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
@@ -70,8 +71,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"timed repetitions (default {FULL['tot-step'][1]}, --quick {QUICK['tot-step'][1]})")
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated subset of: {','.join(METHODS)}")
-    parser.add_argument("--k-config", type=_k_config, default=(1, 1, 1, 1),
-                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1")
+    parser.add_argument("--k-config", type=_k_config, default=DEFAULT_PAIR_K_CONFIG,
+                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, 1,1)")
     parser.add_argument("--max-tokens", type=_positive, default=THOUGHT_TOKENS,
                         help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
     parser.add_argument("--value-tokens", type=_positive, default=VALUE_TOKENS,
