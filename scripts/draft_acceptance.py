@@ -1,0 +1,64 @@
+"""Held-out greedy chain-of-4 acceptance of the default draft, with and without prompt lookup.
+
+Teacher-forced exact replay on the target's own greedy continuations of the held-out
+prompts, which `scripts/make_default_draft.sh` caches in its work directory:
+
+    .venv/bin/python scripts/draft_acceptance.py WORK_DIR/heldout-*.pt
+
+A greedy round starting at position j accepts the longest run of positions where the
+drafted token equals the target's; the draft at a position is the prompt-lookup token
+(the engine's `NGramIndex`, n from 4 down to 3) when there is one, else the draft model's
+argmax over its restricted head.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from langchain_seed.defaults import ensure_default_pair
+from langchain_seed.distill import _load_examples
+from langchain_seed.engine.drafters import NGramIndex
+
+
+def model_predictions(draft, head_ids, examples):
+    weight = draft.get_output_embeddings().weight[head_ids]
+    with torch.inference_mode():
+        return [head_ids[(draft.get_decoder()(input_ids=e.ids[None]).last_hidden_state[0] @ weight.T).argmax(-1)]
+                .tolist() for e in examples]
+
+
+def replay(examples, predictions, lookup_min_n, depth=4):
+    accepted = drafted = agree = total = 0
+    for example, predicted in zip(examples, predictions):
+        ids = example.ids.tolist()
+        index = NGramIndex()
+        ok = []
+        for position in range(example.n_prompt, len(ids)):
+            index.update(ids[:position])
+            token = index.lookup(ids[max(0, position - 4):position], lookup_min_n) if lookup_min_n else None
+            ok.append((token if token is not None else predicted[position - 1]) == ids[position])
+        agree, total = agree + sum(ok), total + len(ok)
+        start = 0
+        while start < len(ok):
+            run = 0
+            while run < depth and start + run < len(ok) and ok[start + run]:
+                run += 1
+            accepted, drafted, start = accepted + run, drafted + depth, start + run + 1
+    return {"acceptance_rate": round(accepted / drafted, 3), "token_agreement": round(agree / total, 3)}
+
+
+def main(path: str) -> None:
+    _, draft_dir = ensure_default_pair(progress=False)
+    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
+    head_ids = torch.tensor(json.loads((Path(draft_dir) / "head_token_ids.json").read_text()))
+    examples = _load_examples(Path(path))
+    predictions = model_predictions(draft, head_ids, examples)
+    print(json.dumps({"prompts": len(examples), "draft_model": replay(examples, predictions, 0),
+                      "draft_model+prompt_lookup": replay(examples, predictions, 3)}, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
