@@ -1,0 +1,216 @@
+"""The cookbook notebooks, executed top to bottom on the real default pair, so they never rot.
+
+Each notebook in ``cookbook/`` runs in a fresh kernel of *this* interpreter (a kernelspec
+written to a temporary ``JUPYTER_PATH``, so a ``python3`` kernel installed elsewhere on
+the machine is never picked up), with a per-cell timeout; any error fails the test. Then
+the outputs the notebook exists to show are checked: cells carry a tag naming what they
+display (``stats-table``, ``tree-mermaid``, ``plot``...), and each tag's outputs must hold
+the expected text or image.
+
+Run one notebook and save its outputs back into the file (to refresh what readers see)::
+
+    .venv/bin/python tests/integration/test_cookbook.py --save 02_tree_reasoning_gsm8k
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+COOKBOOK = Path(__file__).resolve().parents[2] / "cookbook"
+CELL_TIMEOUT_S = 900
+"""Most seconds one cell may run (the benchmark cell is the longest)."""
+KERNEL_NAME = "langchain-seed-test"
+KERNEL_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bars
+    "PYTHONWARNINGS": "ignore:IProgress not found",  # tqdm.auto without ipywidgets
+    "TOKENIZERS_PARALLELISM": "false",
+}
+"""Set in the kernel only: they keep progress noise out of the outputs."""
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def tagged_outputs(notebook, tag: str) -> list[dict]:
+    """Outputs of the cells tagged ``tag`` (failing if no cell has it)."""
+    cells = [cell for cell in notebook.cells if tag in cell.get("metadata", {}).get("tags", [])]
+    assert cells, f"no cell is tagged {tag!r}"
+    return [output for cell in cells for output in cell.get("outputs", [])]
+
+
+def output_text(outputs: list[dict], mime: str | None = None) -> str:
+    """Printed text plus the ``mime`` data (every text mime type when None) of ``outputs``."""
+    parts = []
+    for output in outputs:
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+        for kind, value in output.get("data", {}).items():
+            if kind.startswith("text/") and (mime is None or kind == mime):
+                parts.append(value if isinstance(value, str) else "".join(value))
+    return "\n".join(parts)
+
+
+def has_png(outputs: list[dict]) -> bool:
+    """Whether some output is a non-empty PNG image."""
+    return any(output.get("data", {}).get("image/png") for output in outputs)
+
+
+def contains(*needles: str, mime: str | None = None) -> Callable[[list[dict]], None]:
+    """A check that the outputs' text holds every needle."""
+
+    def check(outputs: list[dict]) -> None:
+        text = output_text(outputs, mime)
+        missing = [needle for needle in needles if needle not in text]
+        assert not missing, f"missing {missing} in:\n{text[:3000]}"
+
+    return check
+
+
+def matches(pattern: str, mime: str | None = None) -> Callable[[list[dict]], None]:
+    """A check that the outputs' text matches a regular expression."""
+
+    def check(outputs: list[dict]) -> None:
+        text = output_text(outputs, mime)
+        assert re.search(pattern, text, re.MULTILINE), f"no match for {pattern!r} in:\n{text[:3000]}"
+
+    return check
+
+
+def png(outputs: list[dict]) -> None:
+    assert has_png(outputs), "no image/png output"
+
+
+EXPECTED: dict[str, dict[str, list[Callable[[list[dict]], None]]]] = {
+    "01_quickstart.ipynb": {
+        "swap": [matches(r"\S")],
+        "stream": [matches(r"chunks? streamed")],
+        "batch": [matches(r"3 answers from one scheduled run")],
+        "stats-table": [contains("| prompt |", "acceptance_rate", "drafted", "accepted", "target_calls",
+                                 mime="text/markdown")],
+        "totals-table": [contains("target_forwards", "draft_forwards", "tokens_per_second",
+                                  mime="text/markdown")],
+        # True or False: an exact tie between two tokens may be broken differently by a batched
+        # forward; greedy identity itself is asserted in test_default_pair.py, not here.
+        "lossless": [matches(r"identical to the target's own greedy output: (True|False)")],
+    },
+    "02_tree_reasoning_gsm8k.ipynb": {
+        "tree-render": [contains("[0] (root)", "Answer:")],
+        "tree-mermaid": [contains("```mermaid", "flowchart TD", mime="text/markdown")],
+        "mermaid-text": [contains("flowchart TD", "-->", "classDef best")],
+        "comparison-table": [contains("Tree of Thoughts, SeeD", "Tree of Thoughts, target alone",
+                                      "Chain of thought", "tokens/s", "correct", mime="text/markdown"),
+                             contains("SeeD built the same trees as the target alone:")],
+    },
+    "03_agent_tool.ipynb": {
+        "tool": [contains("math_tree_reasoner", "question")],
+        "agent": [contains("Tool Calls:", "math_tree_reasoner", "Tool Message", "Ai Message")],
+        "tool-stats": [matches(r"acceptance rate [0-9.]+")],
+    },
+    "04_benchmark.ipynb": {
+        "bench-table": [contains("method", "hf_ar_serial", "seed_batched")],
+        "summary-table": [contains("| method |", "seed_batched", mime="text/markdown")],
+        "plot": [png],
+    },
+}
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def write_kernelspec(directory: Path) -> Path:
+    """A kernelspec for this interpreter under ``directory/kernels``; returns ``directory``."""
+    spec_dir = directory / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python ({Path(sys.executable).parent.parent.name})",
+        "language": "python",
+        "metadata": {"debugger": False},
+        "env": KERNEL_ENV,
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    return directory
+
+
+def execute(path: Path, jupyter_path: Path):
+    """Run the notebook at ``path`` in a fresh kernel; returns (executed notebook, seconds)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    os.environ["JUPYTER_PATH"] = str(write_kernelspec(jupyter_path))
+    client = NotebookClient(
+        notebook,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT_S,
+        allow_errors=False,
+        record_timing=False,
+        coalesce_streams=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    started = time.perf_counter()
+    client.execute()
+    return notebook, time.perf_counter() - started
+
+
+def check_outputs(name: str, notebook) -> None:
+    for tag, checks in EXPECTED[name].items():
+        outputs = tagged_outputs(notebook, tag)
+        for check in checks:
+            try:
+                check(outputs)
+            except AssertionError as error:
+                raise AssertionError(f"{name}, cell tagged {tag!r}: {error}") from None
+
+
+def notebook_names() -> list[str]:
+    return sorted(path.name for path in COOKBOOK.glob("*.ipynb"))
+
+
+# -------------------------------------------------------------------------------- tests
+
+
+def test_every_notebook_is_checked():
+    """A new notebook must say here what it is expected to show."""
+    assert notebook_names() == sorted(EXPECTED)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))  # execute() sets it; restored after the test
+    notebook, seconds = execute(COOKBOOK / name, tmp_path)
+    print(f"{name}: executed in {seconds:.0f} s")
+    check_outputs(name, notebook)
+
+
+def main(argv: list[str]) -> int:
+    """``[--save] [NAME ...]``: execute notebooks, check them, optionally save the outputs."""
+    import tempfile
+
+    import nbformat
+
+    save = "--save" in argv
+    wanted = [arg for arg in argv if arg != "--save"] or notebook_names()
+    for name in wanted:
+        name = name if name.endswith(".ipynb") else f"{name}.ipynb"
+        with tempfile.TemporaryDirectory() as tmp:
+            notebook, seconds = execute(COOKBOOK / name, Path(tmp))
+        check_outputs(name, notebook)
+        print(f"{name}: executed in {seconds:.0f} s, outputs checked", flush=True)
+        if save:
+            nbformat.write(notebook, COOKBOOK / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
