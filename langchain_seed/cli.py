@@ -20,6 +20,29 @@ _SUBCOMMAND_MODULES = (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int; got {value}")
+    return value
+
+
+def parse_k_config(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive ints, the draft tree per depth."""
+    message = f"must be comma-separated positive ints such as 1,1,1,1; got {text!r}"
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(message)
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="langchain-seed",

@@ -15,6 +15,8 @@ from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
+from langchain_seed.cli import parse_k_config, positive_int
+
 SAMPLE_QUESTION = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
     "How many clips did Natalia sell altogether in April and May?"
@@ -58,29 +60,6 @@ def add_parser(subparsers) -> None:
                         help="most tokens per LLM completion (default 64)")
     parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")
     parser.set_defaults(func=run_command)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int; got {value}")
-    return value
-
-
-def parse_k_config(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated positive ints, the draft tree per depth."""
-    message = f"must be comma-separated positive ints such as 1,1,1,1; got {text!r}"
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(message) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(message)
-    return values
 
 
 def run_command(args: argparse.Namespace) -> int:

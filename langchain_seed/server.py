@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from langchain_seed.cli import parse_k_config, positive_int
+
 if TYPE_CHECKING:
     from langchain_seed.chat_models import ChatSeed
     from langchain_seed.llms import SeedLLM, SeedRun
@@ -639,15 +641,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device-map", default=None, help="accelerate device map for the target, e.g. auto")
     parser.add_argument("--decoding", choices=("autoregressive", "speculative", "scheduled"), default="scheduled")
     parser.add_argument("--verify", choices=("rounds", "batched"), default="batched")
-    parser.add_argument("--k-config", default="1,1,1,1", help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1")
+    parser.add_argument("--k-config", type=parse_k_config, default=(1, 1, 1, 1),
+                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="temperature when a request gives none (default 0: greedy)")
-    parser.add_argument("--default-max-tokens", type=_positive, default=256,
+    parser.add_argument("--default-max-tokens", type=positive_int, default=256,
                         help="chat max_tokens when a request gives none (default 256)")
-    parser.add_argument("--max-tokens-limit", type=_positive, default=4096, help="largest max_tokens accepted")
-    parser.add_argument("--max-n", type=_positive, default=16, help="largest n accepted")
-    parser.add_argument("--max-prompts", type=_positive, default=32, help="most prompts per completions request")
-    parser.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="largest request body (413 above)")
+    parser.add_argument("--max-tokens-limit", type=positive_int, default=4096, help="largest max_tokens accepted")
+    parser.add_argument("--max-n", type=positive_int, default=16, help="largest n accepted")
+    parser.add_argument("--max-prompts", type=positive_int, default=32, help="most prompts per completions request")
+    parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="largest request body (413 above)")
     parser.add_argument("--log-prompts", action="store_true", help="log prompt and completion text (off by default)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=serve_command)
@@ -669,10 +672,9 @@ def serve_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"`langchain-seed serve` needs the server extra: pip install 'langchain-seed[server]' "
                          f"(missing {error.name})") from None
     from langchain_seed.llms import SeedLLM
-    from langchain_seed.runner import parse_k_config
 
     settings = settings_from_args(args)
-    fields = dict(decoding=args.decoding, verify=args.verify, k_config=parse_k_config(args.k_config),
+    fields = dict(decoding=args.decoding, verify=args.verify, k_config=args.k_config,
                   temperature=args.temperature, max_tokens=args.default_max_tokens)
     if args.target is None:
         llm = SeedLLM.from_default(**fields)
@@ -688,14 +690,3 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}")
-    return value
-
-
-__all__ = ["APIError", "SeedService", "ServerMetrics", "ServerSettings", "add_parser", "create_app", "serve"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
+from langchain_seed.cli import parse_k_config, positive_int
 from langchain_seed.defaults import DEFAULT_PAIR_K_CONFIG
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 
@@ -26,23 +27,6 @@ FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
 """Questions and repetitions of the default (full) run per workload."""
 QUICK = {"tot-step": (3, 2), "single": (6, 2), "tot-full": (1, 1)}
 """Questions and repetitions of ``--quick`` (within 15 minutes on a 2-core CPU)."""
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
-
-
-def _k_config(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"k-config must be comma-separated ints such as 1,1,1,1; got {text!r}")
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"k-config must be positive ints such as 1,1,1,1; got {text!r}")
-    return values
 
 
 def _methods(text: str) -> list[str]:
@@ -65,17 +49,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "trees through TreeOfThoughts; single: one prompt per call")
     parser.add_argument("--quick", action="store_true",
                         help="few questions and repetitions (about 10 minutes on a 2-core CPU)")
-    parser.add_argument("--questions", type=_positive, default=None,
+    parser.add_argument("--questions", type=positive_int, default=None,
                         help=f"questions (default {FULL['tot-step'][0]}, --quick {QUICK['tot-step'][0]})")
-    parser.add_argument("--reps", type=_positive, default=None,
+    parser.add_argument("--reps", type=positive_int, default=None,
                         help=f"timed repetitions (default {FULL['tot-step'][1]}, --quick {QUICK['tot-step'][1]})")
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated subset of: {','.join(METHODS)}")
-    parser.add_argument("--k-config", type=_k_config, default=DEFAULT_PAIR_K_CONFIG,
+    parser.add_argument("--k-config", type=parse_k_config, default=DEFAULT_PAIR_K_CONFIG,
                         help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, 1,1)")
-    parser.add_argument("--max-tokens", type=_positive, default=THOUGHT_TOKENS,
+    parser.add_argument("--max-tokens", type=positive_int, default=THOUGHT_TOKENS,
                         help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
-    parser.add_argument("--value-tokens", type=_positive, default=VALUE_TOKENS,
+    parser.add_argument("--value-tokens", type=positive_int, default=VALUE_TOKENS,
                         help=f"new tokens per value evaluation in tot-step (default {VALUE_TOKENS})")
     parser.add_argument("--target", default=None, help="target model dir or hub id (default: the default pair)")
     parser.add_argument("--draft", default=None, help="draft model dir or hub id (default: the default pair)")
@@ -83,7 +67,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                     "held-out GSM8K questions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up call")
     parser.add_argument("--profile", action="store_true",
                         help="afterwards, profile seed_batched per round (draft / verify / other)")

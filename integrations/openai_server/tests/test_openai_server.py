@@ -341,8 +341,8 @@ def test_client_disconnecting_mid_stream_frees_its_request(server, server_llm):
             assert response.status_code == 200
             first = next(line for line in response.iter_lines() if line.startswith("data: "))
             assert json.loads(first[len("data: "):])["object"] == "text_completion"
-            assert scheduler.active == 1
-    assert wait_until(lambda: scheduler.active == 0 and metrics.cancelled == cancelled_before + 1, timeout=15)
+            assert wait_until(lambda: scheduler.active == 1)
+    assert wait_until(lambda: scheduler.active == 0 and metrics.cancelled == cancelled_before + 1, timeout=60)
     [stats] = scheduler.stats.per_request[finished_before:]
     assert stats.new_tokens < 1_500, "cancelled, not run to max_tokens"
 
@@ -356,7 +356,7 @@ def test_client_disconnecting_from_a_non_streamed_request_frees_it(server, serve
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/chat/completions", json=body, headers=auth(server),
                    timeout=httpx.Timeout(10, read=1.0))
-    assert wait_until(lambda: scheduler.active == 0 and metrics.cancelled == cancelled_before + 1, timeout=15)
+    assert wait_until(lambda: scheduler.active == 0 and metrics.cancelled == cancelled_before + 1, timeout=60)
     [stats] = scheduler.stats.per_request[finished_before:]
     assert stats.new_tokens < 1_500
 
