@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
@@ -24,24 +23,42 @@ SAMPLE_QUESTION = (
 
 
 class ProgressPrinter(BaseCallbackHandler):
-    """Prints one line per batched LLM call: how many prompts went out, how long they took."""
+    """One line per batched LLM call: how many completions went out, how long they took.
+
+    LangChain opens one LLM run per prompt; the runs of one batched call all start before
+    any ends, so a batch is the span from the first start to the last end.
+    """
 
     def __init__(self, stream=sys.stderr) -> None:
         self.stream = stream
-        self.calls = 0
-        self._started: dict[Any, float] = {}
+        self.batches = 0
+        self._open = 0
+        self._prompts = 0
+        self._started = 0.0
+        self._rates: list[float] = []
 
-    def on_llm_start(self, serialized, prompts, *, run_id, **kwargs) -> None:
-        self.calls += 1
-        self._started[run_id] = time.perf_counter()
-        print(f"  [call {self.calls}] {len(prompts)} prompt(s) to the scheduler ...", file=self.stream, flush=True)
+    def on_llm_start(self, serialized, prompts, **kwargs) -> None:
+        if self._open == 0:
+            self.batches += 1
+            self._prompts, self._rates, self._started = 0, [], time.perf_counter()
+        self._open += 1
+        self._prompts += len(prompts)
 
-    def on_llm_end(self, response, *, run_id, **kwargs) -> None:
-        seconds = time.perf_counter() - self._started.pop(run_id, time.perf_counter())
-        totals = response.llm_output or {}
-        rate = totals.get("acceptance_rate")
-        extra = f", acceptance {rate:.2f}" if isinstance(rate, (int, float)) else ""
-        print(f"  [call {self.calls}] done in {seconds:.1f} s{extra}", file=self.stream, flush=True)
+    def on_llm_end(self, response, **kwargs) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                rate = (generation.generation_info or {}).get("acceptance_rate")
+                if isinstance(rate, (int, float)):
+                    self._rates.append(rate)
+        self._open -= 1
+        if self._open == 0:
+            seconds = time.perf_counter() - self._started
+            extra = f", mean acceptance {sum(self._rates) / len(self._rates):.2f}" if self._rates else ""
+            print(f"  [batch {self.batches}] {self._prompts} completion(s) in {seconds:.1f} s{extra}",
+                  file=self.stream, flush=True)
+
+    def on_llm_error(self, error, **kwargs) -> None:
+        self._open = max(0, self._open - 1)
 
 
 def add_parser(subparsers) -> None:
@@ -107,9 +124,7 @@ def format_report(question: str, result) -> str:
         "Question: " + question,
         "",
         "Tree (* kept):",
-        result.tree.render(),
-        "",
-        f"Answer: {result.answer}",
+        result.tree.render(),  # ends with the answer line
         "",
         "Speed: {tokens_per_s} tokens/s over {new_tokens} new tokens in {llm_batches} batched calls "
         "({completions} completions); acceptance rate {acceptance_rate}; target calls {target_calls}; "
