@@ -22,6 +22,8 @@ The seed methods use `k_config` and the draft's restricted head (`draft_head_tok
 
 from __future__ import annotations
 
+import abc
+
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -77,19 +79,20 @@ class GroupOutput:
     rounds_all_accepted: int | None = None
 
 
-class Method:
+class Method(abc.ABC):
     """A named decoding method: `run_group` for fixed groups, `make_llm` for ``tot-full``."""
 
     name: str = ""
     uses_draft: bool = False
     acceptance_from_forward_counts: bool = False
 
+    @abc.abstractmethod
     def run_group(self, prompt_ids: list[list[int]], max_tokens: int) -> GroupOutput:
-        raise NotImplementedError
+        """Decode one group of prompts; outputs and counters."""
 
+    @abc.abstractmethod
     def make_llm(self, max_tokens: int):
         """A LangChain LLM decoding the same way (for ``tot-full``)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release threads or engines."""
