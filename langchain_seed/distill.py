@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from langchain_seed.cli import positive_int
+
 PROMPT_SHAPES = ("propose", "sample", "value", "answer")
 SHAPE_WEIGHTS = (0.35, 0.30, 0.15, 0.20)
 LAYERS_FILE = "draft_layers.safetensors"
@@ -640,6 +642,20 @@ def write_model_card(out: Path, report: dict) -> None:
 # -------------------------------------------------------------------------------- main
 
 
+def training_prompts(records: Sequence[dict], indices: Sequence[int], tokenizer: Any,
+                     args: argparse.Namespace) -> list[PromptSpec]:
+    """`--prompt-passes` passes over the training questions, pass p drawn with seed + 1000 p.
+
+    Passes are appended (pass 0 is the single-pass set), so target outputs cached for
+    fewer passes are reused when more are asked for.
+    """
+    specs: list[PromptSpec] = []
+    for prompt_pass in range(args.prompt_passes):
+        specs += build_prompts(records, indices, tokenizer, args.seed + 1000 * prompt_pass,
+                               args.per_question, args.chat_fraction)
+    return specs
+
+
 def _shape_counts(specs: Sequence[PromptSpec]) -> dict:
     counts: dict[str, int] = {}
     for s in specs:
@@ -665,7 +681,7 @@ def distill(args: argparse.Namespace) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, use_safetensors=True).eval()
     # 1. prompts
-    train_specs = build_prompts(records, train_indices, tokenizer, args.seed, args.per_question, args.chat_fraction)
+    train_specs = training_prompts(records, train_indices, tokenizer, args)
     heldout_specs = build_prompts(records, range(heldout), tokenizer, args.seed + 1, 1, args.chat_fraction)
     # 2. target outputs
     started = time.perf_counter()
@@ -712,7 +728,7 @@ def distill(args: argparse.Namespace) -> dict:
         "n_train_sequences": len(train_examples),
         "train_output_tokens": sum(len(e.ids) - e.n_prompt for e in train_examples),
         "train_prompt_tokens": sum(e.n_prompt for e in train_examples),
-        "chat_fraction": args.chat_fraction, "shape_counts": _shape_counts(train_specs),
+        "prompt_passes": args.prompt_passes, "chat_fraction": args.chat_fraction, "shape_counts": _shape_counts(train_specs),
         "max_new_tokens": args.max_new_tokens,
         "train_max_new_tokens": args.train_max_new_tokens or args.max_new_tokens, "top_k": args.top_k, "soft_weight": args.soft_weight,
         "prompt_weight": args.prompt_weight, "lr": args.lr, "steps": args.steps,
@@ -760,6 +776,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--heldout", type=int, default=100, help="first N questions are never trained on")
     parser.add_argument("--max-train-questions", type=int, default=0, help="0 = all the rest")
     parser.add_argument("--per-question", type=int, default=1, help="prompts per training question")
+    parser.add_argument("--prompt-passes", type=positive_int, default=1,
+                        help="passes over the training questions, each with its own prompt draws")
     parser.add_argument("--chat-fraction", type=float, default=0.25)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--train-max-new-tokens", type=int, default=0,

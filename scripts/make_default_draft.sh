@@ -21,6 +21,6 @@ TARGET="$("$PYTHON" -c 'from langchain_seed.defaults import ensure_default_targe
   --out langchain_seed/assets/smollm2-draft \
   --data "$GSM8K_JSONL" \
   --layers 2 --head-size 8192 --seed 0 --heldout 100 \
-  --max-train-questions 384 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
-  --steps 300 --batch-size 8 --lr 1e-3 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
+  --max-train-questions 0 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
+  --steps 1200 --batch-size 8 --lr 1e-3 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
   --threads 2 --work "$WORK_DIR"

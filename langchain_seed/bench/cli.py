@@ -75,6 +75,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH", help="write a PNG plot")
     parser.add_argument("--check-identical", action="store_true",
                         help="exit with status 2 if a seed method's output differs from the target's")
+    parser.add_argument("--no-reference-cache", dest="reference_cache", action="store_false",
+                        help="recompute the target's greedy reference outputs instead of reading them from "
+                             "the cache ($LANGCHAIN_SEED_HOME/bench-reference/)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(func=run_bench)
     return parser
@@ -137,6 +140,16 @@ def model_pair_info(models) -> dict[str, Any]:
     }
 
 
+def reference_cache_path(args: argparse.Namespace, models) -> Path | None:
+    """Where the target's greedy outputs are kept between runs (None with --no-reference-cache)."""
+    if not args.reference_cache:
+        return None
+    from langchain_seed.bench.harness import model_fingerprint
+    from langchain_seed.defaults import cache_dir
+
+    return cache_dir() / "bench-reference" / f"{model_fingerprint(models.target)}.json"
+
+
 def build_workload(args: argparse.Namespace, models, questions: int, reference):
     from langchain_seed.bench import workloads
 
@@ -165,7 +178,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     models = load_bench_models(args)
-    reference = harness.CachedReference(reference_outputs(models))
+    reference = harness.CachedReference(reference_outputs(models), reference_cache_path(args, models))
     workload = build_workload(args, models, questions, reference)
     methods = [make_method(name, models) for name in args.methods]
     try:

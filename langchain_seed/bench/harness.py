@@ -21,12 +21,14 @@ Measured per call, the same way for every method:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import statistics
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from langchain_seed.bench.methods import BenchModels, GroupOutput, Method, SeedMethod
@@ -175,18 +177,54 @@ class BenchRun:
 
 
 class CachedReference:
-    """The target's greedy outputs, computed once per (prompt, max_tokens)."""
+    """The target's greedy outputs, computed once per (prompt, max_tokens).
 
-    def __init__(self, generate: Callable[[list[list[int]], int], list[list[int]]]) -> None:
+    With ``path`` the outputs are also kept on disk (JSON, written atomically after each
+    batch of new prompts), so a rerun on the same target skips them. Name the file after
+    `model_fingerprint` so that another model, dtype or device never reads it.
+    """
+
+    def __init__(self, generate: Callable[[list[list[int]], int], list[list[int]]],
+                 path: Path | None = None) -> None:
         self._generate = generate
+        self._path = path
         self._cache: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        if path is not None and path.is_file():
+            for entry in json.loads(path.read_text()):
+                self._cache[(tuple(entry["prompt"]), int(entry["max_tokens"]))] = list(entry["output"])
 
     def __call__(self, prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
         missing = [ids for ids in prompt_ids if (tuple(ids), max_tokens) not in self._cache]
         if missing:
             for ids, out in zip(missing, self._generate(missing, max_tokens)):
                 self._cache[(tuple(ids), max_tokens)] = list(out)
+            self._save()
         return [self._cache[(tuple(ids), max_tokens)] for ids in prompt_ids]
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        entries = [{"prompt": list(prompt), "max_tokens": max_tokens, "output": output}
+                   for (prompt, max_tokens), output in self._cache.items()]
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._path.with_suffix(".tmp")
+        partial.write_text(json.dumps(entries))
+        partial.replace(self._path)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of a model's config, dtype, device type and weights (first and last tensors).
+
+    Names a reference cache: greedy outputs depend on all of these.
+    """
+    import hashlib
+
+    parameters = list(model.parameters())
+    digest = hashlib.sha256(model.config.to_json_string().encode())
+    digest.update(f"{parameters[0].dtype}|{parameters[0].device.type}".encode())
+    for tensor in (parameters[0], parameters[-1]):
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _progress(total: int, desc: str, enabled: bool):

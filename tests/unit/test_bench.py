@@ -203,8 +203,10 @@ def test_cli_quick_parsing():
             _parse(bad)
 
 
-def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_file, capsys):
+def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_file, capsys, monkeypatch):
     from langchain_seed.cli import main
+
+    monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
 
     target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
     for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
@@ -227,6 +229,25 @@ def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_
     assert all(row["identical_to_target"] for row in document["rows"] if row["method"].startswith("seed_"))
     if _has_matplotlib():
         assert plot_path.stat().st_size > 1000
+    assert len(list((tmp_path / "home" / "bench-reference").glob("*.json"))) == 1
+
+
+def test_reference_outputs_persist_per_model(models, tmp_path):
+    calls = []
+
+    def generate(prompt_ids, max_tokens):
+        calls.append(len(prompt_ids))
+        return [ids[-1:] * max_tokens for ids in prompt_ids]
+
+    path = tmp_path / f"{harness.model_fingerprint(models.target)}.json"
+    first = harness.CachedReference(generate, path)
+    assert first([[1, 2], [3]], 2) == [[2, 2], [3, 3]]
+    assert first([[3], [4]], 2) == [[3, 3], [4, 4]] and calls == [2, 1]
+    again = harness.CachedReference(generate, path)
+    assert again([[4], [1, 2], [3]], 2) == [[4, 4], [2, 2], [3, 3]]
+    assert again([[4]], 3) == [[4, 4, 4]] and calls == [2, 1, 1]  # max_tokens is part of the key
+    assert harness.model_fingerprint(models.target) != harness.model_fingerprint(models.draft)
+    assert harness.model_fingerprint(models.target) == harness.model_fingerprint(models.target)
 
 
 def _has_matplotlib() -> bool:

@@ -134,6 +134,21 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
     assert list((tmp_path / "work" / "train-batches").glob("batch-*.pt")), "finished batches are kept"
 
 
+def test_prompt_passes_append_fresh_draws_after_the_single_pass_set():
+    import argparse
+
+    records = [
+        {"question": f"Q{i} has {i} apples?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(30)]
+    tokenizer = type("T", (), {"chat_template": None})()
+    one = argparse.Namespace(prompt_passes=1, seed=0, per_question=1, chat_fraction=0.0)
+    two = argparse.Namespace(prompt_passes=2, seed=0, per_question=1, chat_fraction=0.0)
+    single = distill.training_prompts(records, range(30), tokenizer, one)
+    double = distill.training_prompts(records, range(30), tokenizer, two)
+    assert double[:30] == single and len(double) == 60
+    assert [s.question_index for s in double[30:]] == list(range(30))
+    assert [s.text for s in double[30:]] != [s.text for s in single]
+
+
 def test_generation_batches_are_stable_prefixes():
     specs = [distill.PromptSpec(i, distill.PROMPT_SHAPES[i % 4], 0, False, f"q{i}") for i in range(40)]
     ids = [[0] * (i % 7 + 1) for i in range(40)]
