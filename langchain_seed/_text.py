@@ -158,12 +158,26 @@ class StreamingText:
         """Text released so far."""
         self.stopped = False
         """True once a stop string was found (the text ends before it)."""
+        self.token_count = 0
+        """Tokens that made the text: all pushed ones, or up to the one completing the stop string."""
 
     def push(self, token_ids: Sequence[int]) -> str:
-        """Add new ids; return the text that may be released now (possibly empty)."""
+        """Add new ids; return the text that may be released now (possibly empty).
+
+        With stop strings the ids are decoded one at a time, so that the tokens after the
+        one completing a stop string (decoded in the same engine round) are not counted.
+        """
         if self.stopped:
             return ""
-        self._final += self._detokenizer.push(token_ids)
+        if not self._stops:
+            self._final += self._detokenizer.push(token_ids)
+            self.token_count += len(token_ids)
+            return self._release(at_end=False)
+        for token in token_ids:
+            self._final += self._detokenizer.push([token])
+            self.token_count += 1
+            if self._stops.find(self._final, max(0, self._searched - self._stops.longest + 1)) >= 0:
+                break
         return self._release(at_end=False)
 
     def finish(self) -> str:

@@ -388,7 +388,7 @@ class SeedRun:
         if stats is not None:
             info.update(
                 prompt_tokens=stats.prompt_tokens,
-                new_tokens=stats.new_tokens,
+                new_tokens=generation.text.token_count if generation.text.stopped else stats.new_tokens,
                 drafted=stats.drafted,
                 accepted=stats.accepted,
                 acceptance_rate=stats.acceptance_rate,

@@ -189,7 +189,9 @@ def test_stop_cuts_text_exactly_and_ends_generation_early(tiny_engine, decoding)
     assert generation.text == full[:full.find(stop)]
     assert stop not in generation.text
     assert generation.generation_info["finish_reason"] == "stop"
-    assert generation.generation_info["new_tokens"] < 40
+    ids = greedy_ids(tiny_engine, llm.tokenizer, PROMPTS[0], 40)
+    through_stop = next(n for n in range(1, 41) if stop in llm.tokenizer.decode(ids[:n], skip_special_tokens=True))
+    assert generation.generation_info["new_tokens"] == through_stop  # not the round's tokens past it
     assert "".join(llm.stream(PROMPTS[0], stop=[stop])) == generation.text
 
 
@@ -544,9 +546,14 @@ def test_streaming_text_cuts_at_the_first_stop_and_never_leaks_it(tiny_tokenizer
         pieces.append(stream.push(chunk))
     pieces.append(stream.finish())
     hits = [text.find(s) for s in stop if s in text]
-    expected = text[:min(hits)] if hits else text
+    # Generation ends with the token that completes a stop string, whatever the chunking:
+    # the text is cut at the earliest stop string in the text decoded up to that token.
+    completing = next((k for k in range(1, len(ids) + 1) if any(s in _decode(tokenizer, ids[:k]) for s in stop)), None)
+    upto = _decode(tokenizer, ids[:completing]) if completing else text
+    expected = upto[:min(upto.find(s) for s in stop if s in upto)] if completing else text
     assert "".join(pieces) == expected == stream.text
     assert stream.stopped == bool(hits)
+    assert stream.token_count == (completing or len(ids))
     # the engine-side checker, called after every token, fires exactly when a stop string is complete
     checker = StopChecker(tokenizer, (), stop)
     fired = next((k for k in range(1, len(ids) + 1) if checker(ids[:k])), None)
