@@ -21,6 +21,7 @@ from typing import Any
 from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
 from langchain_seed.cli import parse_k_config, positive_int
 from langchain_seed.defaults import DEFAULT_PAIR_K_CONFIG
+from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 
 FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
@@ -67,6 +68,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                     "held-out GSM8K questions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="onednn",
+                        help="the seed methods' CPU float32 matmuls: onednn (default, the engine's) or torch "
+                             "(the transformers methods always use torch's)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up call")
     parser.add_argument("--profile", action="store_true",
@@ -113,7 +117,7 @@ def load_bench_models(args: argparse.Namespace):
         loaded.draft.to(device)
     head_ids = _head_ids(draft) if needs_draft else None
     return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tuple(args.k_config),
-                       str(target), str(draft) if needs_draft else "-")
+                       str(target), str(draft) if needs_draft else "-", args.linear_kernel)
 
 
 def _head_ids(draft) -> list[int] | None:
@@ -136,6 +140,7 @@ def model_pair_info(models) -> dict[str, Any]:
         "draft_parameters": params(models.draft),
         "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
         "k_config": list(models.k_config),
+        "seed_linear_kernel": models.linear_kernel,
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
     }
 

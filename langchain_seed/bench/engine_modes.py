@@ -17,6 +17,7 @@ import time
 from importlib import resources
 
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
+from langchain_seed.engine.kernels import LINEAR_KERNELS
 
 MODES = (
     ("autoregressive", "autoregressive", "rounds"),
@@ -31,10 +32,14 @@ def heldout_question(index: int = 0) -> str:
     return json.loads(lines[index])["question"]
 
 
-def load_default_engine(k_config: tuple[int, ...]) -> SeedEngine:
+def load_default_engine(k_config: tuple[int, ...], linear_kernel: str = "onednn") -> SeedEngine:
     from langchain_seed.llms import SeedLLM
 
-    return SeedLLM.from_default(k_config=k_config).engine
+    engine = SeedLLM.from_default(k_config=k_config).engine
+    if linear_kernel == engine.linear_kernel:
+        return engine
+    return SeedEngine(engine.target_model, engine.draft_model, engine.tokenizer, engine.config,
+                      draft_head_token_ids=engine.draft_head_token_ids, linear_kernel=linear_kernel)
 
 
 def run_once(engine: SeedEngine, prompt: list[int], k: int, temperature: float, max_tokens: int, mode: str,
@@ -88,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--k-config", default="1,1,1,1")
+    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="onednn",
+                        help="the engine's CPU float32 matmuls (every mode, autoregressive included)")
     args = parser.parse_args(argv)
     k_config = tuple(int(x) for x in args.k_config.split(","))
-    engine = load_default_engine(k_config)
+    engine = load_default_engine(k_config, args.linear_kernel)
     from langchain_seed.tot.prompts import default_prompts
 
     text = default_prompts("gsm8k")["sample"].format(question=heldout_question(), steps="", index=1, k=3)

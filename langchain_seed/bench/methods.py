@@ -44,6 +44,8 @@ class BenchModels:
         draft_head_token_ids: the draft's restricted LM-head ids for the seed methods, or None.
         k_config: the seed methods' draft tree.
         target_name, draft_name: how the pair is named in reports.
+        linear_kernel: the seed methods' engine kernels ("onednn" or "torch", see
+            `langchain_seed.engine.kernels`); the transformers methods always run torch's.
     """
 
     target: Any
@@ -53,6 +55,7 @@ class BenchModels:
     k_config: tuple[int, ...] = (1, 1, 1, 1)
     target_name: str = "target"
     draft_name: str = "draft"
+    linear_kernel: str = "onednn"
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -136,7 +139,8 @@ class SeedMethod(Method):
         self.config = SpeculativeConfig(k_config=tuple(models.k_config), verify=verify)
         engine_class = engine_class or SeedEngine
         self.engine = engine_class(models.target, models.draft, models.tokenizer, config=self.config,
-                                   draft_head_token_ids=models.draft_head_token_ids)
+                                   draft_head_token_ids=models.draft_head_token_ids,
+                                   linear_kernel=models.linear_kernel)
 
     @property
     def shares_rounds(self) -> bool:

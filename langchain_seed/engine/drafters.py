@@ -18,6 +18,7 @@ import torch
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import MAX_LOOKUP_NGRAM
 from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, model_device
+from langchain_seed.engine.kernels import linear
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import SequenceState
 from langchain_seed.engine.tree import DraftTree
@@ -209,7 +210,7 @@ class ModelDrafter:
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the head's tokens, `[..., head]`."""
-        return torch.nn.functional.linear(hidden, self.head_weight)
+        return linear(hidden, self.head_weight)
 
     def _empty_probs(self, tree: DraftTree) -> torch.Tensor:
         return torch.zeros(1 + tree.size, self.vocab_size)

@@ -13,7 +13,9 @@ from langchain_seed.engine.config import (
     SpeculativeConfig,
     check_choice,
 )
+from langchain_seed.engine import kernels
 from langchain_seed.engine.drafters import ModelDrafter
+from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
 from langchain_seed.engine.request import GenerationResult, Request, RequestHandle
 from langchain_seed.engine.scheduler import Scheduler
@@ -36,6 +38,10 @@ class SeedEngine:
         config: default `SpeculativeConfig` (draft tree, acceptance rule, verify policy).
         draft_head_token_ids: token ids the draft may propose; its LM head is computed over
             these only (cheaper drafting). None: the whole vocabulary.
+        linear_kernel: "onednn" (default): on CPU in float32 the engine's forwards use
+            oneDNN linears, several times faster than torch's default for decoding shapes
+            (see `engine.kernels`); other callers of the same models are unaffected.
+            "torch": torch's default kernels.
     """
 
     def __init__(
@@ -47,7 +53,9 @@ class SeedEngine:
         *,
         draft_tokenizer=None,
         draft_head_token_ids: Sequence[int] | None = None,
+        linear_kernel: str = "onednn",
     ) -> None:
+        check_choice("linear_kernel", linear_kernel, LINEAR_KERNELS)
         if draft_model is not None:
             check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
         self.target_model = target_model.eval()
@@ -58,7 +66,12 @@ class SeedEngine:
         self.eos_token_ids = eos_token_ids(target_model, tokenizer)
         self.context_window = context_window(target_model)
         self._mask_support: dict[int, bool] = {}
-        self.scheduler = Scheduler(self.target_model, self._make_drafter, self.eos_token_ids)
+        self.linear_kernel = linear_kernel
+        if linear_kernel == "onednn":
+            for model in (self.target_model, self.draft_model):
+                if model is not None:
+                    kernels.install(model)
+        self.scheduler = self._new_scheduler()
 
     # ----- public API ----------------------------------------------------------------
     def generate(
@@ -186,7 +199,7 @@ class SeedEngine:
         target_forwards = draft_forwards = 0
         stats = RunStats()
         for request in requests:
-            scheduler = Scheduler(self.target_model, self._make_drafter, self.eos_token_ids)
+            scheduler = self._new_scheduler()
             scheduler.submit([request], start_thread=False)
             scheduler.run_until_idle()
             target, draft = scheduler.forwards()
@@ -197,6 +210,10 @@ class SeedEngine:
         collected.target_forwards, collected.draft_forwards = target_forwards, draft_forwards
         collected.peak_kv_bytes, collected.peak_rss_mb = stats.peak_kv_bytes, stats.peak_rss_mb
         return collected
+
+    def _new_scheduler(self) -> Scheduler:
+        return Scheduler(self.target_model, self._make_drafter, self.eos_token_ids,
+                         onednn_linear=self.linear_kernel == "onednn")
 
     def _make_drafter(self) -> ModelDrafter:
         return ModelDrafter(self.draft_model, self.draft_head_token_ids)

@@ -28,6 +28,7 @@ from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, ModelDrafter
+from langchain_seed.engine.kernels import onednn_linear
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
@@ -158,10 +159,13 @@ class Scheduler:
     Args:
         target_model: the model whose output is reproduced.
         make_drafter: builds the `ModelDrafter` of a new lane (None: no draft model).
+        onednn_linear: run each round inside `kernels.onednn_linear()` (the models'
+            linears must have been routed with `kernels.install`).
     """
 
-    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int]) -> None:
+    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], onednn_linear: bool = False) -> None:
         self.target_model = target_model
+        self.onednn_linear = onednn_linear
         self.make_drafter = make_drafter
         self.eos_token_ids = eos_token_ids
         self.lanes: dict[SpeculativeConfig, Lane] = {}
@@ -207,11 +211,12 @@ class Scheduler:
     # ----- one round -------------------------------------------------------------------
     def run_round(self) -> None:
         """Schedule, then draft/verify/commit/stream every lane once."""
-        self._admit_waiting()
-        self._drop_cancelled()
-        for lane in list(self.lanes.values()):
-            if lane.members:
-                self._step_lane(lane)
+        with onednn_linear(self.onednn_linear):
+            self._admit_waiting()
+            self._drop_cancelled()
+            for lane in list(self.lanes.values()):
+                if lane.members:
+                    self._step_lane(lane)
         self.stats.rounds += 1
         self.stats.sample_memory(self.kv_bytes())
 
