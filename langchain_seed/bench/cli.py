@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated subset of: {','.join(METHODS)}")
     parser.add_argument("--k-config", type=parse_k_config, default=DEFAULT_PAIR_K_CONFIG,
-                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, 1,1)")
+                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, 1,1,1)")
     parser.add_argument("--max-tokens", type=positive_int, default=THOUGHT_TOKENS,
                         help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
     parser.add_argument("--value-tokens", type=positive_int, default=VALUE_TOKENS,

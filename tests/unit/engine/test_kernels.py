@@ -45,6 +45,20 @@ def test_outside_the_block_installed_linears_are_torch_bit_for_bit(monkeypatch):
     assert len(calls) == 2
 
 
+def test_prefill_sized_inputs_stay_on_torch_except_for_heads(monkeypatch):
+    calls = []
+    original = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(kernels.torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *a: calls.append(a[1].shape[0]) or original(*a), raising=False)
+    small, head = torch.randn(48, 16), torch.randn(kernels.HEAD_SIZED_OUT_FEATURES, 16)
+    rows = kernels.ONEDNN_MAX_ROWS + 1
+    with torch.inference_mode(), kernels.onednn_linear():
+        kernels.linear(torch.randn(rows, 16), small)
+        kernels.linear(torch.randn(1, rows, 16), head)
+        kernels.linear(torch.randn(kernels.ONEDNN_MAX_ROWS, 16), small)
+    assert calls == [kernels.HEAD_SIZED_OUT_FEATURES, 48]
+
+
 def test_the_block_is_per_thread_and_nests():
     seen = {}
 
