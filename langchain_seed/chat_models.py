@@ -165,6 +165,20 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
             raise ValueError("the chat template rendered the messages to no tokens")
         return ids, prefill
 
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence | None = None) -> int:
+        """Tokens of the conversation as the model reads it: rendered with its chat template
+        (with the tool definitions when given), the assistant's generation prompt included."""
+        converted = [convert_to_openai_tool(tool) for tool in tools or []]
+        return len(self._prompt_ids(list(messages), converted, None)[0])
+
+    def start_run(self, messages: list[BaseMessage], stop: list[str] | None = None, **kwargs: Any) -> SeedRun:
+        """Submit the conversation to the engine and return the live run without waiting.
+
+        The chat counterpart of `SeedLLM.start_run`: ``run.iter_text(i)`` streams the raw
+        reply text of generation i (tool-call parsing is `invoke`'s job).
+        """
+        return self._prepare(list(messages), stop, kwargs)[0]
+
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                  streaming: bool = False) -> tuple[SeedRun, _ToolContext]:
         tools = [convert_to_openai_tool(tool) for tool in kwargs.get("tools") or []]

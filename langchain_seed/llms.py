@@ -808,7 +808,15 @@ class SeedLLM(SeedModelMixin, BaseLLM):
         return self._ls_params("llm", stop, kwargs)
 
     # ----- generation ---------------------------------------------------------------------
-    def _prepare(self, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]) -> SeedRun:
+    def start_run(self, prompts: list[str], stop: list[str] | None = None, **kwargs: Any) -> SeedRun:
+        """Submit the prompts to the engine and return the live run without waiting for it.
+
+        Generation i (``n`` per prompt, prompt-major) streams through
+        ``run.iter_text(i)`` / ``run.aiter_text(i)``; ``run.generation_info(i)``,
+        ``run.run_stats()``, ``run.cancel()`` and ``run.close()`` do the rest. This is what
+        `generate` and `stream` use; servers and custom streaming build on it. ``kwargs``
+        are the per-call overrides `invoke` accepts (unknown ones are refused).
+        """
         options = self._call_options(kwargs)
         stops = self._stop_sequences(stop)
         prompt_ids = []
@@ -827,7 +835,7 @@ class SeedLLM(SeedModelMixin, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         """All prompts (n generations each) go to the engine at once; one scheduled run."""
-        run = self._prepare(prompts, stop, kwargs)
+        run = self.start_run(prompts, stop, **kwargs)
         report = None
         if self.streaming and run_manager is not None:
             def report(index: int, piece: str) -> None:
@@ -843,7 +851,7 @@ class SeedLLM(SeedModelMixin, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         """Like `_generate`, reading the engine's chunks on the event loop (never blocking it)."""
-        run = self._prepare(prompts, stop, kwargs)
+        run = self.start_run(prompts, stop, **kwargs)
         report = None
         if self.streaming and run_manager is not None:
             async def report(index: int, piece: str) -> None:
@@ -867,7 +875,7 @@ class SeedLLM(SeedModelMixin, BaseLLM):
         options = self._call_options(kwargs)
         if options.n != 1:
             raise ValueError(f"n={options.n}: stream() yields one generation; use generate() for several per prompt")
-        return self._prepare([prompt], stop, kwargs)
+        return self.start_run([prompt], stop, **kwargs)
 
     def _stream(
         self,

@@ -297,16 +297,16 @@ class SeedService:
         requested = params.max_tokens
         max_tokens = min(self._fit_max_tokens(requested, COMPLETIONS_DEFAULT_MAX_TOKENS, count, "prompt")
                          for count in counts)
-        run = self.llm._prepare(prompts, _stop_list(params.stop), self._call_kwargs(params, max_tokens))
+        run = self.llm.start_run(prompts, _stop_list(params.stop), **self._call_kwargs(params, max_tokens))
         return run, sum(counts)
 
     def _start_chat(self, params: ChatCompletionRequest) -> tuple[SeedRun, int]:
         messages = _to_messages(params.messages)
-        prompt_ids, _ = self.chat._prompt_ids(messages, None, None)
+        prompt_tokens = self.chat.get_num_tokens_from_messages(messages)
         default = self.settings.default_max_tokens or self.chat.max_tokens
-        max_tokens = self._fit_max_tokens(_requested_max_tokens(params), default, len(prompt_ids), "messages")
-        run, _ = self.chat._prepare(messages, _stop_list(params.stop), self._call_kwargs(params, max_tokens))
-        return run, len(prompt_ids)
+        max_tokens = self._fit_max_tokens(_requested_max_tokens(params), default, prompt_tokens, "messages")
+        run = self.chat.start_run(messages, _stop_list(params.stop), **self._call_kwargs(params, max_tokens))
+        return run, prompt_tokens
 
     # ----- running ----------------------------------------------------------------------
     async def events(self, job: _Job) -> AsyncIterator[tuple[int, str | None]]:

@@ -68,6 +68,24 @@ def test_conversation_roles_reach_the_template(chat, tiny_tokenizer):
     assert prefill == ""
 
 
+def test_token_count_and_live_run_follow_the_chat_template(chat, tiny_tokenizer):
+    ids = template_ids(tiny_tokenizer, [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "What is 12 + 30?"}])
+    assert chat.get_num_tokens_from_messages(CONVERSATION) == len(ids)
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    assert chat.get_num_tokens_from_messages(CONVERSATION, tools=[add]) > len(ids)
+    run = chat.start_run(CONVERSATION)
+    try:
+        assert "".join(run.iter_text(0)) == chat.invoke(CONVERSATION).content
+        assert run.generation_info(0)["prompt_tokens"] == len(ids)
+    finally:
+        run.close()
+
+
 def test_stream_chunks_add_up_to_invoke(chat):
     reply = chat.invoke("Hello").content
     chunks = list(chat.stream("Hello"))

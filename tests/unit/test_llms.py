@@ -195,6 +195,19 @@ def test_stop_cuts_text_exactly_and_ends_generation_early(tiny_engine, decoding)
     assert "".join(llm.stream(PROMPTS[0], stop=[stop])) == generation.text
 
 
+def test_start_run_streams_each_generation_live(tiny_engine):
+    llm = SeedLLM.from_engine(tiny_engine, max_tokens=12)
+    expected = [llm.invoke(prompt) for prompt in PROMPTS[:2]]
+    run = llm.start_run(PROMPTS[:2], temperature=0.0)
+    try:
+        assert [("".join(run.iter_text(i))) for i in range(2)] == expected
+        assert run.generation_info(1)["new_tokens"] == 12
+    finally:
+        run.close()
+    with pytest.raises(ValueError, match="unknown"):
+        llm.start_run(PROMPTS[:1], temprature=0.5)
+
+
 async def test_stop_in_async_and_from_the_field(tiny_engine):
     full = SeedLLM.from_engine(tiny_engine, max_tokens=40).invoke(PROMPTS[1])
     stop = _stop_string(full)
