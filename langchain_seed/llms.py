@@ -478,7 +478,9 @@ class SeedModelMixin(BaseModel):
     """Generations per prompt; all are kept in the result (`generations[i]` has n entries)."""
 
     stop: list[str] | None = None
-    """Default stop sequences, added to those of each call: the text ends before the first one."""
+    """Default stop sequences, added to those of each call. Generation ends with the token that
+    completes one, and the text ends before the earliest stop sequence in it (the same
+    whatever the decoding mode or draft tree)."""
 
     streaming: bool = False
     """Report text chunks to callbacks (`on_llm_new_token`) as they are decoded, also in
