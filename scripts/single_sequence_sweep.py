@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/single_sequence_sweep.py [--prompts 3] [--reps 3] [--max-tokens 48]
 
-One process, every variant over the same held-out GSM8K sample prompts, interleaved, the
-first repetition a warm-up, medians. Autoregressive runs on torch's kernels and on the
-engine's (oneDNN); speculative on the engine's. Ratios are against autoregressive on
+One process, every variant over the same held-out GSM8K sample prompts, interleaved in an
+order rotated each repetition, the first repetition a warm-up, medians. Autoregressive
+runs on torch's kernels and on the engine's (oneDNN); speculative on the engine's. Ratios are against autoregressive on
 torch's kernels (plain decoding as a user would run it). Outputs are checked identical.
 """
 
@@ -40,7 +40,8 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name, *_ in variants}
     outputs: dict[str, list[list[int]]] = {}
     for rep in range(args.reps + 1):
-        for name, kernel, mode, tree in variants:
+        order = variants[rep % len(variants):] + variants[: rep % len(variants)]  # rotate: no fixed slot
+        for name, kernel, mode, tree in order:
             started = time.perf_counter()
             results = [engines[kernel].generate([ids], params, mode=mode, config=SpeculativeConfig(k_config=tree))[0]
                        for ids in prompts]
