@@ -142,6 +142,27 @@ class RepTotals:
         if value is not None:
             setattr(self, name, (getattr(self, name) or 0) + value)
 
+    def add_call(self, seconds: float, new_tokens: int, target_calls: int, draft_calls: int,
+                 memory: MemoryPeak) -> None:
+        """Add one measured call: times and counts sum, memory peaks take the maximum."""
+        self.seconds += seconds
+        self.new_tokens += new_tokens
+        self.target_calls += target_calls
+        self.draft_calls += draft_calls
+        self.peak_rss_mb = max(self.peak_rss_mb, memory.peak_rss_mb)
+        self.rss_delta_mb = max(self.rss_delta_mb, memory.rss_delta_mb)
+        if memory.peak_gpu_mb is not None:
+            self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, memory.peak_gpu_mb)
+
+
+def assisted_acceptance(draft_calls: int, target_calls: int, new_tokens: int) -> tuple[int, int]:
+    """(drafted, accepted) of transformers assisted generation, from forward counts.
+
+    Every assistant forward proposes one token and every target forward verifies one
+    round, committing accepted + 1 tokens.
+    """
+    return draft_calls, min(draft_calls, max(0, new_tokens - target_calls))
+
 
 @dataclass
 class MethodRecord:
@@ -295,19 +316,10 @@ def _measure_group(method: Method, group: PromptGroup, expected: list[list[int]]
     target_calls, draft_calls = counter.target - target_before, counter.draft - draft_before
     outputs = [truncate_at_eos(out, eos, group.max_tokens) for out in output.token_ids]
     new_tokens = sum(len(out) for out in outputs)
-    totals.seconds += seconds
-    totals.new_tokens += new_tokens
-    totals.target_calls += target_calls
-    totals.draft_calls += draft_calls
-    totals.peak_rss_mb = max(totals.peak_rss_mb, memory.peak_rss_mb)
-    totals.rss_delta_mb = max(totals.rss_delta_mb, memory.rss_delta_mb)
-    if memory.peak_gpu_mb is not None:
-        totals.peak_gpu_mb = max(totals.peak_gpu_mb or 0.0, memory.peak_gpu_mb)
+    totals.add_call(seconds, new_tokens, target_calls, draft_calls, memory)
     drafted, accepted = output.drafted, output.accepted
     if method.acceptance_from_forward_counts:
-        # transformers assisted generation: every assistant forward proposes one token and
-        # every target forward verifies one round, committing accepted + 1 tokens.
-        drafted, accepted = draft_calls, min(draft_calls, max(0, new_tokens - target_calls))
+        drafted, accepted = assisted_acceptance(draft_calls, target_calls, new_tokens)
     totals.add_optional("drafted", drafted)
     totals.add_optional("accepted", accepted)
     if output.rounds:
@@ -417,17 +429,11 @@ def _measure_tree(method: Method, runner, question: str, name: str, expected, co
     target_calls, draft_calls = counter.target - target_before, counter.draft - draft_before
     infos = [info for _, info in recorder.items]
     new_tokens = sum(int(info.get("new_tokens", 0)) for info in infos)
-    totals.seconds += seconds
-    totals.new_tokens += new_tokens
-    totals.target_calls += target_calls
-    totals.draft_calls += draft_calls
-    totals.peak_rss_mb = max(totals.peak_rss_mb, memory.peak_rss_mb)
-    totals.rss_delta_mb = max(totals.rss_delta_mb, memory.rss_delta_mb)
-    if memory.peak_gpu_mb is not None:
-        totals.peak_gpu_mb = max(totals.peak_gpu_mb or 0.0, memory.peak_gpu_mb)
+    totals.add_call(seconds, new_tokens, target_calls, draft_calls, memory)
     if method.acceptance_from_forward_counts:
-        totals.add_optional("drafted", draft_calls)
-        totals.add_optional("accepted", min(draft_calls, max(0, new_tokens - target_calls)))
+        drafted, accepted = assisted_acceptance(draft_calls, target_calls, new_tokens)
+        totals.add_optional("drafted", drafted)
+        totals.add_optional("accepted", accepted)
     elif any("drafted" in info for info in infos):
         totals.add_optional("drafted", sum(int(info.get("drafted", 0)) for info in infos))
         totals.add_optional("accepted", sum(int(info.get("accepted", 0)) for info in infos))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+import tiny_llama  # noqa: E402
 
 from langchain_seed import distill  # noqa: E402
 
@@ -20,29 +21,8 @@ CHAT_TEMPLATE = (
 
 
 def make_tiny_llama(path: Path, layers: int = 3, seed: int = 0) -> Path:
-    """A random character-level Llama (vocab ~100, hidden 32) saved as safetensors."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    chars = sorted(set(string.printable))
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
-                                        bos_token="<s>", eos_token="</s>", pad_token="</s>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=8, max_position_embeddings=1024, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 2
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    """The shared tiny Llama (`tiny_llama.make_tiny_llama`) with a chat template."""
+    return tiny_llama.make_tiny_llama(path, layers, seed, chat_template=CHAT_TEMPLATE)
 
 
 def write_gsm8k(path: Path, n: int = 12) -> Path:
