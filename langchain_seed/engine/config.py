@@ -89,6 +89,12 @@ class SpeculativeConfig:
             before, the token that followed is the first candidate, ahead of the draft
             model's. 0 turns it off. Lossless either way; sampled requests use the draft
             model alone.
+        draft_confidence: adaptive draft length. A sequence stops drafting deeper once the
+            draft's probability of its best candidate at the deepest level falls below this
+            (that level is still verified; a prompt-lookup hit counts as confident), so
+            each sequence drafts between 1 and `len(k_config)` levels a round: long drafts
+            where the draft is sure, short ones where it is not. 0 always drafts the
+            whole tree. Lossless either way: the length depends on the draft alone.
     """
 
     k_config: tuple[int, ...] = (1, 1, 1, 1)
@@ -97,6 +103,7 @@ class SpeculativeConfig:
     max_batch_tokens: int = 512
     compact_slack: int = 64
     prompt_lookup: int = 3
+    draft_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_config", normalize_k_config(self.k_config))
@@ -111,6 +118,8 @@ class SpeculativeConfig:
                  f"compact_slack must be a non-negative int; got {self.compact_slack!r}")
         _require(_is_int(self.prompt_lookup) and 0 <= self.prompt_lookup <= MAX_LOOKUP_NGRAM,
                  f"prompt_lookup must be an int in [0, {MAX_LOOKUP_NGRAM}] (0 turns it off); got {self.prompt_lookup!r}")
+        _require(_is_number(self.draft_confidence) and 0 <= self.draft_confidence < 1,
+                 f"draft_confidence must be a number in [0, 1) (0 drafts the whole tree); got {self.draft_confidence!r}")
 
     @property
     def is_tree(self) -> bool:

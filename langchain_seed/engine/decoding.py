@@ -40,20 +40,24 @@ def verify_batch(
 ) -> list[Acceptance]:
     """Score every row's draft in one target forward and apply the acceptance rule.
 
+    `tree` is the lane's tree; a draft cut short (`Draft.tree`) is verified as cut.
+
     Updates the cache so that each row keeps its pending tokens and accepted nodes only.
     """
-    rows = [verification_row(s, tree, d) for s, d in zip(sequences, drafts)]
+    trees = [draft.tree_or(tree) if draft is not None else tree for draft in drafts]
+    rows = [verification_row(s, t, d) for s, t, d in zip(sequences, trees, drafts)]
+    skip = min(s.target_pending for s in sequences) - 1  # pending tokens before the root need no logits
     with torch.inference_mode():
-        logits = forward_logits(target_model, kv, rows)  # [batch, width, vocab]
-    new_valid = torch.zeros(len(rows), logits.shape[1], dtype=torch.bool)
+        logits = forward_logits(target_model, kv, rows, skip_first=skip)  # [batch, width - skip, vocab]
+    new_valid = torch.zeros(len(rows), skip + logits.shape[1], dtype=torch.bool)
     results = []
-    for i, (sequence, draft) in enumerate(zip(sequences, drafts)):
+    for i, (sequence, row_tree, draft) in enumerate(zip(sequences, trees, drafts)):
         pending = sequence.target_pending
-        row_logits = logits[i, pending - 1 : pending + tree.size]  # [1 + nodes, vocab]
-        acceptance = accept_row(sequence, tree, draft, row_logits, acceptance_rule)
+        row_logits = logits[i, pending - 1 - skip : pending - skip + row_tree.size]  # [1 + nodes, vocab]
+        acceptance = accept_row(sequence, row_tree, draft, row_logits, acceptance_rule)
         new_valid[i, :pending] = True
         new_valid[i, [pending + node for node in acceptance.path]] = True
-        record_verification(sequence, tree, acceptance)
+        record_verification(sequence, row_tree, acceptance)
         results.append(acceptance)
     kv.commit_new_slots(new_valid)
     return results

@@ -21,7 +21,7 @@ from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, 
 from langchain_seed.engine.kernels import linear
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import SequenceState
-from langchain_seed.engine.tree import DraftTree
+from langchain_seed.engine.tree import DraftTree, build_tree
 from langchain_seed.engine.verify import Acceptance, target_probs_from_logits
 
 
@@ -33,10 +33,17 @@ class Draft:
         node_tokens: drafted token of each tree node (breadth-first order).
         draft_probs: `[1 + nodes, vocab]` draft distribution at the root (row 0) and at each
             node (row 1 + i) that has children; None for greedy requests.
+        tree: the tree actually drafted, the lane's tree cut to its first levels when the
+            draft stopped early (`SpeculativeConfig.draft_confidence`); None: the lane's tree.
     """
 
     node_tokens: list[int]
     draft_probs: torch.Tensor | None = None
+    tree: DraftTree | None = None
+
+    def tree_or(self, lane_tree: DraftTree) -> DraftTree:
+        """The tree this draft fills: its own cut tree, else the lane's."""
+        return self.tree if self.tree is not None else lane_tree
 
 
 class Drafter(Protocol):
@@ -132,28 +139,54 @@ class ModelDrafter:
 
     # ----- the draft stage ---------------------------------------------------------
     def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
-        """Draft `tree` for every member: one batched forward per depth."""
+        """Draft `tree` for every member: one batched forward per depth.
+
+        A member stops at the first level where the draft is unsure (when its config sets
+        `draft_confidence`, see `SpeculativeConfig`) or where the round could reach its
+        `max_tokens`; its draft is cut to the levels drafted.
+        Stopped members ride along as empty rows; the stage ends when every member stopped.
+        """
         if [id(s) for s in sequences] != [id(s) for s in self.rows]:
             raise RuntimeError("ModelDrafter.draft must be given exactly its member sequences, in order")
         drafts = [Draft([0] * tree.size, None if s.params.greedy else self._empty_probs(tree)) for s in sequences]
         slots: list[list[int]] = [[-1] * tree.size for _ in sequences]
+        # A round commits at most depth + 1 tokens: drafting past the request's end is waste.
+        depths = [min(tree.depth, max(1, s.remaining - 1)) for s in sequences]
         logits = self._feed_pending(sequences)  # [batch, head]: root distributions
-        self._expand(sequences, tree, drafts, parent_nodes=[-1], logits=logits[:, None, :])
-        for depth in range(1, tree.depth):
+        confidence = self._expand(sequences, tree, drafts, parent_nodes=[-1], logits=logits[:, None, :])
+        self._stop_unsure(sequences, confidence, depths, depth=1)
+        for depth in range(1, max(depths)):
+            going = [d > depth for d in depths]
+            if not any(going):
+                break
             level = list(tree.level(depth))
-            rows = [self._level_row(s, tree, level, slots[i], drafts[i]) for i, s in enumerate(sequences)]
+            rows = [self._level_row(s, tree, level, slots[i], drafts[i]) if going[i] else _EMPTY_ROW
+                    for i, s in enumerate(sequences)]
             first_slot = self.kv.num_slots
             hidden = self._forward(rows)
             # A chain's new node is seen only by its descendants: keep it valid until rejected,
             # so a lone sequence never needs a mask. Tree siblings must not see each other.
-            self.kv.commit_new_slots(torch.full((len(rows), len(level)), tree.is_chain, dtype=torch.bool))
+            keep = torch.tensor(going, dtype=torch.bool)[:, None] & tree.is_chain
+            self.kv.commit_new_slots(keep.expand(len(rows), len(level)).clone())
             for i in range(len(sequences)):
-                for j, node in enumerate(level):
-                    slots[i][node] = first_slot + j
-            self._expand(sequences, tree, drafts, parent_nodes=level, logits=self._head(hidden[:, : len(level)]))
-        for sequence, node_slots in zip(sequences, slots):
+                if going[i]:
+                    for j, node in enumerate(level):
+                        slots[i][node] = first_slot + j
+            confidence = self._expand(sequences, tree, drafts, parent_nodes=level,
+                                      logits=self._head(hidden[:, : len(level)]), only=going)
+            self._stop_unsure(sequences, confidence, depths, depth=depth + 1)
+        for sequence, node_slots, draft, depth in zip(sequences, slots, drafts, depths):
             self._node_slots[id(sequence)] = node_slots
+            if depth < tree.depth:
+                _cut(draft, tree, depth)
         return drafts
+
+    @staticmethod
+    def _stop_unsure(sequences, confidence: list[float], depths: list[int], depth: int) -> None:
+        """Members drafting at `depth` whose confidence there is under their threshold stop at it."""
+        for i, sequence in enumerate(sequences):
+            if depths[i] > depth and confidence[i] < sequence.request.config.draft_confidence:
+                depths[i] = depth
 
     def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
         """Keep the slots of accepted nodes; the rest of the round's slots stay invalid."""
@@ -215,20 +248,38 @@ class ModelDrafter:
     def _empty_probs(self, tree: DraftTree) -> torch.Tensor:
         return torch.zeros(1 + tree.size, self.vocab_size)
 
-    def _expand(self, sequences, tree: DraftTree, drafts: list[Draft], parent_nodes: list[int], logits) -> None:
-        """Choose the children of `parent_nodes` from `logits` `[batch, parents, head]`."""
+    def _expand(self, sequences, tree: DraftTree, drafts: list[Draft], parent_nodes: list[int], logits,
+                only: list[bool] | None = None) -> list[float]:
+        """Choose the children of `parent_nodes` from `logits` `[batch, parents, head]`.
+
+        Returns, per member, the draft's confidence in this level: the highest probability
+        of a best candidate among the parents (1.0 where prompt lookup supplied it).
+        Members with `only[i]` False are skipped (confidence 1.0, unused).
+        """
+        confidence = [1.0] * len(sequences)
         for i, sequence in enumerate(sequences):
+            if only is not None and not only[i]:
+                continue
+            best = 0.0
             for j, parent in enumerate(parent_nodes):
                 children = tree.children(parent)
                 if len(children) == 0:
                     continue
                 tokens, probs = self._choose(logits[i, j], len(children), sequence)
                 if probs is None:
-                    tokens = self._with_lookup(sequence, tree, drafts[i], parent, tokens)
+                    looked_up = self._with_lookup(sequence, tree, drafts[i], parent, tokens)
+                    measured = sequence.request.config.draft_confidence and looked_up[0] == tokens[0]
+                    sure = _top_probability(logits[i, j]) if measured else 1.0
+                    tokens = looked_up
+                else:
+                    sure = float(probs.max())
+                best = max(best, sure)
                 for child, token in zip(children, tokens):
                     drafts[i].node_tokens[child] = token
                 if probs is not None:
                     drafts[i].draft_probs[parent + 1] = probs
+            confidence[i] = best
+        return confidence
 
     def _choose(self, logits: torch.Tensor, count: int, sequence: SequenceState):
         """`count` candidate tokens from one distribution (`[head]` logits), and that distribution.
@@ -278,6 +329,23 @@ class ModelDrafter:
 
     def _to_vocab(self, indices: torch.Tensor) -> torch.Tensor:
         return indices if self.head_ids is None else self.head_ids.to(indices.device)[indices]
+
+
+_EMPTY_ROW = RowInput([], [], torch.zeros(0, 0, dtype=torch.bool))
+"""A member that stopped drafting: no new tokens (its row is all padding in the forward)."""
+
+
+def _cut(draft: Draft, tree: DraftTree, depth: int) -> None:
+    """Cut `draft` to the first `depth` levels of `tree`."""
+    draft.tree = build_tree(tree.k_config[:depth])
+    draft.node_tokens = draft.node_tokens[: draft.tree.size]
+    if draft.draft_probs is not None:
+        draft.draft_probs = draft.draft_probs[: 1 + draft.tree.size]
+
+
+def _top_probability(logits: torch.Tensor) -> float:
+    """The highest softmax probability of `[head]` logits."""
+    return float(torch.softmax(logits.float(), dim=-1).max())
 
 
 def _pad_picks(picks: list[int], count: int) -> list[int]:

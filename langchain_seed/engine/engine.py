@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence
 
@@ -134,8 +135,7 @@ class SeedEngine:
                 raise ValueError("mode='speculative' needs a draft model; this engine has none")
             return SpeculativeConfig(k_config=(), verify=config.verify, max_batch_tokens=config.max_batch_tokens)
         if mode == "speculative":
-            config = SpeculativeConfig(config.k_config, config.acceptance, "rounds", config.max_batch_tokens,
-                                       config.compact_slack)
+            config = dataclasses.replace(config, verify="rounds")
         self._check_tree_support(config, mode)
         return config
 

@@ -37,6 +37,31 @@ def test_greedy_output_is_the_targets(pair, reference, k_config, mode, verify):
     assert 0 < results.stats.acceptance_rate < 1, "the draft must be partly right for the test to mean anything"
 
 
+@pytest.mark.parametrize("k_config", [(1,) * 6, (2, 2, 1)])
+@pytest.mark.parametrize("mode,verify", [("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")])
+def test_adaptive_draft_length_keeps_greedy_output(pair, reference, k_config, mode, verify):
+    target, draft = pair
+    config = SpeculativeConfig(k_config=k_config, verify=verify, compact_slack=4, draft_confidence=0.2)
+    results = SeedEngine(target, draft, config=config).generate(PROMPTS, SamplingParams(max_tokens=24), mode=mode)
+    assert [r.token_ids for r in results] == reference
+    steps = sum(r.stats.verify_steps for r in results)
+    # Every draft has at least one level; some were cut short and some were not.
+    assert steps < results.stats.drafted < steps * len(k_config)
+
+
+def test_unsure_draft_stops_after_one_level_and_saves_forwards(llama_pair):
+    target, draft = llama_pair
+    forwards = {}
+    for confidence in (0.0, 0.99999):
+        config = SpeculativeConfig(k_config=(1,) * 5, prompt_lookup=0, draft_confidence=confidence)
+        [result] = SeedEngine(target, draft, config=config).generate(
+            [PROMPTS[0]], SamplingParams(max_tokens=24), mode="speculative")
+        forwards[confidence] = result.stats.draft_calls
+        if confidence:
+            assert result.stats.drafted == result.stats.verify_steps  # one level a round
+    assert forwards[0.99999] < forwards[0.0]
+
+
 def test_autoregressive_mode_is_the_targets(pair, reference):
     target, draft = pair
     results = SeedEngine(target, draft).generate(PROMPTS, SamplingParams(max_tokens=24), mode="autoregressive")
@@ -70,6 +95,14 @@ def test_self_draft_accepts_everything():
     [result] = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=20), mode="speculative")
     assert result.stats.acceptance_rate == 1.0
     assert result.stats.verify_steps == 4  # 5 tokens per step: 4 drafted + 1 bonus
+
+
+def test_draft_stops_where_the_request_would_end():
+    target = build_model("llama")
+    engine = SeedEngine(target, target, config=SpeculativeConfig(k_config=(1, 1, 1, 1)))
+    [result] = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=3), mode="speculative")
+    assert len(result.token_ids) == 3 and result.stats.verify_steps == 1
+    assert result.stats.drafted == 2  # 2 drafted + 1 bonus reach max_tokens; a 3rd or 4th would be waste
 
 
 def test_cache_matches_fresh_forward_after_many_rejections(llama_pair):

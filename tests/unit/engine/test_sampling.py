@@ -74,10 +74,11 @@ def sampling_pair():
 
 
 @pytest.mark.parametrize(
-    "k_config,acceptance",
-    [((1, 1, 1), "auto"), ((2, 2), "mcsd"), ((3, 1), "mcsd_without_replacement")],
+    "k_config,acceptance,draft_confidence",
+    [((1, 1, 1), "auto", 0.0), ((2, 2), "mcsd", 0.0), ((3, 1), "mcsd_without_replacement", 0.0),
+     ((1, 1, 1), "auto", 0.5), ((2, 2), "mcsd", 0.5)],
 )
-def test_sampled_tokens_follow_target_distribution(sampling_pair, k_config, acceptance):
+def test_sampled_tokens_follow_target_distribution(sampling_pair, k_config, acceptance, draft_confidence):
     target, draft = sampling_pair
     temperature = 1.0
     target_joint = joint_two_tokens(target, temperature)
@@ -85,7 +86,8 @@ def test_sampled_tokens_follow_target_distribution(sampling_pair, k_config, acce
     # The draft must differ clearly, or a wrong rule could pass.
     assert 0.5 * float((target_joint - draft_joint).abs().sum()) > 0.3
 
-    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=k_config, acceptance=acceptance))
+    config = SpeculativeConfig(k_config=k_config, acceptance=acceptance, draft_confidence=draft_confidence)
+    engine = SeedEngine(target, draft, config=config)
     params = [SamplingParams(temperature=temperature, max_tokens=2, seed=seed) for seed in range(SAMPLES)]
     results = engine.generate([PROMPT] * SAMPLES, params, mode="scheduled")
     counts = Counter(tuple(r.token_ids[:2]) for r in results)
@@ -95,6 +97,9 @@ def test_sampled_tokens_follow_target_distribution(sampling_pair, k_config, acce
     draft_statistic, _ = chi_square(counts, draft_joint, SAMPLES)
     assert draft_statistic > critical_value(dof), "the test cannot tell the draft from the target"
     assert 0 < results.stats.acceptance_rate < 1
+    if draft_confidence:  # some drafts must have been cut for the cut path to be tested
+        steps = sum(r.stats.verify_steps for r in results)
+        assert results.stats.drafted < steps * len(k_config)
 
 
 def test_fixed_seed_gives_same_tokens_whatever_else_runs(sampling_pair):
