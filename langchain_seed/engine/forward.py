@@ -91,8 +91,9 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def forward_logits(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
-    """Run `model` on the rows; returns logits at every new position, `[batch, width, vocab]`."""
+def forward_logits(model, kv: BatchKV, rows: list[RowInput], skip_first: int = 0) -> torch.Tensor:
+    """Run `model` on the rows; returns logits at every new position from `skip_first` on,
+    `[batch, width - skip_first, vocab]` (positions before it never reach the LM head)."""
     inputs = pack_rows(kv, rows, model_dtype(model), model_device(model))
     output = model(
         input_ids=inputs.input_ids,
@@ -100,7 +101,7 @@ def forward_logits(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
         attention_mask=inputs.attention_mask,
         cache=kv.cache,
         use_cache=True,
-        logits_to_keep=inputs.width,
+        logits_to_keep=inputs.width - skip_first,
     )
     return output.logits
 

@@ -29,7 +29,7 @@ from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, ModelDrafter
 from langchain_seed.engine.kernels import onednn_linear
-from langchain_seed.engine.prefill import prefill_prompts
+from langchain_seed.engine.prefill import prefill_prompts, prefill_shared_prefixes
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
 from langchain_seed.engine.tree import build_tree
@@ -68,12 +68,22 @@ class Lane:
 
     # ----- 1. schedule -------------------------------------------------------------
     def admit(self, sequences: list[SequenceState]) -> None:
-        """Prefill the prompts (shared prefixes once, target and draft) and place the rows."""
+        """Prefill the prompts (shared prefixes once, target and draft) and place the rows.
+
+        A lane verifying one sequence per forward prefills only the prefixes its new
+        sequences share; the rest of each prompt is pending for its first verification.
+        """
+        prompts = [s.request.prompt_ids[:-1] for s in sequences]
         with torch.inference_mode():
-            caches, forwards = prefill_prompts(self.target_model, [s.request.prompt_ids[:-1] for s in sequences])
+            if self.capacity == 1:
+                caches, forwards, unfilled = prefill_shared_prefixes(self.target_model, prompts)
+            else:
+                (caches, forwards), unfilled = prefill_prompts(self.target_model, prompts), [0] * len(prompts)
         self.target_forwards += forwards
-        for sequence, kv in zip(sequences, caches):
-            sequence.stats.target_calls += 1
+        for sequence, kv, left in zip(sequences, caches, unfilled):
+            sequence.target_pending = 1 + left
+            if kv.num_slots:
+                sequence.stats.target_calls += 1
             self._place(kv, sequence)
         if self.drafter is not None:
             self.drafter.add(sequences)

@@ -270,3 +270,31 @@ def test_sibling_prompts_share_their_common_prefix(llama_pair):
     assert lane.target_forwards == 3 + 1  # shared stem, batched suffixes, lone prompt; then one verification
     scheduler.run_until_idle()
     assert [r.handle.result().token_ids for r in requests] == [hf_greedy(target, p, MAX) for p in siblings]
+
+
+def test_rounds_lane_feeds_unshared_prompt_text_with_the_first_draft(llama_pair):
+    target, _ = llama_pair
+    stem = list(range(1, 13))
+    siblings = [stem + [20 + i, 30 + i] for i in range(3)] + [[40, 41, 42]]
+    config = SpeculativeConfig(k_config=(1, 1), verify="rounds")
+    scheduler = manual_scheduler(llama_pair, config)
+    requests = make_requests(siblings, config)
+    scheduler.submit(requests, start_thread=False)
+    scheduler.run_round()
+    lane = scheduler.lanes[config]
+    # Only the shared stem is prefilled; each sequence's own text rides in its first verification.
+    assert lane.target_forwards == 1 + 4
+    assert [s.stats.target_calls for s in lane.members] == [2, 2, 2, 1]
+    scheduler.run_until_idle()
+    assert [r.handle.result().token_ids for r in requests] == [hf_greedy(target, p, MAX) for p in siblings]
+
+
+def test_prefill_shared_prefixes_leaves_unshared_text_pending(llama_pair):
+    from langchain_seed.engine.prefill import prefill_shared_prefixes
+
+    target, _ = llama_pair
+    lists = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12], [40, 41]]
+    caches, forwards, unfilled = prefill_shared_prefixes(target, lists)
+    assert forwards == 1
+    assert [kv.num_slots for kv in caches] == [9, 9, 0]
+    assert unfilled == [1, 2, 2]
