@@ -43,6 +43,17 @@ def parse_k_config(text: str) -> tuple[int, ...]:
     return values
 
 
+def draft_confidence(text: str) -> float:
+    """argparse type: a number in [0, 1), the adaptive draft length's threshold."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="langchain-seed",

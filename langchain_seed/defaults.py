@@ -45,12 +45,15 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MANIFEST = "manifest.json"
 DRAFT_LAYERS_FILE = "draft_layers.safetensors"
 HEAD_IDS_FILE = "head_token_ids.json"
-# The draft tree for the shipped draft, measured single-sequence on held-out prompts with
-# the engine's oneDNN kernels (scripts/single_sequence_sweep.py --reps 6): chains of 1 / 2 /
-# 3 / 4 gave 1.07 / 1.35 / 1.34 / 1.42x autoregressive, trees (2, 1) and (2, 1, 1) 1.26 /
-# 1.45x; chains of 2-4 and (2, 1, 1) are within the run-to-run noise (about 0.1) of each
-# other, and a chain of 3 keeps batched verification narrow (docs/BENCHMARKS.md).
-DEFAULT_PAIR_K_CONFIG = (1, 1, 1)
+# The draft tree for the shipped draft: a chain of up to 4, cut where the draft's top
+# probability falls under 0.4 (adaptive draft length). Measured on the tot-step workload
+# (3 held-out questions, one process, rotated order; docs/BENCHMARKS.md): against a fixed
+# chain of 3 it needs fewer target forwards for the same output (serial speculative 146 vs
+# 153, SeeD rounds 152 vs 159, batched 65 vs 70) for a few more cheap draft forwards, and
+# batched wall time is equal within noise (1.79x vs 1.80x serial autoregressive). Longer
+# chains (6, 10) drafted many tokens that were rejected and were slower batched.
+DEFAULT_PAIR_K_CONFIG = (1, 1, 1, 1)
+DEFAULT_PAIR_DRAFT_CONFIDENCE = 0.4
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
 

@@ -35,7 +35,7 @@ VerifyPolicy = Literal["rounds", "batched"]
 
 DECODING_MODES = ("autoregressive", "speculative", "scheduled")
 VERIFY_POLICIES = ("rounds", "batched")
-CALL_OPTIONS = ("decoding", "verify", "k_config", "temperature", "top_p", "max_tokens", "seed", "n", "timeout")
+CALL_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p", "max_tokens", "seed", "n", "timeout")
 """Fields that may be overridden per call through keyword arguments."""
 MAX_N = 64
 
@@ -66,6 +66,12 @@ def _check_k_config(value: object) -> tuple[int, ...]:
     from langchain_seed.engine.config import normalize_k_config
 
     return normalize_k_config(value)
+
+
+def _check_draft_confidence(value: object) -> float:
+    if not _is_number(value) or not 0 <= value < 1:
+        raise ValueError(f"draft_confidence must be a number in [0, 1) (0 drafts the whole tree); got {value!r}")
+    return float(value)
 
 
 def _check_temperature(value: object) -> float:
@@ -122,6 +128,7 @@ _CHECKS = {
     "decoding": _choice("decoding", DECODING_MODES),
     "verify": _choice("verify", VERIFY_POLICIES),
     "k_config": _check_k_config,
+    "draft_confidence": _check_draft_confidence,
     "temperature": _check_temperature,
     "top_p": _check_top_p,
     "max_tokens": _check_max_tokens,
@@ -143,6 +150,7 @@ class CallOptions:
     decoding: str
     verify: str
     k_config: tuple[int, ...]
+    draft_confidence: float
     temperature: float
     top_p: float
     max_tokens: int
@@ -153,7 +161,7 @@ class CallOptions:
     def speculative_config(self) -> SpeculativeConfig:
         from langchain_seed.engine import SpeculativeConfig
 
-        return SpeculativeConfig(k_config=self.k_config, verify=self.verify)
+        return SpeculativeConfig(k_config=self.k_config, verify=self.verify, draft_confidence=self.draft_confidence)
 
     def sampling_params(self, sample_index: int, stop_callback=None) -> SamplingParams:
         """Sampling of generation `sample_index` of a prompt: seeds differ between samples."""
@@ -462,6 +470,11 @@ class SeedModelMixin(BaseModel):
     """Draft tree: children per node at each depth. (1, 1, 1, 1) drafts a chain of 4 tokens,
     (2, 2, 1) a tree; () drafts nothing (plain decoding)."""
 
+    draft_confidence: float = 0.0
+    """Adaptive draft length: a sequence stops drafting deeper once the draft's top
+    probability falls below this, so drafts are long where the draft is sure and short
+    where it is not (lossless either way). 0 drafts the whole `k_config` every round."""
+
     temperature: float = 0.0
     """Sampling temperature; 0 is greedy (the target's own greedy output, token for token)."""
 
@@ -576,13 +589,15 @@ class SeedModelMixin(BaseModel):
     def from_default(cls, **fields: Any):
         """The embedded default pair (SmolLM2-135M-Instruct and its distilled draft), fetched
         and built once into the cache (see `langchain-seed models`); `k_config` defaults to
-        the tree measured best for that draft (`defaults.DEFAULT_PAIR_K_CONFIG`)."""
-        from langchain_seed.defaults import DEFAULT_PAIR_K_CONFIG, ensure_default_pair
+        the tree measured best for that draft (`defaults.DEFAULT_PAIR_K_CONFIG`) and
+        `draft_confidence` to `defaults.DEFAULT_PAIR_DRAFT_CONFIDENCE`."""
+        from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG, ensure_default_pair
 
         target_dir, draft_dir = ensure_default_pair()
         if "model" not in fields and "model_name" not in fields:
             fields["model_name"] = "SmolLM2-135M-Instruct"
         fields.setdefault("k_config", DEFAULT_PAIR_K_CONFIG)
+        fields.setdefault("draft_confidence", DEFAULT_PAIR_DRAFT_CONFIDENCE)
         return cls.from_pretrained(target_dir, draft_dir, **fields)
 
     # ----- options ----------------------------------------------------------------------
@@ -659,6 +674,7 @@ class SeedModelMixin(BaseModel):
             "decoding": self.decoding,
             "verify": self.verify,
             "k_config": self.k_config,
+            "draft_confidence": self.draft_confidence,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
@@ -696,7 +712,8 @@ def _default_config(fields: dict[str, Any]) -> SpeculativeConfig:
 
     k_config = _check_k_config(fields.get("k_config", (1, 1, 1, 1)))
     verify = _CHECKS["verify"](fields.get("verify", "batched"))
-    return SpeculativeConfig(k_config=k_config, verify=verify)
+    draft_confidence = _check_draft_confidence(fields.get("draft_confidence", 0.0))
+    return SpeculativeConfig(k_config=k_config, verify=verify, draft_confidence=draft_confidence)
 
 
 def _model_name_of(engine: Any) -> str:

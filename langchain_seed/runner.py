@@ -14,7 +14,8 @@ import time
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_seed.cli import parse_k_config, positive_int
+from langchain_seed.cli import draft_confidence, parse_k_config, positive_int
+from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
 
 SAMPLE_QUESTION = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -72,7 +73,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--decoding", choices=("autoregressive", "speculative", "scheduled"), default="scheduled")
     parser.add_argument("--verify", choices=("rounds", "batched"), default="batched")
     parser.add_argument("--k-config", type=parse_k_config, default=None,
-                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1 (default: the pair's best, 1,1)")
+                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1 (default: the pair's measured best, "
+                             f"{','.join(map(str, DEFAULT_PAIR_K_CONFIG))})")
+    parser.add_argument("--draft-confidence", type=draft_confidence, default=None,
+                        help="adaptive draft length: stop drafting deeper where the draft's top probability "
+                             f"falls below this; 0 drafts the whole tree (default {DEFAULT_PAIR_DRAFT_CONFIDENCE})")
     parser.add_argument("--max-tokens", type=positive_int, default=64,
                         help="most tokens per LLM completion (default 64)")
     parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")
@@ -88,6 +93,8 @@ def run_command(args: argparse.Namespace) -> int:
     print("Loading the default model pair (first use fetches and converts it) ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     options = {"k_config": args.k_config} if args.k_config else {}
+    if args.draft_confidence is not None:
+        options["draft_confidence"] = args.draft_confidence
     llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, max_tokens=args.max_tokens, **options)
     print(f"Loaded in {time.perf_counter() - started:.1f} s. Building the tree ...", file=sys.stderr, flush=True)
     tot = TreeOfThoughts(llm=llm, task="gsm8k", breadth=args.breadth, depth=args.depth,

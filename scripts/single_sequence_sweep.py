@@ -1,6 +1,10 @@
 """Single-sequence greedy decoding on the default pair: autoregressive vs speculative, per draft tree.
 
     .venv/bin/python scripts/single_sequence_sweep.py [--prompts 3] [--reps 3] [--max-tokens 48]
+        [--trees "1,1,1;1,1,1,1,1,1"] [--confidences 0,0.5] [--no-torch-ar]
+
+Each tree runs with each draft confidence (`SpeculativeConfig.draft_confidence`; 0 drafts
+the whole tree every round).
 
 One process, every variant over the same held-out GSM8K sample prompts, interleaved in an
 order rotated each repetition, the first repetition a warm-up, medians. Autoregressive
@@ -25,7 +29,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--trees", default=";".join(",".join(map(str, t)) for t in TREES),
+                        help="semicolon-separated k_configs")
+    parser.add_argument("--confidences", default="0", help="comma-separated draft_confidence values")
     args = parser.parse_args()
+    trees = [tuple(int(k) for k in tree.split(",")) for tree in args.trees.split(";")]
+    confidences = [float(c) for c in args.confidences.split(",")]
     base = SeedLLM.from_default().engine
     engines = {kernel: SeedEngine(base.target_model, base.draft_model, base.tokenizer,
                                   draft_head_token_ids=base.draft_head_token_ids, linear_kernel=kernel)
@@ -34,26 +43,33 @@ def main() -> None:
     prompts = [base.tokenizer(template.format(question=heldout_question(i), steps="", index=1, k=3)).input_ids
                for i in range(args.prompts)]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    variants = [("autoregressive, torch kernels", "torch", "autoregressive", (1,)),
-                ("autoregressive, oneDNN", "onednn", "autoregressive", (1,))]
-    variants += [(f"speculative {tree}, oneDNN", "onednn", "speculative", tree) for tree in TREES]
+    variants = [("autoregressive, torch kernels", "torch", "autoregressive", SpeculativeConfig(k_config=(1,))),
+                ("autoregressive, oneDNN", "onednn", "autoregressive", SpeculativeConfig(k_config=(1,)))]
+    variants += [(f"speculative {tree} c={confidence}", "onednn", "speculative",
+                  SpeculativeConfig(k_config=tree, draft_confidence=confidence))
+                 for tree in trees for confidence in confidences]
     seconds: dict[str, list[float]] = {name: [] for name, *_ in variants}
     outputs: dict[str, list[list[int]]] = {}
+    calls: dict[str, tuple[int, float]] = {}
     for rep in range(args.reps + 1):
         order = variants[rep % len(variants):] + variants[: rep % len(variants)]  # rotate: no fixed slot
-        for name, kernel, mode, tree in order:
+        for name, kernel, mode, config in order:
             started = time.perf_counter()
-            results = [engines[kernel].generate([ids], params, mode=mode, config=SpeculativeConfig(k_config=tree))[0]
-                       for ids in prompts]
+            results = [engines[kernel].generate([ids], params, mode=mode, config=config)[0] for ids in prompts]
             if rep:
                 seconds[name].append(time.perf_counter() - started)
             outputs[name] = [r.token_ids for r in results]
+            drafted = sum(r.stats.drafted for r in results)
+            calls[name] = (sum(r.stats.target_calls for r in results),
+                           sum(r.stats.accepted for r in results) / drafted if drafted else 0.0)
     base_name = variants[0][0]
     base_seconds = statistics.median(seconds[base_name])
     for name, *_ in variants:
         median = statistics.median(seconds[name])
         same = outputs[name] == outputs[base_name]
-        print(f"{name:34s} {median:7.2f} s  {base_seconds / median:5.2f}x  identical={same}")
+        target_calls, acceptance = calls[name]
+        print(f"{name:44s} {median:7.2f} s  {base_seconds / median:5.2f}x  target calls {target_calls:4d}  "
+              f"acceptance {acceptance:.2f}  identical={same}")
 
 
 if __name__ == "__main__":

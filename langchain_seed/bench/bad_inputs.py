@@ -75,6 +75,8 @@ def build_cases(llm, other_vocab_draft=None) -> list[Case]:
         Case("SamplingParams", "stop_token_ids=[-1]", lambda: SamplingParams(stop_token_ids=[-1]), "stop_token_ids"),
         Case("SamplingParams", "max_tokens=2.5", lambda: SamplingParams(max_tokens=2.5), "max_tokens"),
         Case("SpeculativeConfig", "acceptance='yolo'", lambda: SpeculativeConfig(acceptance="yolo"), "acceptance"),
+        Case("SpeculativeConfig", "draft_confidence=1.5",
+             lambda: SpeculativeConfig(draft_confidence=1.5), "draft_confidence"),
         Case("SpeculativeConfig", "max_batch_tokens=2 with a 5-token draft",
              lambda: SpeculativeConfig(max_batch_tokens=2), "max_batch_tokens"),
         Case("engine", "token id outside the vocabulary",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
-from langchain_seed.cli import parse_k_config, positive_int
-from langchain_seed.defaults import DEFAULT_PAIR_K_CONFIG
+from langchain_seed.cli import draft_confidence, parse_k_config, positive_int
+from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 
@@ -57,7 +57,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated subset of: {','.join(METHODS)}")
     parser.add_argument("--k-config", type=parse_k_config, default=DEFAULT_PAIR_K_CONFIG,
-                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, 1,1,1)")
+                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, "
+                             f"{','.join(map(str, DEFAULT_PAIR_K_CONFIG))})")
+    parser.add_argument("--draft-confidence", type=draft_confidence, default=DEFAULT_PAIR_DRAFT_CONFIDENCE,
+                        help="seed methods' adaptive draft length: stop drafting deeper where the draft's top "
+                             f"probability falls below this; 0 drafts the whole tree (default "
+                             f"{DEFAULT_PAIR_DRAFT_CONFIDENCE})")
     parser.add_argument("--max-tokens", type=positive_int, default=THOUGHT_TOKENS,
                         help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
     parser.add_argument("--value-tokens", type=positive_int, default=VALUE_TOKENS,
@@ -117,7 +122,8 @@ def load_bench_models(args: argparse.Namespace):
         loaded.draft.to(device)
     head_ids = _head_ids(draft) if needs_draft else None
     return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tuple(args.k_config),
-                       str(target), str(draft) if needs_draft else "-", args.linear_kernel)
+                       str(target), str(draft) if needs_draft else "-", args.linear_kernel,
+                       args.draft_confidence)
 
 
 def _head_ids(draft) -> list[int] | None:
@@ -140,6 +146,7 @@ def model_pair_info(models) -> dict[str, Any]:
         "draft_parameters": params(models.draft),
         "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
         "k_config": list(models.k_config),
+        "draft_confidence": models.draft_confidence,
         "seed_linear_kernel": models.linear_kernel,
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
     }

@@ -46,6 +46,7 @@ class BenchModels:
         target_name, draft_name: how the pair is named in reports.
         linear_kernel: the seed methods' engine kernels ("onednn" or "torch", see
             `langchain_seed.engine.kernels`); the transformers methods always run torch's.
+        draft_confidence: the seed methods' adaptive draft length (`SpeculativeConfig`).
     """
 
     target: Any
@@ -56,6 +57,7 @@ class BenchModels:
     target_name: str = "target"
     draft_name: str = "draft"
     linear_kernel: str = "onednn"
+    draft_confidence: float = 0.0
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -136,7 +138,8 @@ class SeedMethod(Method):
         if models.draft is None:
             raise ValueError(f"{name} needs a draft model")
         self.name, self.models, self.mode, self.verify = name, models, mode, verify
-        self.config = SpeculativeConfig(k_config=tuple(models.k_config), verify=verify)
+        self.config = SpeculativeConfig(k_config=tuple(models.k_config), verify=verify,
+                                        draft_confidence=models.draft_confidence)
         engine_class = engine_class or SeedEngine
         self.engine = engine_class(models.target, models.draft, models.tokenizer, config=self.config,
                                    draft_head_token_ids=models.draft_head_token_ids,

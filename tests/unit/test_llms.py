@@ -357,6 +357,8 @@ def test_identity_tokens_and_tracing_params(tiny_llm, tiny_tokenizer):
         ("verify", "all", "verify must be one of 'rounds', 'batched'"),
         ("k_config", (0, 1), "k_config entries must be positive ints"),
         ("k_config", "1111", "k_config must be a sequence"),
+        ("draft_confidence", 1.0, "draft_confidence must be a number in \\[0, 1\\)"),
+        ("draft_confidence", "high", "draft_confidence must be a number in \\[0, 1\\)"),
         ("temperature", -0.5, "temperature must be a finite number in"),
         ("temperature", float("nan"), "temperature must be a finite number in"),
         ("top_p", 0, "top_p must be a number in"),
