@@ -43,15 +43,18 @@ def parse_k_config(text: str) -> tuple[int, ...]:
     return values
 
 
+DRAFT_CONFIDENCE_HELP = ("adaptive draft length: stop drafting deeper where the draft's top probability "
+                         "falls below this; 0 drafts the whole tree")
+
+
 def draft_confidence(text: str) -> float:
     """argparse type: a number in [0, 1), the adaptive draft length's threshold."""
+    from langchain_seed.engine.config import check_draft_confidence
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {value}")
-    return value
+        return check_draft_confidence(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}") from error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,9 +69,9 @@ def _check_k_config(value: object) -> tuple[int, ...]:
 
 
 def _check_draft_confidence(value: object) -> float:
-    if not _is_number(value) or not 0 <= value < 1:
-        raise ValueError(f"draft_confidence must be a number in [0, 1) (0 drafts the whole tree); got {value!r}")
-    return float(value)
+    from langchain_seed.engine.config import check_draft_confidence
+
+    return check_draft_confidence(value)
 
 
 def _check_temperature(value: object) -> float:

@@ -14,7 +14,7 @@ import time
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_seed.cli import draft_confidence, parse_k_config, positive_int
+from langchain_seed.cli import DRAFT_CONFIDENCE_HELP, draft_confidence, parse_k_config, positive_int
 from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
 
 SAMPLE_QUESTION = (
@@ -76,8 +76,7 @@ def add_parser(subparsers) -> None:
                         help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1 (default: the pair's measured best, "
                              f"{','.join(map(str, DEFAULT_PAIR_K_CONFIG))})")
     parser.add_argument("--draft-confidence", type=draft_confidence, default=None,
-                        help="adaptive draft length: stop drafting deeper where the draft's top probability "
-                             f"falls below this; 0 drafts the whole tree (default {DEFAULT_PAIR_DRAFT_CONFIDENCE})")
+                        help=f"{DRAFT_CONFIDENCE_HELP} (default {DEFAULT_PAIR_DRAFT_CONFIDENCE})")
     parser.add_argument("--max-tokens", type=positive_int, default=64,
                         help="most tokens per LLM completion (default 64)")
     parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")

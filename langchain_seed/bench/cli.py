@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
-from langchain_seed.cli import draft_confidence, parse_k_config, positive_int
+from langchain_seed.cli import DRAFT_CONFIDENCE_HELP, draft_confidence, parse_k_config, positive_int
 from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
@@ -60,9 +60,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, "
                              f"{','.join(map(str, DEFAULT_PAIR_K_CONFIG))})")
     parser.add_argument("--draft-confidence", type=draft_confidence, default=DEFAULT_PAIR_DRAFT_CONFIDENCE,
-                        help="seed methods' adaptive draft length: stop drafting deeper where the draft's top "
-                             f"probability falls below this; 0 drafts the whole tree (default "
-                             f"{DEFAULT_PAIR_DRAFT_CONFIDENCE})")
+                        help=f"seed methods' {DRAFT_CONFIDENCE_HELP} (default {DEFAULT_PAIR_DRAFT_CONFIDENCE})")
     parser.add_argument("--max-tokens", type=positive_int, default=THOUGHT_TOKENS,
                         help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
     parser.add_argument("--value-tokens", type=positive_int, default=VALUE_TOKENS,

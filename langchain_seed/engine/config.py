@@ -58,6 +58,13 @@ def normalize_k_config(k_config: object) -> tuple[int, ...]:
     return values
 
 
+def check_draft_confidence(value: object) -> float:
+    """Validate an adaptive-draft threshold (`SpeculativeConfig.draft_confidence`): a number in [0, 1)."""
+    _require(_is_number(value) and 0 <= value < 1,  # type: ignore[operator]
+             f"draft_confidence must be a number in [0, 1) (0 drafts the whole tree); got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def tree_size(k_config: Sequence[int]) -> int:
     """Number of draft nodes in the tree of `k_config` (the root, the last committed token, excluded)."""
     total, width = 0, 1
@@ -118,8 +125,7 @@ class SpeculativeConfig:
                  f"compact_slack must be a non-negative int; got {self.compact_slack!r}")
         _require(_is_int(self.prompt_lookup) and 0 <= self.prompt_lookup <= MAX_LOOKUP_NGRAM,
                  f"prompt_lookup must be an int in [0, {MAX_LOOKUP_NGRAM}] (0 turns it off); got {self.prompt_lookup!r}")
-        _require(_is_number(self.draft_confidence) and 0 <= self.draft_confidence < 1,
-                 f"draft_confidence must be a number in [0, 1) (0 drafts the whole tree); got {self.draft_confidence!r}")
+        check_draft_confidence(self.draft_confidence)
 
     @property
     def is_tree(self) -> bool:

@@ -118,7 +118,7 @@ class ModelDrafter:
     # ----- membership ------------------------------------------------------------
     def add(self, sequences: list[SequenceState]) -> None:
         with torch.inference_mode():
-            caches, forwards = prefill_prompts(self.model, [s.request.prompt_ids[:-1] for s in sequences])
+            caches, forwards, _ = prefill_prompts(self.model, [s.request.prompt_ids[:-1] for s in sequences])
         self.forwards += forwards
         for sequence, kv in zip(sequences, caches):
             self.kv.concat(kv)

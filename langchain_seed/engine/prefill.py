@@ -7,8 +7,8 @@ is prefilled once, copied to its members, and the members' remaining suffixes ar
 prefilled together in one batched forward. Every prompt's last token is left out: it is
 the pending token that the first verification (or draft step) feeds.
 
-A target verified one sequence per forward ("rounds") prefills less:
-`prefill_shared_prefixes` computes only the prefixes that several prompts share and leaves
+A target verified one sequence per forward ("rounds") prefills less: with `shared_only`
+only the prefixes that several prompts share are computed, leaving
 each prompt's own remainder to its first verification, which feeds it together with the
 first draft, as transformers' assisted generation does. That saves one target forward per
 request, most of the cost of a short generation.
@@ -50,44 +50,37 @@ def cluster_by_prefix(token_lists: list[list[int]]) -> list[tuple[int, list[int]
     return clusters
 
 
-def prefill_prompts(model, token_lists: list[list[int]]) -> tuple[list[BatchKV], int]:
-    """One-row caches holding each token list, in input order, and the model forwards made."""
+def prefill_prompts(model, token_lists: list[list[int]],
+                    shared_only: bool = False) -> tuple[list[BatchKV], int, list[int]]:
+    """One-row caches holding each token list, in input order; the model forwards made; and
+    per list how many of its trailing tokens are not in its cache.
+
+    With `shared_only` only the prefixes that several lists share are computed: each
+    list's own remainder stays out of its cache (a list sharing nothing gets an empty one).
+    """
     caches: list[BatchKV | None] = [None] * len(token_lists)
+    unfilled = [0] * len(token_lists)
     forwards = 0
     for length, members in cluster_by_prefix(token_lists):
+        if shared_only and len(members) == 1:
+            caches[members[0]] = BatchKV.empty(1)
+            unfilled[members[0]] = len(token_lists[members[0]])
+            continue
         prefix = token_lists[members[0]][:length]
         kv = prefill(model, prefix)
         forwards += 1 if prefix else 0
         if len(members) > 1:
             kv = kv.repeat_rows(len(members))
         suffixes = [token_lists[m][length:] for m in members]
-        if any(suffixes):
+        if shared_only:
+            for member, suffix in zip(members, suffixes):
+                unfilled[member] = len(suffix)
+        elif any(suffixes):
             forward_hidden(model, kv, [causal_row(s, length) for s in suffixes])
             kv.commit_new_slots(_suffix_validity(suffixes))
             forwards += 1
         for member, row_kv in zip(members, kv.split_rows()):
             caches[member] = row_kv
-    return caches, forwards
-
-
-def prefill_shared_prefixes(model, token_lists: list[list[int]]) -> tuple[list[BatchKV], int, list[int]]:
-    """One-row caches holding only the prefixes shared by several token lists (each computed once).
-
-    Returns the caches in input order, the model forwards made, and per list how many of
-    its trailing tokens are not in its cache (a list that shares nothing gets an empty cache).
-    """
-    caches: list[BatchKV | None] = [None] * len(token_lists)
-    unfilled = [len(tokens) for tokens in token_lists]
-    forwards = 0
-    for length, members in cluster_by_prefix(token_lists):
-        if len(members) == 1:
-            caches[members[0]] = BatchKV.empty(1)
-            continue
-        kv = prefill(model, token_lists[members[0]][:length])
-        forwards += 1 if length else 0
-        for member, row_kv in zip(members, kv.repeat_rows(len(members)).split_rows()):
-            caches[member] = row_kv
-            unfilled[member] -= length
     return caches, forwards, unfilled
 
 

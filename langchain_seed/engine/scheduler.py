@@ -29,7 +29,7 @@ from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, ModelDrafter
 from langchain_seed.engine.kernels import onednn_linear
-from langchain_seed.engine.prefill import prefill_prompts, prefill_shared_prefixes
+from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
 from langchain_seed.engine.tree import build_tree
@@ -75,10 +75,7 @@ class Lane:
         """
         prompts = [s.request.prompt_ids[:-1] for s in sequences]
         with torch.inference_mode():
-            if self.capacity == 1:
-                caches, forwards, unfilled = prefill_shared_prefixes(self.target_model, prompts)
-            else:
-                (caches, forwards), unfilled = prefill_prompts(self.target_model, prompts), [0] * len(prompts)
+            caches, forwards, unfilled = prefill_prompts(self.target_model, prompts, shared_only=self.capacity == 1)
         self.target_forwards += forwards
         for sequence, kv, left in zip(sequences, caches, unfilled):
             sequence.target_pending = 1 + left

@@ -290,11 +290,11 @@ def test_rounds_lane_feeds_unshared_prompt_text_with_the_first_draft(llama_pair)
 
 
 def test_prefill_shared_prefixes_leaves_unshared_text_pending(llama_pair):
-    from langchain_seed.engine.prefill import prefill_shared_prefixes
+    from langchain_seed.engine.prefill import prefill_prompts
 
     target, _ = llama_pair
     lists = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12], [40, 41]]
-    caches, forwards, unfilled = prefill_shared_prefixes(target, lists)
+    caches, forwards, unfilled = prefill_prompts(target, lists, shared_only=True)
     assert forwards == 1
     assert [kv.num_slots for kv in caches] == [9, 9, 0]
     assert unfilled == [1, 2, 2]
