@@ -5,11 +5,13 @@ It knows nothing of LangChain: token ids in, token ids and statistics out.
 
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.engine import GenerationBatch, SeedEngine
+from langchain_seed.engine.feature_draft import FeatureDraftModel
 from langchain_seed.engine.models import LoadedModels, check_pair, load_model, load_models
 from langchain_seed.engine.request import GenerationResult, RequestHandle
 from langchain_seed.engine.stats import RequestStats, RunStats
 
 __all__ = [
+    "FeatureDraftModel",
     "GenerationBatch",
     "GenerationResult",
     "LoadedModels",

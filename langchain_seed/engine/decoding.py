@@ -16,7 +16,7 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.drafters import Draft
-from langchain_seed.engine.forward import RowInput, forward_logits
+from langchain_seed.engine.forward import RowInput, captured_features, forward_logits
 from langchain_seed.engine.request import SequenceState
 from langchain_seed.engine.tree import DraftTree
 from langchain_seed.engine.verify import Acceptance, accept_greedy, accept_sampling, target_probs_from_logits
@@ -37,17 +37,20 @@ def verify_batch(
     drafts: list[Draft | None],
     tree: DraftTree,
     acceptance_rule: str,
+    keep_features: bool = False,
 ) -> list[Acceptance]:
     """Score every row's draft in one target forward and apply the acceptance rule.
 
     `tree` is the lane's tree; a draft cut short (`Draft.tree`) is verified as cut.
 
     Updates the cache so that each row keeps its pending tokens and accepted nodes only.
+    With `keep_features`, the target's features at those kept positions are appended to
+    each sequence's `target_features` (for a feature-conditioned drafter).
     """
     trees = [draft.tree_or(tree) if draft is not None else tree for draft in drafts]
     rows = [verification_row(s, t, d) for s, t, d in zip(sequences, trees, drafts)]
     skip = min(s.target_pending for s in sequences) - 1  # pending tokens before the root need no logits
-    with torch.inference_mode():
+    with torch.inference_mode(), captured_features(target_model, keep_features) as features:
         logits = forward_logits(target_model, kv, rows, skip_first=skip)  # [batch, width - skip, vocab]
     new_valid = torch.zeros(len(rows), skip + logits.shape[1], dtype=torch.bool)
     results = []
@@ -58,6 +61,8 @@ def verify_batch(
         new_valid[i, :pending] = True
         new_valid[i, [pending + node for node in acceptance.path]] = True
         record_verification(sequence, row_tree, acceptance)
+        if features:
+            sequence.target_features.append(features[0][i, : new_valid.shape[1]][new_valid[i]])
         results.append(acceptance)
     kv.commit_new_slots(new_valid)
     return results

@@ -17,7 +17,7 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import MAX_LOOKUP_NGRAM
-from langchain_seed.engine.forward import RowInput, causal_row, forward_hidden, model_device
+from langchain_seed.engine.forward import RowInput, causal_row, forward_features, forward_hidden, model_device
 from langchain_seed.engine.kernels import linear
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import SequenceState
@@ -105,22 +105,24 @@ class ModelDrafter:
         self._node_slots: dict[int, list[int]] = {}
         self._ngrams: dict[int, NGramIndex] = {}
         self.forwards = 0
-        device = model_device(model)
+        self.vocab_size, self.head_ids, self.head_weight = self._head_of(model, head_token_ids)
+
+    @staticmethod
+    def _head_of(model, head_token_ids: list[int] | None):
+        """(vocabulary size, head token ids or None for all, head weight `[head, hidden]`)."""
         weight = model.get_output_embeddings().weight
-        self.vocab_size = int(getattr(model.config, "vocab_size", weight.shape[0]))
+        vocab_size = int(getattr(model.config, "vocab_size", weight.shape[0]))
         if head_token_ids is None:
-            self.head_ids = None
-            self.head_weight = weight.detach()
-        else:
-            self.head_ids = torch.tensor(sorted(set(head_token_ids)), dtype=torch.long, device=device)
-            self.head_weight = weight.index_select(0, self.head_ids).detach().clone()
+            return vocab_size, None, weight.detach()
+        ids = torch.tensor(sorted(set(head_token_ids)), dtype=torch.long, device=model_device(model))
+        return vocab_size, ids, weight.index_select(0, ids).detach().clone()
 
     # ----- membership ------------------------------------------------------------
     def add(self, sequences: list[SequenceState]) -> None:
         with torch.inference_mode():
-            caches, forwards, _ = prefill_prompts(self.model, [s.request.prompt_ids[:-1] for s in sequences])
-        self.forwards += forwards
-        for sequence, kv in zip(sequences, caches):
+            done = prefill_prompts(self.model, [s.request.prompt_ids[:-1] for s in sequences])
+        self.forwards += done.forwards
+        for sequence, kv in zip(sequences, done.caches):
             self.kv.concat(kv)
             self.rows.append(sequence)
             sequence.draft_pending = 1
@@ -164,6 +166,7 @@ class ModelDrafter:
                     for i, s in enumerate(sequences)]
             first_slot = self.kv.num_slots
             hidden = self._forward(rows)
+            self._record_outputs(level, hidden, going)
             # A chain's new node is seen only by its descendants: keep it valid until rejected,
             # so a lone sequence never needs a mask. Tree siblings must not see each other.
             keep = torch.tensor(going, dtype=torch.bool)[:, None] & tree.is_chain
@@ -180,6 +183,9 @@ class ModelDrafter:
             if depth < tree.depth:
                 _cut(draft, tree, depth)
         return drafts
+
+    def _record_outputs(self, level: list[int], hidden: torch.Tensor, going: list[bool]) -> None:
+        """Hook: the draft's outputs `[batch, width, hidden]` at a level's nodes (unused here)."""
 
     @staticmethod
     def _stop_unsure(sequences, confidence: list[float], depths: list[int], depth: int) -> None:
@@ -329,6 +335,107 @@ class ModelDrafter:
 
     def _to_vocab(self, indices: torch.Tensor) -> torch.Tensor:
         return indices if self.head_ids is None else self.head_ids.to(indices.device)[indices]
+
+
+class FeatureDrafter(ModelDrafter):
+    """A `FeatureDraftModel` (EAGLE-style) serving every sequence of a lane.
+
+    The draft's cache holds one entry per committed token t_i, fed with the target's
+    feature f_{i-1} at the position before it (zeros for the first token). The target's
+    features reach each sequence (`SequenceState.target_features`) from its prefill and
+    from every verification; a round first feeds the tokens whose previous feature
+    arrived, the last of them being the pending token, whose output heads the draft.
+    Each drafted node is fed with its parent's output, the draft's guess at the target's
+    feature there. Drafted nodes never stay in the cache: the accepted ones come back
+    with the target's own features.
+
+    Args:
+        model: a `FeatureDraftModel` assembled with the lane's target.
+    """
+
+    needs_target_features = True
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self._fed: dict[int, int] = {}  # per sequence: tokens in the draft cache
+        self._outputs: list[dict[int, torch.Tensor]] = []  # per member: node (-1 root) -> output
+        self._member_index: dict[int, int] = {}
+
+    @staticmethod
+    def _head_of(model, head_token_ids: list[int] | None):
+        ids = torch.tensor(model.head_token_ids, dtype=torch.long, device=model_device(model))
+        return model.vocab_size, ids, model.head_weight
+
+    def add(self, sequences: list[SequenceState]) -> None:
+        """Rows for new sequences; their prompts are fed with their first draft."""
+        for sequence in sequences:
+            self.kv.concat(BatchKV.empty(1))
+            self.rows.append(sequence)
+            self._fed[id(sequence)] = 0
+
+    def remove(self, sequences: list[SequenceState]) -> None:
+        super().remove(sequences)
+        for sequence in sequences:
+            self._fed.pop(id(sequence), None)
+
+    def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
+        self._member_index = {id(s): i for i, s in enumerate(sequences)}
+        self._outputs = [{} for _ in sequences]
+        return super().draft(sequences, tree)
+
+    def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
+        """Forget every node of the round: accepted ones return with the target's features."""
+        row = self._row_of(sequence)
+        node_slots = self._node_slots.pop(id(sequence), [])
+        self.kv.valid[row, [slot for slot in node_slots if slot >= 0]] = False
+
+    def _feed_pending(self, sequences: list[SequenceState]) -> torch.Tensor:
+        """Feed the tokens whose previous feature arrived; returns the root logits `[batch, head]`."""
+        rows = [self._pending_entries(s) for s in sequences]
+        hidden = self._forward(rows)
+        counts = [len(r.token_ids) for r in rows]
+        new_valid = torch.zeros(len(rows), max(counts), dtype=torch.bool)
+        for i, count in enumerate(counts):
+            new_valid[i, :count] = True
+            self._outputs[i][-1] = hidden[i, count - 1]
+        self.kv.commit_new_slots(new_valid)
+        return self._head(torch.stack([outputs[-1] for outputs in self._outputs]))
+
+    def _pending_entries(self, sequence: SequenceState) -> RowInput:
+        """Tokens t_fed .. t_n (the pending one) with features f_{fed-1} .. f_{n-1}."""
+        first = self._fed[id(sequence)]
+        features = sequence.take_target_features()  # [n - first (+1 after the first round), hidden]
+        width = self.head_weight.shape[-1]
+        if features is None:
+            features = self.head_weight.new_zeros(0, width)
+        if first == 0:
+            features = torch.cat([features.new_zeros(1, width), features])
+        count = len(sequence.tokens) - first
+        if features.shape[0] != count:
+            raise RuntimeError(f"feature drafter got {features.shape[0]} target features for {count} new tokens")
+        self._fed[id(sequence)] = first + count
+        row = causal_row(sequence.tokens[first:], first)
+        row.features = features
+        return row
+
+    def _level_row(self, sequence, tree: DraftTree, level: list[int], slots: list[int], draft: Draft) -> RowInput:
+        row = super()._level_row(sequence, tree, level, slots, draft)
+        outputs = self._outputs[self._member_index[id(sequence)]]
+        row.features = torch.stack([outputs[tree.parents[node]] for node in level])
+        return row
+
+    def _record_outputs(self, level: list[int], hidden: torch.Tensor, going: list[bool]) -> None:
+        for i, outputs in enumerate(self._outputs):
+            if going[i]:
+                for j, node in enumerate(level):
+                    outputs[node] = hidden[i, j]
+
+    def _forward(self, rows: list[RowInput]) -> torch.Tensor:
+        self.forwards += 1
+        for sequence in self.rows:
+            sequence.stats.draft_calls += 1
+        with torch.inference_mode():
+            return forward_features(self.model, self.kv, rows)
 
 
 _EMPTY_ROW = RowInput([], [], torch.zeros(0, 0, dtype=torch.bool))

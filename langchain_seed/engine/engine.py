@@ -15,7 +15,8 @@ from langchain_seed.engine.config import (
     check_choice,
 )
 from langchain_seed.engine import kernels
-from langchain_seed.engine.drafters import ModelDrafter
+from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
+from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
 from langchain_seed.engine.request import GenerationResult, Request, RequestHandle
@@ -34,7 +35,8 @@ class SeedEngine:
 
     Args:
         target_model: a transformers causal LM (its greedy output is reproduced exactly).
-        draft_model: a smaller causal LM with the same vocabulary, or None.
+        draft_model: a smaller causal LM with the same vocabulary, a `FeatureDraftModel`
+            assembled with this target (drafts from the target's hidden states), or None.
         tokenizer: the target's tokenizer (for EOS ids and pair checks); optional.
         config: default `SpeculativeConfig` (draft tree, acceptance rule, verify policy).
         draft_head_token_ids: token ids the draft may propose; its LM head is computed over
@@ -57,7 +59,9 @@ class SeedEngine:
         linear_kernel: str = "onednn",
     ) -> None:
         check_choice("linear_kernel", linear_kernel, LINEAR_KERNELS)
-        if draft_model is not None:
+        if isinstance(draft_model, FeatureDraftModel):
+            check_feature_draft(target_model, draft_model)
+        elif draft_model is not None:
             check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
         self.target_model = target_model.eval()
         self.draft_model = draft_model.eval() if draft_model is not None else None
@@ -143,7 +147,11 @@ class SeedEngine:
         needs_mask = config.is_tree or mode == "scheduled"
         if not needs_mask:
             return
-        for model in (self.target_model, self.draft_model):
+        # A feature draft's decoder is the target's architecture: the target's answer is its answer.
+        plain_draft = None if isinstance(self.draft_model, FeatureDraftModel) else self.draft_model
+        for model in (self.target_model, plain_draft):
+            if model is None:
+                continue
             key = id(model)
             if key not in self._mask_support:
                 self._mask_support[key] = supports_tree_mask(model)
@@ -216,6 +224,8 @@ class SeedEngine:
                          onednn_linear=self.linear_kernel == "onednn")
 
     def _make_drafter(self) -> ModelDrafter:
+        if isinstance(self.draft_model, FeatureDraftModel):
+            return FeatureDrafter(self.draft_model)
         return ModelDrafter(self.draft_model, self.draft_head_token_ids)
 
 

@@ -10,7 +10,10 @@ keep with `BatchKV.commit_new_slots`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Iterator
+
 import torch
 
 from langchain_seed.engine.cache import BatchKV
@@ -25,12 +28,14 @@ class RowInput:
         positions: their absolute positions.
         visible_new: `[m, m]` bool, which of the new tokens each one sees.
         extra_slots: per new token, existing slots it sees beyond the row's committed ones.
+        features: `[m, hidden]` per new token, the feature it is paired with (feature drafts only).
     """
 
     token_ids: list[int]
     positions: list[int]
     visible_new: torch.Tensor
     extra_slots: list[list[int]] = field(default_factory=list)
+    features: torch.Tensor | None = None
 
 
 def causal_row(token_ids: list[int], first_position: int) -> RowInput:
@@ -48,6 +53,7 @@ class BatchInputs:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None
     width: int
+    features: torch.Tensor | None = None  # [batch, new, hidden] when the rows bring features
 
 
 def pack_rows(kv: BatchKV, rows: list[RowInput], dtype: torch.dtype, device) -> BatchInputs:
@@ -73,7 +79,19 @@ def pack_rows(kv: BatchKV, rows: list[RowInput], dtype: torch.dtype, device) -> 
         mask = None
     else:
         mask = kv.attention_mask(visible_old.to(device), visible_new.to(device), dtype)
-    return BatchInputs(input_ids.to(device), position_ids.to(device), mask, width)
+    return BatchInputs(input_ids.to(device), position_ids.to(device), mask, width, _pack_features(rows, width, device))
+
+
+def _pack_features(rows: list[RowInput], width: int, device) -> torch.Tensor | None:
+    """`[batch, width, hidden]` the rows' features, zero on padding; None when no row has any."""
+    given = [row.features for row in rows if row.features is not None]
+    if not given:
+        return None
+    features = given[0].new_zeros(len(rows), width, given[0].shape[-1])
+    for index, row in enumerate(rows):
+        if row.features is not None:
+            features[index, : row.features.shape[0]] = row.features
+    return features.to(device)
 
 
 def _is_plain_causal(kv: BatchKV, rows: list[RowInput], width: int) -> bool:
@@ -106,6 +124,17 @@ def forward_logits(model, kv: BatchKV, rows: list[RowInput], skip_first: int = 0
     return output.logits
 
 
+def forward_features(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
+    """Run a `FeatureDraftModel` on the rows (tokens paired with features); returns its
+    outputs `[batch, width, hidden]`."""
+    inputs = pack_rows(kv, rows, model_dtype(model), model_device(model))
+    features = inputs.features
+    if features is None:
+        features = torch.zeros(*inputs.input_ids.shape, model.proj.in_features, device=inputs.input_ids.device)
+    return model(inputs.input_ids, features, position_ids=inputs.position_ids,
+                 attention_mask=inputs.attention_mask, cache=kv.cache, use_cache=True)
+
+
 def forward_hidden(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
     """Run `model`'s decoder (no LM head) on the rows; returns `[batch, width, hidden]`."""
     inputs = pack_rows(kv, rows, model_dtype(model), model_device(model))
@@ -119,15 +148,32 @@ def forward_hidden(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
     return output.last_hidden_state
 
 
-def prefill(model, token_ids: list[int]) -> BatchKV:
-    """A one-row cache holding `token_ids` (plain causal forward, no logits kept)."""
+@contextlib.contextmanager
+def captured_features(model, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """Within this block, each forward of `model` appends its features (its decoder's last
+    hidden state, `[batch, new, hidden]`: what its LM head reads) to the yielded list."""
+    captured: list[torch.Tensor] = []
+    if not enabled:
+        yield captured
+        return
+    handle = model.get_decoder().register_forward_hook(
+        lambda module, args, output: captured.append(output.last_hidden_state))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def prefill(model, token_ids: list[int], with_features: bool = False) -> tuple[BatchKV, torch.Tensor | None]:
+    """A one-row cache holding `token_ids` (plain causal forward, no logits kept), and with
+    `with_features` the model's features there, `[len, hidden]` (else None)."""
     kv = BatchKV.empty(1)
     if not token_ids:
-        return kv
+        return kv, None
     device = model_device(model)
     ids = torch.tensor([token_ids], dtype=torch.long, device=device)
     positions = torch.arange(len(token_ids), device=device)[None, :]
-    model(input_ids=ids, position_ids=positions, cache=kv.cache, use_cache=True, logits_to_keep=1)
+    with captured_features(model, with_features) as features:
+        model(input_ids=ids, position_ids=positions, cache=kv.cache, use_cache=True, logits_to_keep=1)
     kv.commit_new_slots(torch.ones(1, len(token_ids), dtype=torch.bool))
-    return kv
-
+    return kv, features[0][0] if features else None

@@ -60,18 +60,35 @@ def load_models(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> LoadedModels:
-    """Target, optional draft and the target's tokenizer, checked to share a vocabulary."""
+    """Target, optional draft and the target's tokenizer, checked to share a vocabulary.
+
+    A `draft` directory holding a feature draft (`engine.feature_draft`) is assembled with
+    the target's embedding and LM head; any other is loaded as a causal LM.
+    """
     from transformers import AutoTokenizer
 
     options = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(str(target), trust_remote_code=trust_remote_code)
     target_model = load_model(target, **options)
-    draft_model = None
-    if draft is not None:
-        draft_model = load_model(draft, **options)
-        draft_tokenizer = AutoTokenizer.from_pretrained(str(draft), trust_remote_code=trust_remote_code)
-        check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
+    draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
     return LoadedModels(target_model, draft_model, tokenizer)
+
+
+def load_draft(draft: str | Path, target_model, tokenizer=None, **options):
+    """A draft for a loaded target: a feature draft directory is assembled with the target
+    (same device and dtype); any other is loaded as a causal LM (`load_model` options) and
+    checked to share the target's vocabulary."""
+    from transformers import AutoTokenizer
+
+    from langchain_seed.engine.feature_draft import FeatureDraftModel, is_feature_draft_dir
+
+    if is_feature_draft_dir(draft):
+        weight = next(target_model.parameters())
+        return FeatureDraftModel.load(draft, target_model).to(weight.device, weight.dtype)
+    draft_model = load_model(draft, **options)
+    draft_tokenizer = AutoTokenizer.from_pretrained(str(draft), trust_remote_code=options.get("trust_remote_code", False))
+    check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
+    return draft_model
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -16,6 +16,10 @@ request, most of the cost of a short generation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
 
@@ -50,43 +54,67 @@ def cluster_by_prefix(token_lists: list[list[int]]) -> list[tuple[int, list[int]
     return clusters
 
 
-def prefill_prompts(model, token_lists: list[list[int]],
-                    shared_only: bool = False) -> tuple[list[BatchKV], int, list[int]]:
-    """One-row caches holding each token list, in input order; the model forwards made; and
-    per list how many of its trailing tokens are not in its cache.
+@dataclass
+class Prefilled:
+    """What `prefill_prompts` made, per token list in input order.
+
+    Attributes:
+        caches: one-row caches.
+        forwards: model forwards made (for all lists together).
+        unfilled: how many trailing tokens of each list are not in its cache.
+        features: the model's features (`[cached tokens, hidden]`) of each list when asked
+            for, else None.
+    """
+
+    caches: list[BatchKV]
+    forwards: int
+    unfilled: list[int]
+    features: list[torch.Tensor | None] | None = None
+
+
+def prefill_prompts(model, token_lists: list[list[int]], shared_only: bool = False,
+                    with_features: bool = False) -> Prefilled:
+    """Prefill every token list, computing shared prefixes once.
 
     With `shared_only` only the prefixes that several lists share are computed: each
     list's own remainder stays out of its cache (a list sharing nothing gets an empty one).
+    With `with_features` the model's features at every cached token come back too.
     """
-    caches: list[BatchKV | None] = [None] * len(token_lists)
-    unfilled = [0] * len(token_lists)
-    forwards = 0
+    done = Prefilled([None] * len(token_lists), 0, [0] * len(token_lists),
+                     [None] * len(token_lists) if with_features else None)
     for length, members in cluster_by_prefix(token_lists):
         if shared_only and len(members) == 1:
-            caches[members[0]] = BatchKV.empty(1)
-            unfilled[members[0]] = len(token_lists[members[0]])
+            done.caches[members[0]] = BatchKV.empty(1)
+            done.unfilled[members[0]] = len(token_lists[members[0]])
             continue
         prefix = token_lists[members[0]][:length]
-        kv = prefill(model, prefix)
-        forwards += 1 if prefix else 0
+        kv, prefix_features = prefill(model, prefix, with_features)
+        done.forwards += 1 if prefix else 0
         if len(members) > 1:
             kv = kv.repeat_rows(len(members))
         suffixes = [token_lists[m][length:] for m in members]
+        suffix_features = None
         if shared_only:
             for member, suffix in zip(members, suffixes):
-                unfilled[member] = len(suffix)
+                done.unfilled[member] = len(suffix)
         elif any(suffixes):
-            forward_hidden(model, kv, [causal_row(s, length) for s in suffixes])
+            suffix_features = forward_hidden(model, kv, [causal_row(s, length) for s in suffixes])
             kv.commit_new_slots(_suffix_validity(suffixes))
-            forwards += 1
-        for member, row_kv in zip(members, kv.split_rows()):
-            caches[member] = row_kv
-    return caches, forwards, unfilled
+            done.forwards += 1
+        for row, (member, row_kv) in enumerate(zip(members, kv.split_rows())):
+            done.caches[member] = row_kv
+            if with_features:
+                own = suffix_features[row, : len(suffixes[row])] if suffix_features is not None else None
+                done.features[member] = _join([prefix_features, own])
+    return done
+
+
+def _join(chunks: list[torch.Tensor | None]) -> torch.Tensor | None:
+    chunks = [c for c in chunks if c is not None and c.shape[0]]
+    return torch.cat(chunks) if chunks else None
 
 
 def _suffix_validity(suffixes: list[list[int]]):
-    import torch
-
     width = max(len(s) for s in suffixes)
     valid = torch.zeros(len(suffixes), width, dtype=torch.bool)
     for row, suffix in enumerate(suffixes):

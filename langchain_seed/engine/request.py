@@ -182,6 +182,9 @@ class SequenceState:
         tokens: prompt followed by the tokens committed so far.
         target_pending: how many trailing tokens are not yet in the target's cache.
         draft_pending: how many trailing tokens are not yet in the draft's cache.
+        target_features: the target's features (last hidden states, `[k, hidden]` chunks) at
+            the positions it cached since a feature-conditioned drafter last took them; kept
+            only in lanes whose drafter asks for them.
         finish_reason: set once the sequence is done.
     """
 
@@ -195,6 +198,7 @@ class SequenceState:
     draft_pending: int = 1
     finish_reason: FinishReason | None = None
     error: BaseException | None = None
+    target_features: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def params(self) -> SamplingParams:
@@ -215,3 +219,11 @@ class SequenceState:
     def pending_tokens(self, count: int) -> tuple[list[int], int]:
         """The last `count` tokens and the position of the first of them."""
         return self.tokens[len(self.tokens) - count:], len(self.tokens) - count
+
+    def take_target_features(self) -> torch.Tensor | None:
+        """The target features not yet taken, `[k, hidden]` in position order (None if none)."""
+        if not self.target_features:
+            return None
+        features = torch.cat(self.target_features) if len(self.target_features) > 1 else self.target_features[0]
+        self.target_features = []
+        return features

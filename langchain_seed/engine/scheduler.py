@@ -27,7 +27,7 @@ import torch
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
-from langchain_seed.engine.drafters import Draft, ModelDrafter
+from langchain_seed.engine.drafters import Draft, Drafter
 from langchain_seed.engine.kernels import onednn_linear
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
@@ -56,7 +56,7 @@ class TargetBatch:
 class Lane:
     """Active sequences sharing one speculative configuration."""
 
-    def __init__(self, config: SpeculativeConfig, target_model, drafter: ModelDrafter | None) -> None:
+    def __init__(self, config: SpeculativeConfig, target_model, drafter: Drafter | None) -> None:
         self.config = config
         self.tree = build_tree(config.k_config)
         self.target_model = target_model
@@ -65,20 +65,25 @@ class Lane:
         self.batches: list[TargetBatch] = []
         self.target_forwards = 0
         self.capacity = 1 if config.verify == "rounds" else max(1, config.max_batch_tokens // config.tokens_per_sequence)
+        self.keeps_features = bool(getattr(self.drafter, "needs_target_features", False))
 
     # ----- 1. schedule -------------------------------------------------------------
     def admit(self, sequences: list[SequenceState]) -> None:
         """Prefill the prompts (shared prefixes once, target and draft) and place the rows.
 
         A lane verifying one sequence per forward prefills only the prefixes its new
-        sequences share; the rest of each prompt is pending for its first verification.
+        sequences share; the rest of each prompt is pending for its first verification
+        (unless its drafter drafts from the target's features, which the prefill provides).
         """
         prompts = [s.request.prompt_ids[:-1] for s in sequences]
         with torch.inference_mode():
-            caches, forwards, unfilled = prefill_prompts(self.target_model, prompts, shared_only=self.capacity == 1)
-        self.target_forwards += forwards
-        for sequence, kv, left in zip(sequences, caches, unfilled):
-            sequence.target_pending = 1 + left
+            done = prefill_prompts(self.target_model, prompts, with_features=self.keeps_features,
+                                   shared_only=self.capacity == 1 and not self.keeps_features)
+        self.target_forwards += done.forwards
+        for index, (sequence, kv) in enumerate(zip(sequences, done.caches)):
+            sequence.target_pending = 1 + done.unfilled[index]
+            if done.features is not None and done.features[index] is not None:
+                sequence.target_features.append(done.features[index])
             if kv.num_slots:
                 sequence.stats.target_calls += 1
             self._place(kv, sequence)
@@ -139,7 +144,7 @@ class Lane:
         batch_drafts = [drafts[id(s)] for s in batch.members]
         self.target_forwards += 1
         acceptances = verify_batch(self.target_model, batch.kv, batch.members, batch_drafts, self.tree,
-                                   self.config.acceptance)
+                                   self.config.acceptance, keep_features=self.keeps_features)
         out = []
         for sequence, draft, acceptance in zip(batch.members, batch_drafts, acceptances):
             if self.drafter is not None:
@@ -165,7 +170,7 @@ class Scheduler:
 
     Args:
         target_model: the model whose output is reproduced.
-        make_drafter: builds the `ModelDrafter` of a new lane (None: no draft model).
+        make_drafter: builds the drafter (`ModelDrafter` or `FeatureDrafter`) of a new lane.
         onednn_linear: run each round inside `kernels.onednn_linear()` (the models'
             linears must have been routed with `kernels.install`).
     """

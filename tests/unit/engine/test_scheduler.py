@@ -294,7 +294,8 @@ def test_prefill_shared_prefixes_leaves_unshared_text_pending(llama_pair):
 
     target, _ = llama_pair
     lists = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12], [40, 41]]
-    caches, forwards, unfilled = prefill_prompts(target, lists, shared_only=True)
+    done = prefill_prompts(target, lists, shared_only=True)
+    caches, forwards, unfilled = done.caches, done.forwards, done.unfilled
     assert forwards == 1
     assert [kv.num_slots for kv in caches] == [9, 9, 0]
     assert unfilled == [1, 2, 2]
