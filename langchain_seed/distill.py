@@ -344,6 +344,14 @@ def init_draft(target: Any, layers: int) -> Any:
     return draft.float()
 
 
+def load_init_draft(path: str | Path) -> Any:
+    """A trained (assembled) token draft to start from, float32, in train mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+
+
 def trainable_state(draft: Any) -> dict:
     """The draft's own weights: everything except the (target-derived) embedding/head."""
     return {name: tensor for name, tensor in draft.state_dict().items()
@@ -713,7 +721,7 @@ def distill(args: argparse.Namespace) -> dict:
                                        args.gen_batch, args.max_new_tokens, args.top_k, args.progress)
     train_examples = cached_examples(cache and cache.with_name("train"), *gen, train_specs, args.gen_batch,
                                      args.train_max_new_tokens or args.max_new_tokens, args.top_k, args.progress,
-                                     prompt_topk=args.prompt_weight > 0)
+                                     prompt_topk=args.prompt_weight > 0 and args.kind == "token")
     seconds_generate = time.perf_counter() - started
     # 3. head ids
     texts = [tokenizer(records[i]["question"] + "\n" + strip_calculator(records[i].get("answer", "")),
@@ -721,11 +729,31 @@ def distill(args: argparse.Namespace) -> dict:
     outputs = [e.ids[e.n_prompt :].tolist() for e in train_examples]
     head_list = select_head_ids(outputs, texts, args.head_size, target.config.vocab_size,
                                 always=sorted(_eos_ids(target, tokenizer)))
+    if args.init_draft:  # the draft continues from a trained one: keep the head it learnt
+        head_list = _head_ids_of(Path(args.init_draft)) or head_list
     head_ids = torch.tensor(head_list)
     head_index = torch.full((target.config.vocab_size,), -1, dtype=torch.long)
     head_index[head_ids] = torch.arange(len(head_ids))
+    data = {
+        "name": out.name, "target_name": Path(args.target).resolve().name,
+        "data": Path(args.data).name, "n_questions": len(records), "heldout": heldout,
+        "heldout_range": f"0..{heldout - 1}", "train_range": f"{train_indices[0]}..{train_indices[-1]}",
+        "n_train_sequences": len(train_examples),
+        "train_output_tokens": sum(len(e.ids) - e.n_prompt for e in train_examples),
+        "train_prompt_tokens": sum(e.n_prompt for e in train_examples),
+        "prompt_passes": args.prompt_passes, "chat_fraction": args.chat_fraction,
+        "shape_counts": _shape_counts(train_specs), "max_new_tokens": args.max_new_tokens,
+        "train_max_new_tokens": args.train_max_new_tokens or args.max_new_tokens,
+        "seconds_generate": seconds_generate, "threads": args.threads, "chain": args.chain,
+        "command": args.command_line, "seed": args.seed, "lr": args.lr, "steps": args.steps,
+        "batch_size": args.batch_size, "prompt_weight": args.prompt_weight, "dtype": args.dtype,
+    }
+    if args.kind == "feature":
+        from langchain_seed.feature_distill import distill_feature
+
+        return _finish(args, out, distill_feature(args, target, train_examples, heldout_examples, head_list, data))
     # 4. draft init
-    draft = init_draft(target, args.layers)
+    draft = load_init_draft(args.init_draft) if args.init_draft else init_draft(target, args.layers)
     head_weight = draft.get_input_embeddings().weight[head_ids].detach()
     before = heldout_acceptance(draft, head_ids, heldout_examples, args.chain)
     print(f"held-out acceptance before training: {before['acceptance_rate']:.3f}", file=sys.stderr)
@@ -742,33 +770,32 @@ def distill(args: argparse.Namespace) -> dict:
     shipped = save_draft(draft, head_list, out, args.dtype)
     own = sum(v.numel() for v in trainable_state(draft).values())
     report = {
-        "name": out.name, "target_name": Path(args.target).resolve().name,
-        "layers": args.layers, "head_size": len(head_list), "dtype": args.dtype,
+        **data, "layers": args.layers, "head_size": len(head_list),
         "params_total": sum(p.numel() for p in draft.parameters()), "params_own": own,
-        "data": Path(args.data).name, "n_questions": len(records), "heldout": heldout,
-        "heldout_range": f"0..{heldout - 1}", "train_range": f"{train_indices[0]}..{train_indices[-1]}",
-        "n_train_sequences": len(train_examples),
-        "train_output_tokens": sum(len(e.ids) - e.n_prompt for e in train_examples),
-        "train_prompt_tokens": sum(e.n_prompt for e in train_examples),
-        "prompt_passes": args.prompt_passes, "chat_fraction": args.chat_fraction, "shape_counts": _shape_counts(train_specs),
-        "max_new_tokens": args.max_new_tokens,
-        "train_max_new_tokens": args.train_max_new_tokens or args.max_new_tokens, "top_k": args.top_k, "soft_weight": args.soft_weight,
-        "prompt_weight": args.prompt_weight, "lr": args.lr, "steps": args.steps,
-        "batch_size": args.batch_size, "seed": args.seed, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-        "seconds_generate": seconds_generate, "seconds_train": seconds_train, "threads": args.threads,
-        "chain": args.chain, "heldout_before": before, "heldout_after": after,
-        "draft_ms": draft_ms, "target_ms": target_ms, "command": args.command_line,
-        "losses_every_10": losses[::10],
+        "top_k": args.top_k, "soft_weight": args.soft_weight,
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "seconds_train": seconds_train, "heldout_before": before, "heldout_after": after,
+        "draft_ms": draft_ms, "target_ms": target_ms, "losses_every_10": losses[::10],
     }
     report["shipped_bytes"] = shipped
     write_model_card(out, report)  # twice: the card's own size is part of the shipped size
     report["shipped_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     write_model_card(out, report)
+    return _finish(args, out, report)
+
+
+def _finish(args: argparse.Namespace, out: Path, report: dict) -> dict:
+    """Write the report beside the work cache (or the draft) and print its headline."""
     report_dir = Path(args.work) if args.work else out
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("heldout_after", "draft_ms", "target_ms", "shipped_bytes")}))
     return report
+
+
+def _head_ids_of(draft_dir: Path) -> list[int] | None:
+    path = draft_dir / HEAD_IDS_FILE
+    return [int(i) for i in json.loads(path.read_text())] if path.is_file() else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -786,6 +813,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--target", required=True, help="target model dir (safetensors)")
     parser.add_argument("--out", required=True, help="output dir for the draft's own weights + card")
     parser.add_argument("--data", default=str(default_data), help="GSM8K-style jsonl (question, answer)")
+    parser.add_argument("--kind", choices=("token", "feature"), default="token",
+                        help="token: a small LM over tokens; feature: EAGLE-style, also reads the "
+                             "target's hidden states (see langchain_seed.feature_distill)")
+    parser.add_argument("--init-draft", default="",
+                        help="start from this trained draft dir (assembled, with head_token_ids.json); "
+                             "its head ids are kept")
+    parser.add_argument("--feature-weight", type=float, default=1.0,
+                        help="feature drafts: weight of the feature regression term")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=400)

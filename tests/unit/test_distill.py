@@ -114,6 +114,39 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
     assert list((tmp_path / "work" / "train-batches").glob("batch-*.pt")), "finished batches are kept"
 
 
+def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
+    """`--kind feature --init-draft`: trains, measures, saves a loadable feature draft whose
+    acceptance at init is the token draft's own (the projection starts at zero)."""
+    from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine
+    from langchain_seed.feature_distill import features_key
+
+    target_dir = make_tiny_llama(tmp_path / "target")
+    token_draft = make_tiny_llama(tmp_path / "token-draft", layers=1, seed=5)
+    (token_draft / distill.HEAD_IDS_FILE).write_text(json.dumps(list(range(0, 64))))
+    data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
+    out = tmp_path / "feature-draft"
+    argv = ["distill", "--kind", "feature", "--init-draft", str(token_draft), "--target", str(target_dir),
+            "--out", str(out), "--data", str(data), "--layers", "1", "--steps", "3", "--heldout", "4",
+            "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
+            "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", "0.5"]
+    assert distill.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["feature_draft.json", "feature_draft.safetensors", distill.HEAD_IDS_FILE, "README.md"])
+    report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
+    assert report["kind"] == "feature" and report["head_size"] == 64 and report["init_draft"] == "token-draft"
+    assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
+    assert report["heldout_with_lookup"]["drafted"] == report["heldout_after"]["drafted"] > 0
+    assert len(list((tmp_path / "work").glob("train-features-*.pt"))) == 1, "target features are cached"
+    card = (out / "README.md").read_text()
+    assert "feature draft" in card and "--kind feature" in card
+    target = transformers.AutoModelForCausalLM.from_pretrained(target_dir).eval()
+    draft = FeatureDraftModel.load(out, target)
+    prompt = [[5, 6, 7, 8]]
+    expected = target.generate(torch.tensor(prompt), max_new_tokens=8, do_sample=False)[0, 4:].tolist()
+    [result] = SeedEngine(target, draft).generate(prompt, SamplingParams(max_tokens=8), mode="speculative")
+    assert result.token_ids == expected
+
+
 def test_prompt_passes_append_fresh_draws_after_the_single_pass_set():
     import argparse
 
