@@ -178,39 +178,63 @@ def chain_acceptance(draft: FeatureDraftModel, examples: Sequence[FeatureExample
     bonus token. With `lookup_min_n`, a prompt-lookup hit replaces the draft's choice.
     Counts `chain` drafted tokens per round (accepted / drafted), like the token draft's replay.
     """
-    head_ids = torch.tensor(draft.head_token_ids)
     accepted = drafted = 0
     by_shape: dict[str, list[int]] = {}
     with torch.inference_mode():
         for example in examples:
-            ids = example.ids.tolist()
-            previous = torch.cat([torch.zeros(1, example.features.shape[-1]), example.features[:-1].float()])
-            index = NGramIndex()
-            n = example.n_prompt - 1
-            while n + 1 < len(ids):
-                run = _replay_round(draft, head_ids, ids, previous, n, chain, index, lookup_min_n)
-                accepted, drafted, n = accepted + run, drafted + chain, n + run + 1
-                shape = by_shape.setdefault(example.shape, [0, 0])
-                shape[0], shape[1] = shape[0] + run, shape[1] + chain
+            runs = replay_example(draft, example, chain, lookup_min_n)
+            accepted, drafted = accepted + sum(runs), drafted + chain * len(runs)
+            shape = by_shape.setdefault(example.shape, [0, 0])
+            shape[0], shape[1] = shape[0] + sum(runs), shape[1] + chain * len(runs)
     return {"acceptance_rate": accepted / max(1, drafted), "accepted": accepted, "drafted": drafted,
             "acceptance_by_shape": {k: v[0] / max(1, v[1]) for k, v in sorted(by_shape.items())}}
 
 
-def _replay_round(draft, head_ids, ids: list[int], previous: torch.Tensor, n: int, chain: int,
-                  index: NGramIndex, lookup_min_n: int) -> int:
-    """Accepted drafted tokens of one round at pending token `n` (see `chain_acceptance`)."""
-    tokens, features = list(ids[: n + 1]), [previous[: n + 1]]
-    for depth in range(chain):
-        output = draft(torch.tensor([tokens]), torch.cat(features)[None])[0, -1]
-        token = int(head_ids[draft.head_logits(output).argmax()])
-        if lookup_min_n:
-            index.update(tokens)
-            token = index.lookup(tokens[-4:], lookup_min_n) or token
-        if n + 1 + depth >= len(ids) or token != ids[n + 1 + depth]:
-            return depth
-        tokens.append(token)
-        features.append(output[None])
-    return chain
+def replay_example(draft: FeatureDraftModel, example: FeatureExample, chain: int = 4,
+                   lookup_min_n: int = 0) -> list[int]:
+    """Accepted drafted tokens of each round over one example's output (see `chain_acceptance`).
+
+    One cached pass over the whole text with the target's features gives every round's
+    first draft; deeper drafts run one token at a time on a copy of that cache cut at the
+    round's pending token, so a round costs at most `chain - 1` single-token forwards.
+    """
+    from transformers import DynamicCache
+
+    ids = example.ids.tolist()
+    head_ids = torch.tensor(draft.head_token_ids)
+    previous = torch.cat([torch.zeros(1, example.features.shape[-1]), example.features[:-1].float()])
+    full = DynamicCache()
+    outputs = draft(example.ids[None], previous[None], cache=full, use_cache=True)[0]  # [seq, hidden]
+    index = NGramIndex()
+    runs = []
+    n = example.n_prompt - 1
+    while n + 1 < len(ids):
+        tokens, output, cache, run = ids[: n + 1], outputs[n], None, 0
+        while run < chain:
+            token = int(head_ids[draft.head_logits(output).argmax()])
+            if lookup_min_n:
+                index.update(tokens)
+                token = index.lookup(tokens[-4:], lookup_min_n) or token
+            if n + 1 + run >= len(ids) or token != ids[n + 1 + run]:
+                break
+            run, tokens = run + 1, tokens + [token]
+            if run < chain:
+                cache = cache if cache is not None else _cache_prefix(full, n + 1)
+                output = draft(torch.tensor([[token]]), output[None, None], cache=cache, use_cache=True,
+                               position_ids=torch.tensor([[n + run]]))[0, -1]
+        runs.append(run)
+        n += run + 1
+    return runs
+
+
+def _cache_prefix(cache: Any, length: int) -> Any:
+    """A new `DynamicCache` holding the first `length` positions of `cache` (views, no copy)."""
+    from transformers import DynamicCache
+
+    prefix = DynamicCache()
+    for layer_index, layer in enumerate(cache.layers):
+        prefix.update(layer.keys[:, :, :length], layer.values[:, :, :length], layer_index)
+    return prefix
 
 
 def feature_token_ms(draft: FeatureDraftModel, target: Any, context: int = 64, steps: int = 30,

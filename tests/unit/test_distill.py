@@ -194,3 +194,38 @@ def test_full_head_teacher_forcing_matches_itself(tmp_path):
     draft = distill.init_draft(target, layers=3).eval()
     result = distill.heldout_acceptance(draft, torch.arange(128), [example], chain=4)
     assert result["acceptance_rate"] == 1.0 and result["token_agreement"] == 1.0
+
+
+def test_feature_replay_matches_drafting_from_scratch():
+    """The cached replay gives the same runs as re-running the draft on the whole text for
+    every drafted token (features: the target's before the round, the draft's own after)."""
+    from langchain_seed.engine import FeatureDraftModel
+    from langchain_seed.feature_distill import FeatureExample, replay_example
+
+    target = transformers.AutoModelForCausalLM.from_pretrained(
+        make_tiny_llama(Path(__import__("tempfile").mkdtemp()) / "t", layers=1)).eval()
+    draft = FeatureDraftModel.from_target(target, 1, list(range(128)))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        draft.proj.weight.normal_(0, 0.002)
+    prompt = torch.tensor([5, 6, 7, 8, 9, 10])
+    ids = target.generate(prompt[None], max_new_tokens=30, do_sample=False, min_new_tokens=30)[0]
+    with torch.no_grad():
+        features = target.model(ids[None]).last_hidden_state[0]
+    example = FeatureExample(ids, len(prompt), features.half(), torch.zeros(len(ids), dtype=torch.long))
+    previous = torch.cat([torch.zeros(1, 32), example.features[:-1].float()])
+    expected, n = [], len(prompt) - 1
+    with torch.inference_mode():
+        while n + 1 < len(ids):
+            tokens, feats, run = ids[: n + 1].tolist(), [previous[: n + 1]], 0
+            while run < 4:
+                output = draft(torch.tensor([tokens]), torch.cat(feats)[None])[0, -1]
+                token = int(draft.head_logits(output).argmax())
+                if n + 1 + run >= len(ids) or token != int(ids[n + 1 + run]):
+                    break
+                run, tokens, feats = run + 1, tokens + [token], feats + [output[None]]
+            expected.append(run)
+            n += run + 1
+        runs = replay_example(draft, example, chain=4)
+    assert runs == expected
+    assert sum(runs) > 5, "the draft must be mostly right for the comparison to reach deep drafts"
