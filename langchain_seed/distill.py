@@ -431,29 +431,38 @@ def train_draft(
     progress: bool = True,
 ) -> list[float]:
     """AdamW with warmup + cosine decay over shuffled epochs; returns the loss curve."""
+    freeze_embedding(draft)
+    return fit(draft, len(examples), lambda picked: distill_loss(
+        draft, head_weight, _collate([examples[i] for i in picked], head_index, prompt_weight), soft_weight),
+        steps, batch_size, lr, seed, "distill", progress)
+
+
+def fit(model: Any, count: int, batch_loss: Any, steps: int, batch_size: int, lr: float, seed: int,
+        desc: str, progress: bool = True) -> list[float]:
+    """Train `model`'s trainable parameters on `batch_loss(example indices) -> loss` over
+    shuffled epochs of `count` examples: AdamW, warmup + cosine decay, gradients clipped at 1.
+    Returns the loss curve."""
     import torch
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    freeze_embedding(draft)
-    params = [p for p in draft.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
         (s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
     order: list[int] = []
-    losses = []
-    draft.train()
-    bar = tqdm(range(steps), desc="distill", disable=not progress)
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
         if len(order) < batch_size:
-            fresh = list(range(len(examples)))
+            fresh = list(range(count))
             rng.shuffle(fresh)
             order += fresh
         picked, order = order[:batch_size], order[batch_size:]
-        batch = _collate([examples[i] for i in picked], head_index, prompt_weight)
-        loss = distill_loss(draft, head_weight, batch, soft_weight)
+        loss = batch_loss(picked)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -461,7 +470,7 @@ def train_draft(
         schedule.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    draft.eval()
+    model.eval()
     return losses
 
 
@@ -654,19 +663,19 @@ def write_model_card(out: Path, report: dict) -> None:
         f"over {acc['drafted']:,} drafted tokens (before training: {r['heldout_before']['acceptance_rate']:.3f})",
         f"- per-token agreement with the target: {acc['token_agreement']:.3f} over {acc['tokens']:,} tokens",
         f"- by prompt shape: {json.dumps({k: round(v, 3) for k, v in acc['acceptance_by_shape'].items()})}",
-        f"- per-token cost, one cached forward, fp32 on the engine's kernels, {r['threads']} CPU threads, "
-        f"medians of 5 alternating runs: draft "
-        f"{r['draft_ms']:.1f} ms (restricted head) vs target {r['target_ms']:.1f} ms "
-        f"= **{r['draft_ms'] / r['target_ms']:.3f}** of the target.",
-        "",
-        "## Command",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
+        *card_cost_and_command(r, " (restricted head)"),
     ]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def card_cost_and_command(r: dict, draft_note: str = "") -> list[str]:
+    """A model card's per-token cost line and its Command section."""
+    return [
+        f"- per-token cost, one cached forward, fp32 on the engine's kernels, {r['threads']} CPU threads, "
+        f"medians of 5 alternating runs: draft {r['draft_ms']:.1f} ms{draft_note} vs target {r['target_ms']:.1f} ms "
+        f"= **{r['draft_ms'] / r['target_ms']:.3f}** of the target.",
+        "", "## Command", "", "```", r["command"], "```", "",
+    ]
 
 
 # -------------------------------------------------------------------------------- main

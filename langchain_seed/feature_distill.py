@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -136,36 +134,12 @@ def feature_loss(draft: FeatureDraftModel, batch: dict, feature_weight: float) -
 def train_feature_draft(draft: FeatureDraftModel, examples: Sequence[FeatureExample], head_index: torch.Tensor,
                         steps: int, batch_size: int, lr: float, prompt_weight: float, feature_weight: float,
                         seed: int, progress: bool = True) -> list[float]:
-    """AdamW with warmup + cosine decay over shuffled epochs; returns the loss curve."""
-    from tqdm.auto import tqdm
+    """AdamW with warmup + cosine decay over shuffled epochs (`distill.fit`); returns the loss curve."""
+    from langchain_seed.distill import fit
 
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    params = [p for p in draft.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
-    order: list[int] = []
-    losses: list[float] = []
-    draft.train()
-    bar = tqdm(range(steps), desc="distill (feature draft)", disable=not progress)
-    for _ in bar:
-        if len(order) < batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        picked, order = order[:batch_size], order[batch_size:]
-        loss = feature_loss(draft, _collate([examples[i] for i in picked], head_index, prompt_weight), feature_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    draft.eval()
-    return losses
+    return fit(draft, len(examples), lambda picked: feature_loss(
+        draft, _collate([examples[i] for i in picked], head_index, prompt_weight), feature_weight),
+        steps, batch_size, lr, seed, "distill (feature draft)", progress)
 
 
 def chain_acceptance(draft: FeatureDraftModel, examples: Sequence[FeatureExample], chain: int = 4,
@@ -322,6 +296,8 @@ def distill_feature(args: Any, target: Any, train_examples: Sequence[Any], heldo
 
 def write_feature_card(out: Path, report: dict) -> None:
     """The feature draft's model card (README.md beside its weights)."""
+    from langchain_seed.distill import card_cost_and_command
+
     r = report
     after, lookup = r["heldout_after"], r["heldout_with_lookup"]
     start = f"the trained token draft `{r['init_draft']}`" if r["init_draft"] else "the target's first layers"
@@ -366,15 +342,6 @@ def write_feature_card(out: Path, report: dict) -> None:
         f"over {after['drafted']:,} drafted tokens (at init: {r['heldout_before']['acceptance_rate']:.3f})",
         f"- with the engine's prompt lookup: **{lookup['acceptance_rate']:.3f}**",
         f"- by prompt shape: {json.dumps({k: round(v, 3) for k, v in after['acceptance_by_shape'].items()})}",
-        f"- per-token cost, one cached forward, fp32 on the engine's kernels, {r['threads']} CPU threads, "
-        f"medians of 5 alternating runs: draft {r['draft_ms']:.1f} ms vs target {r['target_ms']:.1f} ms "
-        f"= **{r['draft_ms'] / r['target_ms']:.3f}** of the target.",
-        "",
-        "## Command",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
+        *card_cost_and_command(r),
     ]
     (out / "README.md").write_text("\n".join(lines))

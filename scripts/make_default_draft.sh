@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Rebuild the shipped default draft (langchain_seed/assets/smollm2-draft) from scratch.
+# Rebuild the shipped default drafts (langchain_seed/assets/smollm2-draft and
+# langchain_seed/assets/smollm2-feature-draft) from scratch.
 #
 # 1. fetch + convert the default target (SmolLM2-135M-Instruct) into the cache;
-# 2. distill a 2-layer draft on the target's own greedy outputs for Tree-of-Thoughts
-#    GSM8K prompts (GSM8K test split; questions 0..99 held out, never trained on).
+# 2. distill a 2-layer token draft on the target's own greedy outputs for Tree-of-Thoughts
+#    GSM8K prompts (GSM8K test split; questions 0..99 held out, never trained on);
+# 3. from it, distill the feature draft (EAGLE-style: it also reads the target's hidden
+#    states) on the same outputs plus the target's features there.
 #
 # Needs the full GSM8K test split as jsonl (question, answer): GSM8K_JSONL, default
 # /work/shared/data/gsm8k_test.jsonl. CPU only, 2 threads. Target outputs are cached in
@@ -23,4 +26,16 @@ TARGET="$("$PYTHON" -c 'from langchain_seed.defaults import ensure_default_targe
   --layers 2 --head-size 8192 --seed 0 --heldout 100 \
   --max-train-questions 0 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
   --steps 1200 --batch-size 8 --lr 1e-3 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
+  --threads 2 --work "$WORK_DIR"
+
+DRAFT="$("$PYTHON" -c 'import sys; from langchain_seed.defaults import ensure_default_draft; print(ensure_default_draft(sys.argv[1]))' "$TARGET")"
+
+"$PYTHON" -m langchain_seed.cli distill --kind feature \
+  --init-draft "$DRAFT" \
+  --target "$TARGET" \
+  --out langchain_seed/assets/smollm2-feature-draft \
+  --data "$GSM8K_JSONL" \
+  --layers 2 --seed 0 --heldout 100 \
+  --max-train-questions 0 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
+  --steps 600 --batch-size 8 --lr 5e-4 --prompt-weight 0.5 --feature-weight 1.0 \
   --threads 2 --work "$WORK_DIR"

@@ -98,6 +98,9 @@ class ModelDrafter:
             over these rows only.
     """
 
+    run_model = staticmethod(forward_hidden)
+    """One draft forward over the rows: `(model, kv, rows) -> [batch, width, hidden]`."""
+
     def __init__(self, model, head_token_ids: list[int] | None = None) -> None:
         self.model = model
         self.kv = BatchKV.empty(0)
@@ -245,7 +248,7 @@ class ModelDrafter:
         for sequence in self.rows:
             sequence.stats.draft_calls += 1
         with torch.inference_mode():
-            return forward_hidden(self.model, self.kv, rows)
+            return self.run_model(self.model, self.kv, rows)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the head's tokens, `[..., head]`."""
@@ -354,6 +357,7 @@ class FeatureDrafter(ModelDrafter):
     """
 
     needs_target_features = True
+    run_model = staticmethod(forward_features)
 
     def __init__(self, model) -> None:
         super().__init__(model)
@@ -429,13 +433,6 @@ class FeatureDrafter(ModelDrafter):
             if going[i]:
                 for j, node in enumerate(level):
                     outputs[node] = hidden[i, j]
-
-    def _forward(self, rows: list[RowInput]) -> torch.Tensor:
-        self.forwards += 1
-        for sequence in self.rows:
-            sequence.stats.draft_calls += 1
-        with torch.inference_mode():
-            return forward_features(self.model, self.kv, rows)
 
 
 _EMPTY_ROW = RowInput([], [], torch.zeros(0, 0, dtype=torch.bool))
