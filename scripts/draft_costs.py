@@ -1,0 +1,42 @@
+"""Per-token cost of the default pair's two drafts against the target, in one process.
+
+    .venv/bin/python scripts/draft_costs.py [--runs 2]
+
+One cached single-token forward of each model on the engine's kernels (`feature_token_ms`
+for the feature draft, `distill.token_costs` for the token draft; each times its draft and
+the target alternately 5 times and takes medians), `--runs` times, printing ratios.
+"""
+
+import argparse
+import json
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from langchain_seed.defaults import default_feature_draft_dir, ensure_default_pair
+from langchain_seed.distill import token_costs
+from langchain_seed.engine.models import load_draft
+from langchain_seed.feature_distill import feature_token_ms
+from langchain_seed.llms import read_head_token_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    target_dir, token_dir = ensure_default_pair(progress=False)
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    token = AutoModelForCausalLM.from_pretrained(token_dir, dtype=torch.float32).eval()
+    head_ids = torch.tensor(read_head_token_ids(token_dir))
+    feature = load_draft(default_feature_draft_dir(), target)
+    for _ in range(args.runs):
+        feature_ms, target_a = feature_token_ms(feature, target)
+        token_ms, target_b = token_costs(token, target, head_ids)
+        print(json.dumps({"feature_ms": round(feature_ms, 2), "target_ms": round(target_a, 2),
+                          "feature_ratio": round(feature_ms / target_a, 3), "token_ms": round(token_ms, 2),
+                          "target_ms_token_run": round(target_b, 2), "token_ratio": round(token_ms / target_b, 3)}))
+
+
+if __name__ == "__main__":
+    main()
