@@ -1,10 +1,11 @@
 """Single-sequence greedy decoding on the default pair: autoregressive vs speculative, per draft tree.
 
     .venv/bin/python scripts/single_sequence_sweep.py [--prompts 3] [--reps 3] [--max-tokens 48]
-        [--trees "1,1,1;1,1,1,1,1,1"] [--confidences 0,0.5] [--no-torch-ar]
+        [--trees "1,1,1;1,1,1,1,1,1"] [--confidences 0,0.5] [--drafts token,feature]
 
 Each tree runs with each draft confidence (`SpeculativeConfig.draft_confidence`; 0 drafts
-the whole tree every round).
+the whole tree every round) and each draft of the default pair: the token draft and the
+feature draft (`langchain_seed.engine.feature_draft`).
 
 One process, every variant over the same held-out GSM8K sample prompts, interleaved in an
 order rotated each repetition, the first repetition a warm-up, medians. Autoregressive
@@ -17,8 +18,10 @@ import statistics
 import time
 
 from langchain_seed.bench.engine_modes import heldout_question
+from langchain_seed.defaults import default_feature_draft_dir, ensure_default_pair
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
-from langchain_seed.llms import SeedLLM
+from langchain_seed.engine.models import load_draft, load_models
+from langchain_seed.llms import read_head_token_ids
 from langchain_seed.tot.prompts import default_prompts
 
 TREES = ((1,), (1, 1), (2, 1), (1, 1, 1), (2, 1, 1), (1, 1, 1, 1))
@@ -32,30 +35,36 @@ def main() -> None:
     parser.add_argument("--trees", default=";".join(",".join(map(str, t)) for t in TREES),
                         help="semicolon-separated k_configs")
     parser.add_argument("--confidences", default="0", help="comma-separated draft_confidence values")
+    parser.add_argument("--drafts", default="token,feature", help="comma-separated: token, feature")
     args = parser.parse_args()
     trees = [tuple(int(k) for k in tree.split(",")) for tree in args.trees.split(";")]
     confidences = [float(c) for c in args.confidences.split(",")]
-    base = SeedLLM.from_default().engine
-    engines = {kernel: SeedEngine(base.target_model, base.draft_model, base.tokenizer,
-                                  draft_head_token_ids=base.draft_head_token_ids, linear_kernel=kernel)
-               for kernel in ("torch", "onednn")}
+    target_dir, token_dir = ensure_default_pair(progress=False)
+    loaded = load_models(target_dir, token_dir)
+    drafts = {"token": loaded.draft, "feature": load_draft(default_feature_draft_dir(), loaded.target)}
+    head_ids = read_head_token_ids(token_dir)
+    engines = {(kernel, kind): SeedEngine(loaded.target, drafts[kind], loaded.tokenizer,
+                                          draft_head_token_ids=head_ids, linear_kernel=kernel)
+               for kernel in ("torch", "onednn") for kind in args.drafts.split(",")}
+    base = engines["onednn", args.drafts.split(",")[0]]
     template = default_prompts("gsm8k")["sample"]
     prompts = [base.tokenizer(template.format(question=heldout_question(i), steps="", index=1, k=3)).input_ids
                for i in range(args.prompts)]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    variants = [("autoregressive, torch kernels", "torch", "autoregressive", SpeculativeConfig(k_config=(1,))),
-                ("autoregressive, oneDNN", "onednn", "autoregressive", SpeculativeConfig(k_config=(1,)))]
-    variants += [(f"speculative {tree} c={confidence}", "onednn", "speculative",
+    first = args.drafts.split(",")[0]
+    variants = [("autoregressive, torch kernels", ("torch", first), "autoregressive", SpeculativeConfig(k_config=(1,))),
+                ("autoregressive, oneDNN", ("onednn", first), "autoregressive", SpeculativeConfig(k_config=(1,)))]
+    variants += [(f"speculative {kind} {tree} c={confidence}", ("onednn", kind), "speculative",
                   SpeculativeConfig(k_config=tree, draft_confidence=confidence))
-                 for tree in trees for confidence in confidences]
+                 for kind in args.drafts.split(",") for tree in trees for confidence in confidences]
     seconds: dict[str, list[float]] = {name: [] for name, *_ in variants}
     outputs: dict[str, list[list[int]]] = {}
     calls: dict[str, tuple[int, float]] = {}
     for rep in range(args.reps + 1):
         order = variants[rep % len(variants):] + variants[: rep % len(variants)]  # rotate: no fixed slot
-        for name, kernel, mode, config in order:
+        for name, engine_key, mode, config in order:
             started = time.perf_counter()
-            results = [engines[kernel].generate([ids], params, mode=mode, config=config)[0] for ids in prompts]
+            results = [engines[engine_key].generate([ids], params, mode=mode, config=config)[0] for ids in prompts]
             if rep:
                 seconds[name].append(time.perf_counter() - started)
             outputs[name] = [r.token_ids for r in results]
@@ -68,7 +77,7 @@ def main() -> None:
         median = statistics.median(seconds[name])
         same = outputs[name] == outputs[base_name]
         target_calls, acceptance = calls[name]
-        print(f"{name:44s} {median:7.2f} s  {base_seconds / median:5.2f}x  target calls {target_calls:4d}  "
+        print(f"{name:52s} {median:7.2f} s  {base_seconds / median:5.2f}x  target calls {target_calls:4d}  "
               f"acceptance {acceptance:.2f}  identical={same}")
 
 
