@@ -54,6 +54,14 @@ HEAD_IDS_FILE = "head_token_ids.json"
 # chains (6, 10) drafted many tokens that were rejected and were slower batched.
 DEFAULT_PAIR_K_CONFIG = (1, 1, 1, 1)
 DEFAULT_PAIR_DRAFT_CONFIDENCE = 0.4
+# Which of the shipped drafts the engine runs: "token" (assets/smollm2-draft) or "feature"
+# (assets/smollm2-feature-draft, EAGLE-style). The feature draft is more often right on
+# held-out replay (chain-of-4 acceptance 0.304 vs 0.260) but not faster in the engine:
+# single-sequence speculative 1.45x vs 1.51x autoregressive at this cut; on tot-step
+# seed_sd_serial 0.93x vs 1.04x, seed_rounds 1.11x vs 1.14x, seed_batched 1.88x vs 1.81x
+# (docs/BENCHMARKS.md). It cannot draft before the target has run over the prompt, so
+# one-sequence lanes lose the prompt folding (one more target forward per request).
+DEFAULT_PAIR_DRAFT_KIND = "token"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
 
@@ -76,6 +84,21 @@ def cache_dir() -> Path:
 def default_asset_dir() -> Path:
     """The shipped draft asset: trained layers + norm, config, head ids, model card."""
     return Path(__file__).parent / "assets" / "smollm2-draft"
+
+
+def default_feature_draft_dir() -> Path:
+    """The shipped feature draft (`engine.feature_draft`): loaded with the target, no assembly."""
+    return Path(__file__).parent / "assets" / "smollm2-feature-draft"
+
+
+def default_seed_draft_dir() -> Path | None:
+    """The draft the engine runs for the default pair when it is not the token draft
+    (`DEFAULT_PAIR_DRAFT_KIND`); None: the token draft of `ensure_default_pair`."""
+    from langchain_seed.engine.feature_draft import is_feature_draft_dir
+
+    if DEFAULT_PAIR_DRAFT_KIND == "feature" and is_feature_draft_dir(default_feature_draft_dir()):
+        return default_feature_draft_dir()
+    return None
 
 
 # ---------------------------------------------------------------------------- manifest
@@ -382,7 +405,10 @@ def _models(args: argparse.Namespace) -> int:
     target = ensure_default_target(source=args.source, progress=args.progress, force=args.force)
     draft = ensure_default_draft(target, progress=args.progress)
     print(f"cache: {cache_dir()}")
-    for role, path in (("target", target), ("draft", draft)):
+    roles = [("target", target), ("draft", draft)]
+    if default_seed_draft_dir() is not None:
+        roles.append(("feature draft (the engine's)", default_seed_draft_dir()))
+    for role, path in roles:
         print(f"{role}: {path} ({_dir_size(path) / 1e6:.1f} MB)")
     return 0
 

@@ -591,9 +591,11 @@ class SeedModelMixin(BaseModel):
         and built once into the cache (see `langchain-seed models`); `k_config` defaults to
         the tree measured best for that draft (`defaults.DEFAULT_PAIR_K_CONFIG`) and
         `draft_confidence` to `defaults.DEFAULT_PAIR_DRAFT_CONFIDENCE`."""
-        from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG, ensure_default_pair
+        from langchain_seed.defaults import (DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG,
+                                             default_seed_draft_dir, ensure_default_pair)
 
         target_dir, draft_dir = ensure_default_pair()
+        draft_dir = default_seed_draft_dir() or draft_dir
         if "model" not in fields and "model_name" not in fields:
             fields["model_name"] = "SmolLM2-135M-Instruct"
         fields.setdefault("k_config", DEFAULT_PAIR_K_CONFIG)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from langchain_seed.bench.methods import DRAFT_METHODS, METHODS
+from langchain_seed.bench.methods import DRAFT_METHODS, METHODS, SEED_METHODS
 from langchain_seed.cli import DRAFT_CONFIDENCE_HELP, draft_confidence, parse_k_config, positive_int
 from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
 from langchain_seed.engine.kernels import LINEAR_KERNELS
@@ -67,6 +67,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"new tokens per value evaluation in tot-step (default {VALUE_TOKENS})")
     parser.add_argument("--target", default=None, help="target model dir or hub id (default: the default pair)")
     parser.add_argument("--draft", default=None, help="draft model dir or hub id (default: the default pair)")
+    parser.add_argument("--seed-draft", default=None,
+                        help="the seed methods' own draft, e.g. a feature draft dir, which transformers' "
+                             "assisted generation cannot use (default: the default pair's, else --draft)")
     parser.add_argument("--data", default=None, help="JSON lines with a 'question' field (default: packaged "
                                                     "held-out GSM8K questions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -101,27 +104,35 @@ def load_bench_models(args: argparse.Namespace):
     import torch
 
     from langchain_seed.bench.methods import BenchModels
-    from langchain_seed.engine.models import load_models
+    from langchain_seed.engine.feature_draft import is_feature_draft_dir
+    from langchain_seed.engine.models import load_draft, load_models
 
     needs_draft = any(m in DRAFT_METHODS for m in args.methods)
-    target, draft = args.target, args.draft
+    target, draft, seed_draft = args.target, args.draft, args.seed_draft
     if target is None:
-        from langchain_seed.defaults import ensure_default_pair
+        from langchain_seed.defaults import default_seed_draft_dir, ensure_default_pair
 
         default_target, default_draft = ensure_default_pair(progress=args.progress)
         target, draft = default_target, draft or default_draft
+        seed_draft = seed_draft or default_seed_draft_dir()
     if needs_draft and draft is None:
         raise SystemExit("the methods " + ", ".join(m for m in args.methods if m in DRAFT_METHODS)
                          + " need --draft (or leave out --target to use the default pair)")
+    if "hf_assisted_serial" in args.methods and draft is not None and is_feature_draft_dir(draft):
+        raise SystemExit(f"--draft {draft} is a feature draft, which transformers' assisted generation cannot "
+                         "run: pass a token draft as --draft and the feature draft as --seed-draft")
     loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype)
     device = torch.device(args.device)
     loaded.target.to(device)
     if loaded.draft is not None:
         loaded.draft.to(device)
+    seed_model = None
+    if needs_draft and seed_draft is not None and any(m in SEED_METHODS for m in args.methods):
+        seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
     head_ids = _head_ids(draft) if needs_draft else None
     return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tuple(args.k_config),
                        str(target), str(draft) if needs_draft else "-", args.linear_kernel,
-                       args.draft_confidence)
+                       args.draft_confidence, seed_model, str(seed_draft) if seed_model is not None else None)
 
 
 def _head_ids(draft) -> list[int] | None:
@@ -140,8 +151,10 @@ def model_pair_info(models) -> dict[str, Any]:
     return {
         "target": models.target_name,
         "draft": models.draft_name,
+        "seed_draft": models.seed_draft_name or models.draft_name,
         "target_parameters": params(models.target),
         "draft_parameters": params(models.draft),
+        "seed_draft_parameters": params(models.engine_draft),
         "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
         "k_config": list(models.k_config),
         "draft_confidence": models.draft_confidence,
@@ -199,7 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
     finally:
         for method in methods:
             method.close()
-    if args.profile and args.workload != "tot-full" and models.draft is not None:
+    if args.profile and args.workload != "tot-full" and models.engine_draft is not None:
         run.profile = harness.profile_seed(workload, models, "seed_batched")
     machine["torch_threads"] = torch.get_num_threads()
     document = report.to_document(run, machine, model_pair_info(models),

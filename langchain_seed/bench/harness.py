@@ -38,13 +38,14 @@ from langchain_seed.bench.workloads import PromptGroup, ToTFullWorkload, Workloa
 
 
 class ForwardCounter:
-    """Counts forwards of the target model and of the draft's decoder (pre-hooks)."""
+    """Counts forwards of the target model and of the drafts' decoders (pre-hooks)."""
 
-    def __init__(self, target, draft=None) -> None:
+    def __init__(self, target, *drafts) -> None:
         self.target = self.draft = 0
         self._handles = [target.register_forward_pre_hook(self._count_target)]
-        if draft is not None:
-            self._handles.append(draft.get_decoder().register_forward_pre_hook(self._count_draft))
+        for draft in drafts:
+            if draft is not None:
+                self._handles.append(draft.get_decoder().register_forward_pre_hook(self._count_draft))
 
     def _count_target(self, module, args) -> None:
         self.target += 1
@@ -270,7 +271,7 @@ def run_benchmark(
     expected = [[truncate_at_eos(out, eos, g.max_tokens) for out in reference(_ids(g), g.max_tokens)]
                 for g in workload.groups]
     records = {m.name: MethodRecord(m.name) for m in methods}
-    counter = ForwardCounter(models.target, models.draft)
+    counter = ForwardCounter(models.target, models.draft, models.seed_draft)
     sampler = RssSampler(cuda=_on_cuda(models.target))
     total = len(methods) * (len(workload.groups) * reps + (1 if warmup else 0))
     try:
@@ -391,7 +392,7 @@ def run_tot_full(
         answer = reference_tot.invoke(question)
         expected.append(([text for text, _ in reference_recorder.items], answer))
     records = {m.name: MethodRecord(m.name) for m in methods}
-    counter = ForwardCounter(models.target, models.draft)
+    counter = ForwardCounter(models.target, models.draft, models.seed_draft)
     sampler = RssSampler(cuda=_on_cuda(models.target))
     total = len(methods) * (len(workload.questions) * reps + (1 if warmup else 0))
     try:
@@ -545,7 +546,7 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
     draft_prefill.calls = draft_stage.calls = 0
     target_timer = _ForwardTimer(models.target,
                                  lambda kw: "prefill" if kw.get("logits_to_keep") == 1 else "verify", sync)
-    draft_timer = _ForwardTimer(models.draft.get_decoder(),
+    draft_timer = _ForwardTimer(models.engine_draft.get_decoder(),
                                 lambda kw: "stage" if draft_stage.active else "prefill", sync)
     rounds = new_tokens = 0
     started = time.perf_counter()

@@ -47,6 +47,8 @@ class BenchModels:
         linear_kernel: the seed methods' engine kernels ("onednn" or "torch", see
             `langchain_seed.engine.kernels`); the transformers methods always run torch's.
         draft_confidence: the seed methods' adaptive draft length (`SpeculativeConfig`).
+        seed_draft, seed_draft_name: the seed methods' own draft when it is one transformers
+            cannot use as an assistant (a feature draft); None: the seed methods use `draft`.
     """
 
     target: Any
@@ -58,10 +60,17 @@ class BenchModels:
     draft_name: str = "draft"
     linear_kernel: str = "onednn"
     draft_confidence: float = 0.0
+    seed_draft: Any = None
+    seed_draft_name: str | None = None
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
         return eos_ids_of(self.target, self.tokenizer)
+
+    @property
+    def engine_draft(self) -> Any:
+        """The draft the seed methods run."""
+        return self.seed_draft if self.seed_draft is not None else self.draft
 
 
 @dataclass
@@ -135,13 +144,13 @@ class SeedMethod(Method):
     def __init__(self, name: str, models: BenchModels, mode: str, verify: str, engine_class=None) -> None:
         from langchain_seed.engine import SeedEngine, SpeculativeConfig
 
-        if models.draft is None:
+        if models.engine_draft is None:
             raise ValueError(f"{name} needs a draft model")
         self.name, self.models, self.mode, self.verify = name, models, mode, verify
         self.config = SpeculativeConfig(k_config=tuple(models.k_config), verify=verify,
                                         draft_confidence=models.draft_confidence)
         engine_class = engine_class or SeedEngine
-        self.engine = engine_class(models.target, models.draft, models.tokenizer, config=self.config,
+        self.engine = engine_class(models.target, models.engine_draft, models.tokenizer, config=self.config,
                                    draft_head_token_ids=models.draft_head_token_ids,
                                    linear_kernel=models.linear_kernel)
 

@@ -60,6 +60,21 @@ def test_every_mode_is_the_targets_greedy_output(default_pair, heldout_prompts):
     assert [r.token_ids for r in tree] == expected
 
 
+def test_feature_draft_gives_the_targets_greedy_output(default_pair, heldout_prompts):
+    from langchain_seed.defaults import default_feature_draft_dir
+    from langchain_seed.engine.models import load_draft
+
+    target, _, tokenizer, _ = default_pair
+    draft = load_draft(default_feature_draft_dir(), target)
+    expected = [target_greedy(target, p, 40) for p in heldout_prompts]
+    engine = SeedEngine(target, draft, tokenizer)
+    for mode, verify in (("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")):
+        config = SpeculativeConfig(k_config=(1, 1, 1, 1), verify=verify, draft_confidence=0.4)
+        results = engine.generate(heldout_prompts, SamplingParams(max_tokens=40), mode=mode, config=config)
+        assert [r.token_ids for r in results] == expected, mode + "/" + verify
+        assert results.stats.acceptance_rate > 0.2, "the feature draft should agree with the target"
+
+
 def test_main_job_prints_tree_answer_and_speed(capsys):
     from langchain_seed.cli import main
 

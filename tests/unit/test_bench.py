@@ -269,3 +269,51 @@ def test_hf_generate_batched_rows_end_at_their_stop_string(models):
     one_by_one = [hf_generate(models.target, [ids], 12, models.tokenizer, stop=[stop])[0] for ids in prompts]
     assert batched == one_by_one
     assert len(batched[0]) < 12 and stop in models.tokenizer.decode(batched[0])
+
+
+def test_seed_methods_run_their_own_feature_draft(models, reference, tot_step):
+    """With `seed_draft` (a feature draft, which transformers cannot use as an assistant) the
+    seed methods run it and stay identical; the assisted baseline keeps the token draft."""
+    from dataclasses import replace
+
+    from langchain_seed.engine import FeatureDraftModel
+
+    feature = FeatureDraftModel.from_target(models.target, 1, list(range(models.target.config.vocab_size)))
+    with_feature = replace(models, seed_draft=feature, seed_draft_name="tiny-feature")
+    methods = [make_method(name, with_feature) for name in ("hf_assisted_serial", *SEED_METHODS)]
+    try:
+        assert all(m.engine.draft_model is feature for m in methods[1:])
+        assert methods[0].assistant is models.draft
+        run = harness.run_benchmark(tot_step, methods, with_feature, reference, reps=1, warmup=False,
+                                    progress=False)
+    finally:
+        for method in methods:
+            method.close()
+    document = report.to_document(run, {}, {}, {})
+    assert all(row["identical_to_target"] for row in document["rows"])
+    assert all(row["acceptance_rate"] > 0 for row in document["rows"] if row["method"] in SEED_METHODS)
+
+
+def test_cli_seed_draft_is_the_seed_methods_and_a_feature_draft_is_no_assistant(
+        tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_file, capsys, monkeypatch):
+    from langchain_seed.cli import main
+    from langchain_seed.engine import FeatureDraftModel
+
+    monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
+    target_dir, draft_dir, feature_dir = tmp_path / "target", tmp_path / "draft", tmp_path / "feature"
+    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
+        model.save_pretrained(directory)
+        tiny_tokenizer.save_pretrained(directory)
+    FeatureDraftModel.from_target(tiny_target, 1, list(range(len(tiny_tokenizer)))).save(feature_dir)
+    common = ["bench", "--target", str(target_dir), "--data", str(data_file), "--questions", "1", "--reps", "1",
+              "--max-tokens", "6", "--value-tokens", "3", "--no-progress", "--no-warmup"]
+    with pytest.raises(SystemExit, match="feature draft"):
+        main(common + ["--draft", str(feature_dir), "--methods", "hf_assisted_serial"])
+    json_path = tmp_path / "b.json"
+    argv = common + ["--draft", str(draft_dir), "--seed-draft", str(feature_dir),
+                     "--methods", "hf_assisted_serial,seed_batched", "--json", str(json_path)]
+    assert main(argv) == 0
+    pair = json.loads(json_path.read_text())["model_pair"]
+    assert pair["seed_draft"] == str(feature_dir) and pair["draft"] == str(draft_dir)
+    rows = json.loads(json_path.read_text())["rows"]
+    assert all(row["identical_to_target"] for row in rows)

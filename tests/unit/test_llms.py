@@ -475,6 +475,7 @@ def test_from_pretrained_and_from_default(tmp_path, tiny_target, tiny_draft, tin
     assert llm.invoke(PROMPTS[0]) == reference.invoke(PROMPTS[0])
 
     monkeypatch.setattr(langchain_seed.defaults, "ensure_default_pair", lambda *a, **k: (target_dir, draft_dir))
+    monkeypatch.setattr(langchain_seed.defaults, "default_seed_draft_dir", lambda: None)
     default = SeedLLM.from_default(max_tokens=8, k_config=(2, 1))
     assert default.model_name == "SmolLM2-135M-Instruct" and default.k_config == (2, 1)
     assert default.engine.draft_head_token_ids == list(range(len(tiny_tokenizer)))
