@@ -323,17 +323,11 @@ def select_head_ids(
 
 def init_draft(target: Any, layers: int) -> Any:
     """A LlamaForCausalLM with the target's config, ``layers`` layers, target weights."""
-    import copy
-
     from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(target.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.num_hidden_layers = layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = list(config.layer_types)[:layers]
-    draft = AutoModelForCausalLM.from_config(config)
+    from langchain_seed.engine.feature_draft import cut_config
+
+    draft = AutoModelForCausalLM.from_config(cut_config(target.config, layers))
     source = target.state_dict()
     state = {name: source[name] for name in draft.state_dict() if name in source}
     missing, _ = draft.load_state_dict(state, strict=False)
@@ -538,11 +532,15 @@ def heldout_acceptance(draft: Any, head_ids: Any, examples: Sequence[Example], c
 
 
 def token_costs(draft: Any, target: Any, head_ids: Any, repeats: int = 5) -> tuple[float, float]:
-    """(draft ms, target ms) per cached single-token forward, as the engine runs them.
+    """(draft ms, target ms) per cached single-token forward, as the engine runs them
+    (`alternating_costs` of `step_ms` with the draft's restricted head)."""
+    return alternating_costs(draft, target, lambda: step_ms(draft, head_ids), repeats)
 
-    The models' linears run on the engine's kernels (`engine.kernels`, oneDNN where
-    available); draft and target are timed alternately ``repeats`` times and the medians
-    taken, so that a change in the machine's load hits both.
+
+def alternating_costs(draft: Any, target: Any, draft_step_ms: Any, repeats: int = 5) -> tuple[float, float]:
+    """(draft ms, target ms): `draft_step_ms()` and the target's `step_ms` timed alternately
+    ``repeats`` times, medians, so that a change in the machine's load hits both. The
+    models' linears run on the engine's kernels (`engine.kernels`, oneDNN where available).
     """
     import statistics
 
@@ -553,7 +551,7 @@ def token_costs(draft: Any, target: Any, head_ids: Any, repeats: int = 5) -> tup
     draft_times, target_times = [], []
     with kernels.onednn_linear():
         for _ in range(repeats):
-            draft_times.append(step_ms(draft, head_ids))
+            draft_times.append(draft_step_ms())
             target_times.append(step_ms(target))
     return statistics.median(draft_times), statistics.median(target_times)
 

@@ -63,8 +63,7 @@ def target_features(target: Any, examples: Sequence[Any], cache_dir: Path | None
     path = cache_dir / f"{name}-features-{features_key(examples)}.pt" if cache_dir else None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
-        return [FeatureExample(e.ids, e.n_prompt, f, a, e.meta.get("shape", "?"))
-                for e, f, a in zip(examples, saved["features"], saved["argmax"])]
+        return _with_features(examples, saved["features"], saved["argmax"])
     from tqdm.auto import tqdm
 
     features: list[Any] = [None] * len(examples)
@@ -87,6 +86,10 @@ def target_features(target: Any, examples: Sequence[Any], cache_dir: Path | None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"features": features, "argmax": argmax}, path)
+    return _with_features(examples, features, argmax)
+
+
+def _with_features(examples: Sequence[Any], features: Sequence[Any], argmax: Sequence[Any]) -> list[FeatureExample]:
     return [FeatureExample(e.ids, e.n_prompt, f, a, e.meta.get("shape", "?"))
             for e, f, a in zip(examples, features, argmax)]
 
@@ -213,19 +216,11 @@ def _cache_prefix(cache: Any, length: int) -> Any:
 
 def feature_token_ms(draft: FeatureDraftModel, target: Any, context: int = 64, steps: int = 30,
                      repeats: int = 5) -> tuple[float, float]:
-    """(draft ms, target ms) per cached single-token forward on the engine's kernels, timed
-    alternately `repeats` times, medians."""
-    from langchain_seed.distill import step_ms
-    from langchain_seed.engine import kernels
+    """(draft ms, target ms) per cached single-token forward on the engine's kernels
+    (`distill.alternating_costs`)."""
+    from langchain_seed.distill import alternating_costs
 
-    kernels.install(draft)
-    kernels.install(target)
-    draft_times, target_times = [], []
-    with kernels.onednn_linear():
-        for _ in range(repeats):
-            draft_times.append(_draft_step_ms(draft, context, steps))
-            target_times.append(step_ms(target))
-    return statistics.median(draft_times), statistics.median(target_times)
+    return alternating_costs(draft, target, lambda: _draft_step_ms(draft, context, steps), repeats)
 
 
 def _draft_step_ms(draft: FeatureDraftModel, context: int, steps: int) -> float:
@@ -288,7 +283,7 @@ def distill_feature(args: Any, target: Any, train_examples: Sequence[Any], heldo
               "seconds_train": seconds_train, "heldout_before": before, "heldout_after": after,
               "heldout_with_lookup": with_lookup, "draft_ms": draft_ms, "target_ms": target_ms,
               "losses_every_10": losses[::10]}
-    report["shipped_bytes"] = draft.save(out, getattr(torch, args.dtype), card={"report": "README.md"})
+    report["shipped_bytes"] = draft.save(out, getattr(torch, args.dtype))
     write_feature_card(out, report)
     report["shipped_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     write_feature_card(out, report)

@@ -62,7 +62,7 @@ def verify_batch(
         new_valid[i, [pending + node for node in acceptance.path]] = True
         record_verification(sequence, row_tree, acceptance)
         if features:
-            sequence.target_features.append(features[0][i, : new_valid.shape[1]][new_valid[i]])
+            sequence.target_features.append(features[0][i][new_valid[i]])  # [pending + accepted, hidden]
         results.append(acceptance)
     kv.commit_new_slots(new_valid)
     return results

@@ -188,7 +188,7 @@ class ModelDrafter:
         return drafts
 
     def _record_outputs(self, level: list[int], hidden: torch.Tensor, going: list[bool]) -> None:
-        """Hook: the draft's outputs `[batch, width, hidden]` at a level's nodes (unused here)."""
+        """Hook: the draft's outputs `[batch, width, hidden]` at a level's nodes (-1: the root; unused here)."""
 
     @staticmethod
     def _stop_unsure(sequences, confidence: list[float], depths: list[int], depth: int) -> None:
@@ -224,10 +224,8 @@ class ModelDrafter:
         raise KeyError("sequence is not a member of this drafter")
 
     def _feed_pending(self, sequences: list[SequenceState]) -> torch.Tensor:
-        rows = []
-        for sequence in sequences:
-            tokens, first_position = sequence.pending_tokens(sequence.draft_pending)
-            rows.append(causal_row(tokens, first_position))
+        """Feed every member's pending row; returns the root logits `[batch, head]`."""
+        rows = [self._pending_row(s) for s in sequences]
         hidden = self._forward(rows)
         counts = [len(r.token_ids) for r in rows]
         new_valid = torch.zeros(len(rows), max(counts), dtype=torch.bool)
@@ -235,7 +233,14 @@ class ModelDrafter:
             new_valid[i, :count] = True
         self.kv.commit_new_slots(new_valid)
         last = torch.tensor([c - 1 for c in counts], device=hidden.device)
-        return self._head(hidden[torch.arange(len(rows), device=hidden.device), last])
+        roots = hidden[torch.arange(len(rows), device=hidden.device), last]  # [batch, hidden]
+        self._record_outputs([-1], roots[:, None], [True] * len(rows))
+        return self._head(roots)
+
+    def _pending_row(self, sequence: SequenceState) -> RowInput:
+        """The tokens committed since the draft last saw this sequence."""
+        tokens, first_position = sequence.pending_tokens(sequence.draft_pending)
+        return causal_row(tokens, first_position)
 
     def _level_row(self, sequence, tree: DraftTree, level: list[int], slots: list[int], draft: Draft) -> RowInput:
         base = len(sequence.tokens) - 1
@@ -393,19 +398,7 @@ class FeatureDrafter(ModelDrafter):
         node_slots = self._node_slots.pop(id(sequence), [])
         self.kv.valid[row, [slot for slot in node_slots if slot >= 0]] = False
 
-    def _feed_pending(self, sequences: list[SequenceState]) -> torch.Tensor:
-        """Feed the tokens whose previous feature arrived; returns the root logits `[batch, head]`."""
-        rows = [self._pending_entries(s) for s in sequences]
-        hidden = self._forward(rows)
-        counts = [len(r.token_ids) for r in rows]
-        new_valid = torch.zeros(len(rows), max(counts), dtype=torch.bool)
-        for i, count in enumerate(counts):
-            new_valid[i, :count] = True
-            self._outputs[i][-1] = hidden[i, count - 1]
-        self.kv.commit_new_slots(new_valid)
-        return self._head(torch.stack([outputs[-1] for outputs in self._outputs]))
-
-    def _pending_entries(self, sequence: SequenceState) -> RowInput:
+    def _pending_row(self, sequence: SequenceState) -> RowInput:
         """Tokens t_fed .. t_n (the pending one) with features f_{fed-1} .. f_{n-1}."""
         first = self._fed[id(sequence)]
         features = sequence.take_target_features()  # [n - first (+1 after the first round), hidden]

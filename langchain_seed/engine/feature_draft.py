@@ -39,16 +39,22 @@ def is_feature_draft_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def decoder_config(target_config: Any, layers: int) -> Any:
-    """The target's config cut to `layers` layers, with no vocabulary of its own."""
+def cut_config(target_config: Any, layers: int) -> Any:
+    """A copy of the target's config with only its first `layers` layers (no quantization):
+    the architecture of a draft made from it, token or feature."""
     config = copy.deepcopy(target_config)
-    for name in ("quantization_config",):
-        if hasattr(config, name):
-            delattr(config, name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     config.num_hidden_layers = layers
     if getattr(config, "layer_types", None):
         config.layer_types = list(config.layer_types)[:layers]
-    config.vocab_size = 1  # inputs come as embeddings: the decoder's own table is never read
+    return config
+
+
+def decoder_config(target_config: Any, layers: int) -> Any:
+    """`cut_config` with no vocabulary of its own (inputs come as embeddings)."""
+    config = cut_config(target_config, layers)
+    config.vocab_size = 1  # the decoder's own embedding table is never read
     config.pad_token_id = None
     return config
 
@@ -70,7 +76,6 @@ class FeatureDraftModel(nn.Module):
 
         super().__init__()
         self.config = decoder_config(target_config, layers)
-        self.target_config = target_config
         hidden = int(self.config.hidden_size)
         self.decoder = AutoModel.from_config(self.config)
         self.proj = nn.Linear(hidden, hidden, bias=False)
@@ -123,7 +128,7 @@ class FeatureDraftModel(nn.Module):
         return linear(features, self.head_weight)
 
     # ----- files -------------------------------------------------------------------
-    def save(self, out: str | Path, dtype: torch.dtype = torch.float16, card: dict | None = None) -> int:
+    def save(self, out: str | Path, dtype: torch.dtype = torch.float16) -> int:
         """Write the draft's own weights, config and head ids to `out`; returns bytes written."""
         from safetensors.torch import save_file
 
@@ -133,7 +138,7 @@ class FeatureDraftModel(nn.Module):
         save_file(state, str(out / WEIGHTS_FILE))
         config = {"draft_type": "feature", "layers": int(self.config.num_hidden_layers),
                   "hidden_size": int(self.config.hidden_size), "head_size": len(self.head_token_ids),
-                  "target_model_type": getattr(self.config, "model_type", None), **(card or {})}
+                  "target_model_type": getattr(self.config, "model_type", None)}
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
         (out / HEAD_IDS_FILE).write_text(json.dumps(self.head_token_ids) + "\n")
         return sum((out / name).stat().st_size for name in (WEIGHTS_FILE, CONFIG_FILE, HEAD_IDS_FILE))

@@ -128,10 +128,7 @@ def forward_features(model, kv: BatchKV, rows: list[RowInput]) -> torch.Tensor:
     """Run a `FeatureDraftModel` on the rows (tokens paired with features); returns its
     outputs `[batch, width, hidden]`."""
     inputs = pack_rows(kv, rows, model_dtype(model), model_device(model))
-    features = inputs.features
-    if features is None:
-        features = torch.zeros(*inputs.input_ids.shape, model.proj.in_features, device=inputs.input_ids.device)
-    return model(inputs.input_ids, features, position_ids=inputs.position_ids,
+    return model(inputs.input_ids, inputs.features, position_ids=inputs.position_ids,
                  attention_mask=inputs.attention_mask, cache=kv.cache, use_cache=True)
 
 
