@@ -1,4 +1,5 @@
-"""oneDNN linears: same values as torch's, only inside the engine's block, only in its thread."""
+"""The engine's kernels (oneDNN and weight-major linears, grouped-query attention): same
+values as torch's and transformers', only inside the engine's block, only in its thread."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_outside_the_block_installed_linears_are_torch_bit_for_bit(monkeypatch):
     original = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(kernels.torch.ops.mkldnn, "_linear_pointwise",
                         lambda *a: calls.append(1) or original(*a), raising=False)
-    x = torch.randn(3, 16)
+    x = torch.randn(5, 16)
     with torch.inference_mode():
         assert torch.equal(model(x), reference(x)) and not calls
         with kernels.onednn_linear():
@@ -92,3 +93,97 @@ def test_engine_rejects_an_unknown_kernel(tiny_target):
 
     with pytest.raises(ValueError, match="linear_kernel"):
         SeedEngine(tiny_target, linear_kernel="fast")
+
+
+@pytest.mark.parametrize("shape", [(2, 16), (3, 16), (4, 16), (1, 3, 16), (2, 2, 16)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_weight_major_linear_matches_torch(shape, with_bias):
+    torch.manual_seed(1)
+    weight, bias = torch.randn(300, 16), (torch.randn(300) if with_bias else None)
+    x = torch.randn(*shape)
+    got = kernels.weight_major_linear(x, weight, bias)
+    assert got.shape == (*shape[:-1], 300) and got.is_contiguous()
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_two_to_four_rows_run_weight_major_and_others_on_onednn(monkeypatch):
+    routes = []
+    original = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(kernels.torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *a: routes.append(("onednn", a[0].shape[0])) or original(*a), raising=False)
+    weight_major = kernels.weight_major_linear
+    monkeypatch.setattr(kernels, "weight_major_linear",
+                        lambda x, w, b=None: routes.append(("weight_major", x.numel() // x.shape[-1]))
+                        or weight_major(x, w, b))
+    weight = torch.randn(48, 16)
+    with torch.inference_mode(), kernels.onednn_linear():
+        for rows in (1, 2, 3, 4, 5, 16):
+            kernels.linear(torch.randn(rows, 16), weight)
+    assert routes == [("onednn", 1), ("weight_major", 2), ("weight_major", 3), ("weight_major", 4),
+                      ("onednn", 5), ("onednn", 16)]
+
+
+def _attention_inputs(new: int, slots: int, seed: int = 0):
+    """A grouped-query layer (8 query heads on 2 key/value heads) and a mask hiding some slots."""
+    torch.manual_seed(seed)
+    query = torch.randn(3, 8, new, 16)
+    key, value = torch.randn(3, 2, slots, 16), torch.randn(3, 2, slots, 16)
+    visible = torch.rand(3, 1, new, slots) > 0.3
+    visible[..., 0] = True
+    mask = torch.zeros(visible.shape).masked_fill_(~visible, torch.finfo(torch.float32).min)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 4
+    return module, query, key, value, mask
+
+
+@pytest.mark.parametrize("new", [1, 5, 15])
+def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(new):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    kernels.install_attention()
+    module, query, key, value, mask = _attention_inputs(new, 40 + new)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    with torch.inference_mode(), kernels.onednn_linear():
+        assert kernels._takes_grouped_path(module, query, key, value, mask, {}) == (new > 1)
+        got, weights = kernels.engine_attention(module, query, key, value, mask, scaling=0.25)
+    assert weights is None and got.shape == (3, new, 8, 16)
+    assert torch.equal(got, expected)
+
+
+def test_attention_outside_the_block_or_unusual_calls_go_to_transformers(monkeypatch):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    kernels.install_attention()
+    kernels.install_attention()  # twice is harmless: the replaced function stays transformers'
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is kernels.engine_attention
+    assert kernels._replaced_sdpa is not kernels.engine_attention
+    handed = []
+    replaced = kernels._replaced_sdpa
+    monkeypatch.setattr(kernels, "_replaced_sdpa", lambda *a, **k: handed.append(1) or replaced(*a, **k))
+    module, query, key, value, mask = _attention_inputs(4, 20)
+    with torch.inference_mode():
+        kernels.engine_attention(module, query, key, value, mask)  # outside the block
+        with kernels.onednn_linear():
+            kernels.engine_attention(module, query, key, value, None)  # no mask: transformers' own GQA
+            kernels.engine_attention(module, query, key, value, mask, position_bias=torch.zeros(1, 8, 4, 20))
+            plain = torch.nn.Module()
+            plain.num_key_value_groups = 1
+            kernels.engine_attention(plain, query, torch.randn(3, 8, 20, 16), torch.randn(3, 8, 20, 16), mask)
+            kernels.engine_attention(module, query, key, value, mask)  # the grouped path
+            kernels.engine_attention(module, query[:, :, :1], key, value, mask[:, :, :1])  # one token
+    assert len(handed) == 5
+
+
+def test_a_masked_forward_of_a_routed_model_matches_the_stock_one(tiny_target):
+    from langchain_seed.engine.forward import causal_row, forward_logits, prefill
+
+    def logits(use_kernels: bool) -> torch.Tensor:
+        kv, _ = prefill(tiny_target, list(range(5, 30)))
+        kv.concat(prefill(tiny_target, list(range(7, 40)))[0])
+        rows = [causal_row([3, 4, 5], 25), causal_row([6, 7, 8, 9], 33)]
+        with torch.inference_mode(), kernels.onednn_linear(use_kernels):
+            return forward_logits(tiny_target, kv, rows)
+
+    stock = logits(False)
+    kernels.install(tiny_target)
+    torch.testing.assert_close(logits(True), stock, rtol=1e-5, atol=1e-5)
