@@ -646,7 +646,9 @@ def write_model_card(out: Path, report: dict) -> None:
         "",
         "## Training",
         "",
-        f"- init: target embedding, first {r['layers']} layers and final norm; embedding/head frozen.",
+        (f"- init: the trained draft `{r['init_draft']}` (its layers, norm and head ids); "
+         "embedding/head frozen." if r.get("init_draft") else
+         f"- init: target embedding, first {r['layers']} layers and final norm; embedding/head frozen."),
         f"- loss: CE on the target's greedy token + {r['soft_weight']} x soft CE to its top-{r['top_k']} "
         f"distribution over the head; prompt positions weighted {r['prompt_weight']}.",
         f"- AdamW, lr {r['lr']}, {r['steps']} steps x batch {r['batch_size']}, seed {r['seed']}; "
@@ -754,6 +756,7 @@ def distill(args: argparse.Namespace) -> dict:
         "seconds_generate": seconds_generate, "threads": args.threads, "chain": args.chain,
         "command": args.command_line, "seed": args.seed, "lr": args.lr, "steps": args.steps,
         "batch_size": args.batch_size, "prompt_weight": args.prompt_weight, "dtype": args.dtype,
+        "init_draft": Path(args.init_draft).name if args.init_draft else None,
     }
     if args.kind == "feature":
         from langchain_seed.feature_distill import distill_feature

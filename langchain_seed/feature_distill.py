@@ -276,7 +276,6 @@ def distill_feature(args: Any, target: Any, train_examples: Sequence[Any], heldo
     draft_ms, target_ms = feature_token_ms(draft, target)
     out = Path(args.out)
     report = {**data, "kind": "feature", "layers": args.layers, "head_size": len(draft.head_token_ids),
-              "init_draft": Path(args.init_draft).name if args.init_draft else None,
               "params_own": sum(t.numel() for t in draft.own_state().values()),
               "feature_weight": args.feature_weight, "passes": PASSES,
               "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "seconds_features": seconds_features,

@@ -114,6 +114,26 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
     assert list((tmp_path / "work" / "train-batches").glob("batch-*.pt")), "finished batches are kept"
 
 
+def test_token_draft_continues_from_a_trained_one(tmp_path):
+    """`--init-draft` with a token draft: training starts from its weights and keeps its
+    head ids, and the card says where it started."""
+    target_dir = make_tiny_llama(tmp_path / "target")
+    token_draft = make_tiny_llama(tmp_path / "token-draft", layers=1, seed=5)
+    head = list(range(32, 96))
+    (token_draft / distill.HEAD_IDS_FILE).write_text(json.dumps(head))
+    data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
+    out = tmp_path / "draft"
+    argv = ["distill", "--init-draft", str(token_draft), "--target", str(target_dir), "--out", str(out),
+            "--data", str(data), "--layers", "1", "--head-size", "64", "--steps", "2", "--heldout", "4",
+            "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
+            "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", "0"]
+    assert distill.main(argv) == 0
+    assert json.loads((out / distill.HEAD_IDS_FILE).read_text()) == head
+    report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
+    assert report["init_draft"] == "token-draft"
+    assert "init: the trained draft `token-draft`" in (out / "README.md").read_text()
+
+
 def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
     """`--kind feature --init-draft`: trains, measures, saves a loadable feature draft whose
     acceptance at init is the token draft's own (the projection starts at zero)."""
