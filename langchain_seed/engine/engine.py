@@ -42,9 +42,10 @@ class SeedEngine:
         draft_head_token_ids: token ids the draft may propose; its LM head is computed over
             these only (cheaper drafting). None: the whole vocabulary.
         linear_kernel: "onednn" (default): on CPU in float32 the engine's forwards use
-            oneDNN linears, several times faster than torch's default for decoding shapes
-            (see `engine.kernels`); other callers of the same models are unaffected.
-            "torch": torch's default kernels.
+            its own kernels (`engine.kernels`: oneDNN or weight-major MKL linears, several
+            times faster than torch's default for decoding shapes, and masked grouped-query
+            attention without copied keys); other callers of the same models are
+            unaffected. "torch": torch's and transformers' default kernels.
     """
 
     def __init__(
