@@ -21,16 +21,26 @@ WORK_DIR="${WORK_DIR:-${LANGCHAIN_SEED_HOME:-$HOME/.cache/langchain-seed}/distil
 
 TARGET="$("$PYTHON" -c 'from langchain_seed.defaults import ensure_default_target; print(ensure_default_target())')"
 
-"$PYTHON" -m langchain_seed.cli distill \
-  --target "$TARGET" \
-  --out langchain_seed/assets/smollm2-draft \
-  --data "$GSM8K_JSONL" \
-  --layers 2 --head-size 8192 --seed 0 --heldout 100 \
-  --max-train-questions 0 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
-  --steps 1200 --batch-size 8 --lr 1e-3 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
-  --threads 2 --work "$WORK_DIR"
+# The token draft's settings, common to both of its stages; the stage's own flags follow.
+distill_token_draft() {
+  "$PYTHON" -m langchain_seed.cli distill \
+    --target "$TARGET" \
+    --out langchain_seed/assets/smollm2-draft \
+    --data "$GSM8K_JSONL" \
+    --layers 2 --head-size 8192 --seed 0 --heldout 100 \
+    --max-train-questions 0 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
+    --batch-size 8 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
+    --threads 2 --work "$WORK_DIR" "$@"
+}
 
-DRAFT="$("$PYTHON" -c 'import sys; from langchain_seed.defaults import ensure_default_draft; print(ensure_default_draft(sys.argv[1]))' "$TARGET")"
+# The shipped token draft assembled in the cache (rebuilt whenever the asset changed).
+assembled_token_draft() {
+  "$PYTHON" -c 'import sys; from langchain_seed.defaults import ensure_default_draft; print(ensure_default_draft(sys.argv[1]))' "$TARGET"
+}
+
+distill_token_draft --steps 1200 --lr 1e-3
+
+DRAFT="$(assembled_token_draft)"
 
 "$PYTHON" -m langchain_seed.cli distill --kind feature \
   --init-draft "$DRAFT" \
@@ -42,14 +52,6 @@ DRAFT="$("$PYTHON" -c 'import sys; from langchain_seed.defaults import ensure_de
   --steps 600 --batch-size 8 --lr 5e-4 --prompt-weight 0.5 --feature-weight 1.0 \
   --threads 2 --work "$WORK_DIR"
 
-DRAFT="$("$PYTHON" -c 'import sys; from langchain_seed.defaults import ensure_default_draft; print(ensure_default_draft(sys.argv[1]))' "$TARGET")"
+DRAFT="$(assembled_token_draft)"
 
-"$PYTHON" -m langchain_seed.cli distill \
-  --init-draft "$DRAFT" --prompt-passes 2 \
-  --target "$TARGET" \
-  --out langchain_seed/assets/smollm2-draft \
-  --data "$GSM8K_JSONL" \
-  --layers 2 --head-size 8192 --seed 0 --heldout 100 \
-  --max-train-questions 0 --max-new-tokens 96 --train-max-new-tokens 48 --gen-batch 16 \
-  --steps 1000 --batch-size 8 --lr 5e-4 --soft-weight 1.0 --prompt-weight 0 --top-k 8 \
-  --threads 2 --work "$WORK_DIR"
+distill_token_draft --init-draft "$DRAFT" --prompt-passes 2 --steps 1000 --lr 5e-4

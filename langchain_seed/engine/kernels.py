@@ -18,9 +18,9 @@ ms for all 210 decoder linears of SmolLM2-135M plus its LM head, weights streame
 memory as in a real forward, 2 threads, medians of 7 interleaved runs (1 / 2 / 3 / 4 / 5
 rows): oneDNN 52 / 66 / 67 / 69 / 67, `weight @ x.T` with 3 rows padded to 4 and 5 to 8
 59 / 49 / 52 / 47 / 81 (unpadded, 3 rows cost 56 against 4 rows' 41). Past 4 rows its
-kernel choice is erratic (16 rows fast, 5-15 slow), so oneDNN keeps those. In the whole target forward at a 200-token context
-this takes a 3-token verification from 102 to 91 ms and a 4-token one from 114 to 100
-(medians of 10 interleaved runs).
+kernel choice is erratic (16 rows fast, 5-15 slow), so oneDNN keeps those. In the whole
+target forward at a 200-token context this takes a 3-token verification from 102 to 91 ms
+and a 4-token one from 114 to 100 (medians of 10 interleaved runs).
 
 Past 16 rows (prefills) MKL catches up and the MLP's down projection is up to 20 % faster
 on it, so larger inputs stay on MKL, except for LM-head-sized weights (12 / 64 / 200 rows:
@@ -32,7 +32,9 @@ once per query head of a group (`repeat_kv`) before calling torch's SDPA. For
 SmolLM2-135M (9 query heads on 3 key/value heads) at a 200-token context that copy is most
 of the attention's time: SDPA with `enable_gqa=True` on the un-repeated keys gives the same
 values bit for bit (checked in the tests) in 0.29 ms instead of 1.87 ms per layer for 3
-rows of 5 tokens, about 45 ms of a 210 ms verification. transformers itself takes that path
+rows of 5 tokens in isolation; in the whole target forward (other work overlaps less with
+the copies than that suggests) 3 rows x 5 tokens go from 161.5 to 150.9 ms and 1 row x 5
+tokens from 132.9 to 120.6 ms (medians of 12 interleaved runs). transformers itself takes that path
 only without a mask because CUDA's fast kernels need it so; on the CPU SDPA handles masked
 grouped-query attention natively.
 
@@ -90,7 +92,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     `weight_major_linear`), other decoding sizes and heads on oneDNN.
     """
     if getattr(_state, "enabled", False) and _eligible(x, weight):
-        if x.numel() // x.shape[-1] <= WEIGHT_MAJOR_MAX_ROWS and x.numel() > x.shape[-1]:
+        if 1 < x.numel() // x.shape[-1] <= WEIGHT_MAJOR_MAX_ROWS:
             return weight_major_linear(x, weight, bias)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
