@@ -153,11 +153,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 def _topk(logits: Any, top_k: int) -> tuple[Any, Any]:
-    """(ids int32, log-probs float16) of the top-k of each row. logits [n, vocab]."""
+    """(ids int32, log-probs float16) of the top-k of each row, on the CPU. logits [n, vocab]."""
     import torch
 
     values, indices = torch.log_softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
-    return indices.to(torch.int32), values.to(torch.float16)
+    return indices.to("cpu", torch.int32), values.to("cpu", torch.float16)
 
 
 def target_topk(model: Any, sequences: list[list[int]], top_k: int) -> list[tuple[Any, Any]]:
@@ -171,7 +171,7 @@ def target_topk(model: Any, sequences: list[list[int]], top_k: int) -> list[tupl
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, seq, vocab]
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits  # [batch, seq, vocab]
     return [_topk(logits[row, : len(seq) - 1], top_k) for row, seq in enumerate(sequences)]
 
 
@@ -220,7 +220,7 @@ def generate_examples(
                 examples[i] = example
             bar.update(len(batch))
             continue
-        enc = tokenizer.pad({"input_ids": [prompt_ids[i] for i in batch]}, return_tensors="pt")
+        enc = tokenizer.pad({"input_ids": [prompt_ids[i] for i in batch]}, return_tensors="pt").to(model.device)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
                                  output_logits=not prompt_topk, return_dict_in_generate=True)
@@ -427,8 +427,14 @@ def train_draft(
     """AdamW with warmup + cosine decay over shuffled epochs; returns the loss curve."""
     freeze_embedding(draft)
     return fit(draft, len(examples), lambda picked: distill_loss(
-        draft, head_weight, _collate([examples[i] for i in picked], head_index, prompt_weight), soft_weight),
+        draft, head_weight, to_device(_collate([examples[i] for i in picked], head_index, prompt_weight),
+                                      head_weight.device), soft_weight),
         steps, batch_size, lr, seed, "distill", progress)
+
+
+def to_device(batch: dict, device: Any) -> dict:
+    """A collated batch's tensors moved to ``device`` (the model's)."""
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
 def fit(model: Any, count: int, batch_loss: Any, steps: int, batch_size: int, lr: float, seed: int,
@@ -502,8 +508,9 @@ def draft_predictions(draft: Any, head_ids: Any, example: Example) -> list[int]:
     """The draft's restricted-head argmax at every output position (teacher forced)."""
     import torch
 
+    head_ids = head_ids.to(draft.device)
     with torch.no_grad():
-        hidden = draft.model(input_ids=example.ids[None]).last_hidden_state[0]  # [seq, H]
+        hidden = draft.model(input_ids=example.ids[None].to(draft.device)).last_hidden_state[0]  # [seq, H]
         positions = hidden[example.n_prompt - 1 : len(example.ids) - 1]
         best = head_logits(positions, draft.get_input_embeddings().weight[head_ids]).argmax(-1)
     return head_ids[best].tolist()
@@ -653,9 +660,9 @@ def write_model_card(out: Path, report: dict) -> None:
         f"distribution over the head; prompt positions weighted {r['prompt_weight']}.",
         f"- AdamW, lr {r['lr']}, {r['steps']} steps x batch {r['batch_size']}, seed {r['seed']}; "
         f"final loss {r['final_loss']:.3f}.",
-        f"- time on this machine (shared CPU): target outputs {r['seconds_generate']:.0f} s "
+        f"- time on {_where(r)}: target outputs {r['seconds_generate']:.0f} s "
         "(outputs found in the --work cache are not regenerated), training "
-        f"{r['seconds_train']:.0f} s ({r['threads']} CPU threads).",
+        f"{r['seconds_train']:.0f} s.",
         "",
         "## Measured (held-out questions, greedy, teacher-forced exact replay)",
         "",
@@ -666,6 +673,13 @@ def write_model_card(out: Path, report: dict) -> None:
         *card_cost_and_command(r, " (restricted head)"),
     ]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def _where(r: dict) -> str:
+    """Where a report's generation and training ran, for the card."""
+    if r.get("device", "cpu") == "cpu":
+        return f"the CPU ({r['threads']} threads)"
+    return f"{r['device']} ({r.get('device_name', '?')})"
 
 
 def card_cost_and_command(r: dict, draft_note: str = "") -> list[str]:
@@ -710,6 +724,7 @@ def distill(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = training_device(args.device, args.kind)
     out = Path(args.out)
     records = load_jsonl(Path(args.data))
     heldout = min(args.heldout, len(records))
@@ -718,7 +733,8 @@ def distill(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{args.data} has {len(records)} questions, all held out (--heldout "
                          f"{args.heldout}): pass the full GSM8K test jsonl with --data")
     tokenizer = AutoTokenizer.from_pretrained(args.target)
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, use_safetensors=True).eval()
+    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, use_safetensors=True)
+    target = target.to(device).eval()
     # 1. prompts
     train_specs = training_prompts(records, train_indices, tokenizer, args)
     heldout_specs = build_prompts(records, range(heldout), tokenizer, args.seed + 1, 1, args.chat_fraction)
@@ -757,6 +773,7 @@ def distill(args: argparse.Namespace) -> dict:
         "command": args.command_line, "seed": args.seed, "lr": args.lr, "steps": args.steps,
         "batch_size": args.batch_size, "prompt_weight": args.prompt_weight, "dtype": args.dtype,
         "init_draft": Path(args.init_draft).name if args.init_draft else None,
+        "device": str(device), "device_name": _device_name(device),
     }
     if args.kind == "feature":
         from langchain_seed.feature_distill import distill_feature
@@ -764,7 +781,8 @@ def distill(args: argparse.Namespace) -> dict:
         return _finish(args, out, distill_feature(args, target, train_examples, heldout_examples, head_list, data))
     # 4. draft init
     draft = load_init_draft(args.init_draft) if args.init_draft else init_draft(target, args.layers)
-    head_weight = draft.get_input_embeddings().weight[head_ids].detach()
+    draft = draft.to(device)
+    head_weight = draft.get_input_embeddings().weight[head_ids.to(device)].detach()
     before = heldout_acceptance(draft, head_ids, heldout_examples, args.chain)
     print(f"held-out acceptance before training: {before['acceptance_rate']:.3f}", file=sys.stderr)
     # 5. training
@@ -775,6 +793,7 @@ def distill(args: argparse.Namespace) -> dict:
     # 6. measure (on the weights as saved)
     round_trip(draft, args.dtype)
     after = heldout_acceptance(draft, head_ids, heldout_examples, args.chain)
+    draft, target = draft.cpu(), target.cpu()  # the cost that matters is the CPU's (decoding runs there)
     draft_ms, target_ms = token_costs(draft, target, head_ids)
     # 7. save
     shipped = save_draft(draft, head_list, out, args.dtype)
@@ -792,6 +811,33 @@ def distill(args: argparse.Namespace) -> dict:
     report["shipped_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     write_model_card(out, report)
     return _finish(args, out, report)
+
+
+def training_device(name: str, kind: str = "token") -> Any:
+    """The torch device `distill` runs the target and the training on, checked up front."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SystemExit(f"--device {name!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"--device {name}: MPS is not available on this machine")
+    if device.type != "cpu" and kind != "token":
+        raise SystemExit(f"--device {name}: only token drafts train off the CPU so far (--kind {kind})")
+    return device
+
+
+def _device_name(device: Any) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def _finish(args: argparse.Namespace, out: Path, report: dict) -> dict:
@@ -853,6 +899,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--chain", type=int, default=4, help="draft chain length for the acceptance metric")
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="where the target writes its outputs and the draft trains (cpu, cuda, cuda:1, "
+                             "mps); the per-token cost is always measured on the CPU")
     parser.add_argument("--work", default="", help="cache dir for target outputs (reused on rerun)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(func=_run, argv_tail=None)

@@ -110,8 +110,20 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
     report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
     assert report["heldout_range"] == "0..3" and report["n_train_sequences"] == 8
     assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
+    assert report["device"] == "cpu" and "time on the CPU (1 threads)" in card
     assert list((tmp_path / "work").glob("train-*.pt")), "target outputs are cached for reruns"
     assert list((tmp_path / "work" / "train-batches").glob("batch-*.pt")), "finished batches are kept"
+
+
+def test_training_device_is_checked_before_any_work():
+    assert distill.training_device("cpu").type == "cpu"
+    with pytest.raises(SystemExit, match="'gpu0' is not a torch device"):
+        distill.training_device("gpu0")
+    with pytest.raises(SystemExit, match="only token drafts"):
+        distill.training_device("meta", kind="feature")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="sees no CUDA GPU"):
+            distill.training_device("cuda")
 
 
 def test_token_draft_continues_from_a_trained_one(tmp_path):
