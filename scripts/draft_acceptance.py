@@ -9,7 +9,9 @@ prompts, which `scripts/make_default_draft.sh` caches in its work directory:
 A greedy round starting at position j accepts the longest run of positions where the
 drafted token equals the target's; the draft at a position is the prompt-lookup token
 (the engine's `NGramIndex`, n from 4 down to 3) when there is one, else the draft model's
-argmax over its restricted head. The cost is `distill.token_costs`: one cached
+argmax over its restricted head. Three rules: the model alone, lookup wherever it finds a
+token, and the engine's default (`SpeculativeConfig.prompt_lookup_below`): lookup only
+where the model's top probability is below that threshold. The cost is `distill.token_costs`: one cached
 single-token forward of each model on the engine's kernels, medians of 5 alternating runs.
 """
 
@@ -22,25 +24,32 @@ from transformers import AutoModelForCausalLM
 
 from langchain_seed.defaults import ensure_default_pair
 from langchain_seed.distill import _load_examples, token_costs
+from langchain_seed.engine import SpeculativeConfig
 from langchain_seed.engine.drafters import NGramIndex
 
 
 def model_predictions(draft, head_ids, examples):
+    """Per example: the model's argmax token and its top probability at every position."""
     weight = draft.get_output_embeddings().weight[head_ids]
+    predictions = []
     with torch.inference_mode():
-        return [head_ids[(draft.get_decoder()(input_ids=e.ids[None]).last_hidden_state[0] @ weight.T).argmax(-1)]
-                .tolist() for e in examples]
+        for e in examples:
+            probs = torch.softmax(draft.get_decoder()(input_ids=e.ids[None]).last_hidden_state[0] @ weight.T, -1)
+            top, best = probs.max(-1)
+            predictions.append((head_ids[best].tolist(), top.tolist()))
+    return predictions
 
 
-def replay(examples, predictions, lookup_min_n, depth=4):
+def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
     accepted = drafted = agree = total = 0
-    for example, predicted in zip(examples, predictions):
+    for example, (predicted, top) in zip(examples, predictions):
         ids = example.ids.tolist()
         index = NGramIndex()
         ok = []
         for position in range(example.n_prompt, len(ids)):
             index.update(ids[:position])
-            token = index.lookup(ids[max(0, position - 4):position], lookup_min_n) if lookup_min_n else None
+            unsure = lookup_below >= 1.0 or top[position - 1] < lookup_below
+            token = index.lookup(ids[max(0, position - 4):position], lookup_min_n) if lookup_min_n and unsure else None
             ok.append((token if token is not None else predicted[position - 1]) == ids[position])
         agree, total = agree + sum(ok), total + len(ok)
         start = 0
@@ -58,10 +67,12 @@ def main(path: str) -> None:
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     head_ids = torch.tensor(json.loads((Path(draft_dir) / "head_token_ids.json").read_text()))
     examples = _load_examples(Path(path))
+    below = SpeculativeConfig().prompt_lookup_below
     predictions = model_predictions(draft, head_ids, examples)
     draft_ms, target_ms = token_costs(draft, target, head_ids)
     print(json.dumps({"prompts": len(examples), "draft_model": replay(examples, predictions, 0),
                       "draft_model+prompt_lookup": replay(examples, predictions, 3),
+                      f"draft_model+prompt_lookup_below_{below}": replay(examples, predictions, 3, below),
                       "draft_ms": round(draft_ms, 2), "target_ms": round(target_ms, 2),
                       "cost_ratio": round(draft_ms / target_ms, 3)}, indent=2))
 

@@ -77,6 +77,8 @@ def build_cases(llm, other_vocab_draft=None) -> list[Case]:
         Case("SpeculativeConfig", "acceptance='yolo'", lambda: SpeculativeConfig(acceptance="yolo"), "acceptance"),
         Case("SpeculativeConfig", "draft_confidence=1.5",
              lambda: SpeculativeConfig(draft_confidence=1.5), "draft_confidence"),
+        Case("SpeculativeConfig", "prompt_lookup_below=0",
+             lambda: SpeculativeConfig(prompt_lookup_below=0), "prompt_lookup_below"),
         Case("SpeculativeConfig", "max_batch_tokens=2 with a 5-token draft",
              lambda: SpeculativeConfig(max_batch_tokens=2), "max_batch_tokens"),
         Case("engine", "token id outside the vocabulary",

@@ -281,10 +281,7 @@ class ModelDrafter:
                     continue
                 tokens, probs = self._choose(logits[i, j], len(children), sequence)
                 if probs is None:
-                    looked_up = self._with_lookup(sequence, tree, drafts[i], parent, tokens)
-                    measured = sequence.request.config.draft_confidence and looked_up[0] == tokens[0]
-                    sure = _top_probability(logits[i, j]) if measured else 1.0
-                    tokens = looked_up
+                    tokens, sure = self._greedy_candidates(sequence, tree, drafts[i], parent, tokens, logits[i, j])
                 else:
                     sure = float(probs.max())
                 best = max(best, sure)
@@ -314,6 +311,20 @@ class ModelDrafter:
         else:
             picks = torch.multinomial(probs, count, replacement=True, generator=sequence.generator)
         return _pad_picks(picks.tolist(), count), probs
+
+    def _greedy_candidates(self, sequence: SequenceState, tree: DraftTree, draft: Draft, parent: int,
+                           candidates: list[int], logits: torch.Tensor) -> tuple[list[int], float]:
+        """A greedy node's candidates, prompt lookup's token first where the draft is unsure,
+        and the confidence they carry: the model's top probability (`[head]` logits), or 1.0
+        for a lookup hit or when nothing reads it (no `draft_confidence`, full lookup)."""
+        config = sequence.request.config
+        always_look_up = config.prompt_lookup_below >= 1.0
+        top = _top_probability(logits) if config.draft_confidence or not always_look_up else 1.0
+        if always_look_up or top < config.prompt_lookup_below:
+            looked_up = self._with_lookup(sequence, tree, draft, parent, candidates)
+            if looked_up[0] != candidates[0]:
+                return looked_up, 1.0
+        return candidates, top if config.draft_confidence else 1.0
 
     def _with_lookup(self, sequence: SequenceState, tree: DraftTree, draft: Draft, parent: int,
                      candidates: list[int]) -> list[int]:

@@ -166,16 +166,42 @@ def test_ngram_index_finds_the_latest_continuation():
     assert index.lookup([4, 6], min_n=2) is None and index.lookup([4, 6], min_n=1) == 9
 
 
+@pytest.mark.parametrize("below", [0.7, 1.0])
 @pytest.mark.parametrize("k_config", [(1, 1, 1, 1), (2, 2, 1)])
-def test_prompt_lookup_keeps_output_and_raises_acceptance_on_repetitive_text(k_config):
+def test_prompt_lookup_keeps_output_and_raises_acceptance_on_repetitive_text(k_config, below):
     target = build_model("llama")
     draft = noisy_copy(target, 0.05)
     prompt = [3, 9, 4, 3, 9, 4, 3, 9, 4, 3, 9]
     expected = hf_greedy(target, prompt, 60)
     rates = {}
     for lookup in (0, 2):
-        engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=k_config, prompt_lookup=lookup))
+        config = SpeculativeConfig(k_config=k_config, prompt_lookup=lookup, prompt_lookup_below=below)
+        engine = SeedEngine(target, draft, config=config)
         [result] = engine.generate([prompt], SamplingParams(max_tokens=60), mode="speculative")
         assert result.token_ids == expected
         rates[lookup] = result.stats.acceptance_rate
     assert rates[2] >= rates[0]
+
+
+def test_prompt_lookup_overrides_only_an_unsure_draft():
+    """Lookup's token goes first only where the draft's top probability is under
+    `prompt_lookup_below` (1.0: always); a lookup hit counts as sure for the draft length."""
+    from types import SimpleNamespace
+
+    drafter = ModelDrafter.__new__(ModelDrafter)  # no model needed: lookup is stubbed
+    drafter._with_lookup = lambda sequence, tree, draft, parent, candidates: [99] + candidates[:-1]
+    sure = torch.tensor([10.0, 0.0, 0.0])  # top probability 0.9999
+    unsure = torch.tensor([0.5, 0.0, 0.0])  # top probability 0.45
+
+    def candidates(logits, below, confidence=0.4):
+        config = SpeculativeConfig(prompt_lookup_below=below, draft_confidence=confidence)
+        sequence = SimpleNamespace(request=SimpleNamespace(config=config))
+        return drafter._greedy_candidates(sequence, None, None, -1, [0], logits)
+
+    tokens, confidence = candidates(sure, 0.7)
+    assert tokens == [0] and confidence == pytest.approx(float(torch.softmax(sure, 0).max()))
+    assert candidates(unsure, 0.7) == ([99], 1.0)
+    assert candidates(sure, 1.0) == ([99], 1.0)
+    assert candidates(sure, 0.7, confidence=0.0) == ([0], 1.0)  # no adaptive length: confidence unused
+    with pytest.raises(ValueError, match="prompt_lookup_below must be a number in \\(0, 1\\]"):
+        SpeculativeConfig(prompt_lookup_below=0)
