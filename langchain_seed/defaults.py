@@ -45,14 +45,15 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MANIFEST = "manifest.json"
 DRAFT_LAYERS_FILE = "draft_layers.safetensors"
 HEAD_IDS_FILE = "head_token_ids.json"
-# The draft tree for the shipped draft: a chain of up to 4, cut where the draft's top
-# probability falls under 0.4 (adaptive draft length). Measured on the tot-step workload
-# (3 held-out questions, one process, rotated order; docs/BENCHMARKS.md): against a fixed
-# chain of 3 it needs fewer target forwards for the same output (serial speculative 146 vs
-# 153, SeeD rounds 152 vs 159, batched 65 vs 70) for a few more cheap draft forwards, and
-# batched wall time is equal within noise (1.79x vs 1.80x serial autoregressive). Longer
-# chains (6, 10) drafted many tokens that were rejected and were slower batched.
-DEFAULT_PAIR_K_CONFIG = (1, 1, 1, 1)
+# The draft tree for the shipped draft: a chain of up to 5, cut where the draft's top
+# probability falls under 0.4 (adaptive draft length). Measured with the GPU-distilled
+# draft and prompt lookup where the draft is unsure (docs/BENCHMARKS.md, "The draft"):
+# on tot-step (3 held-out questions, one process, rotated order) it needs fewer target
+# forwards than the chain of up to 4 (serial speculative 104 vs 108, SeeD rounds 110 vs
+# 114, batched 50 vs 53) and was faster in every seed method; one sequence, 2.11x vs
+# 1.94x autoregressive. With the earlier, weaker drafts the chains of 4 and 5 were level
+# and longer chains (6, 10) drafted many tokens that were rejected.
+DEFAULT_PAIR_K_CONFIG = (1, 1, 1, 1, 1)
 DEFAULT_PAIR_DRAFT_CONFIDENCE = 0.4
 # Which of the shipped drafts the engine runs: "token" (assets/smollm2-draft) or "feature"
 # (assets/smollm2-feature-draft, EAGLE-style). The feature draft is more often right on
