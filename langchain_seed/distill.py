@@ -504,15 +504,17 @@ def teacher_forced_acceptance(
     return accepted, drafted
 
 
-def draft_predictions(draft: Any, head_ids: Any, example: Example) -> list[int]:
-    """The draft's restricted-head argmax at every output position (teacher forced)."""
+def draft_predictions(draft: Any, head_ids: Any, head_weight: Any, example: Example) -> list[int]:
+    """The draft's restricted-head argmax at every output position (teacher forced).
+
+    head_ids: `[head]` on the draft's device; head_weight: `[head, H]`, its embedding rows.
+    """
     import torch
 
-    head_ids = head_ids.to(draft.device)
     with torch.no_grad():
         hidden = draft.model(input_ids=example.ids[None].to(draft.device)).last_hidden_state[0]  # [seq, H]
         positions = hidden[example.n_prompt - 1 : len(example.ids) - 1]
-        best = head_logits(positions, draft.get_input_embeddings().weight[head_ids]).argmax(-1)
+        best = head_logits(positions, head_weight).argmax(-1)
     return head_ids[best].tolist()
 
 
@@ -520,11 +522,13 @@ def heldout_acceptance(draft: Any, head_ids: Any, examples: Sequence[Example], c
     """Chain-of-``chain`` greedy acceptance and per-token agreement over held-out examples."""
     accepted = drafted = agree = total = 0
     by_shape: dict[str, list[int]] = {}
+    head_ids = head_ids.to(draft.device)
+    head_weight = draft.get_input_embeddings().weight[head_ids].detach()  # once, not per example
     for example in examples:
         target_tokens = example.ids[example.n_prompt :].tolist()
         if not target_tokens:
             continue
-        predicted = draft_predictions(draft, head_ids, example)
+        predicted = draft_predictions(draft, head_ids, head_weight, example)
         a, d = teacher_forced_acceptance(predicted, target_tokens, chain)
         accepted, drafted = accepted + a, drafted + d
         agree += sum(p == t for p, t in zip(predicted, target_tokens))
