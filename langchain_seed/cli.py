@@ -22,12 +22,21 @@ _SUBCOMMAND_MODULES = (
 
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
+    return _int_at_least(text, 1, "a positive int")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int_at_least(text, 0, "an int >= 0")
+
+
+def _int_at_least(text: str, lowest: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int; got {value}")
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be {what}; got {value}")
     return value
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from langchain_seed.cli import positive_int
+from langchain_seed.cli import non_negative_int, positive_int
 
 PROMPT_SHAPES = ("propose", "sample", "value", "answer")
 SHAPE_WEIGHTS = (0.35, 0.30, 0.15, 0.20)
@@ -701,13 +701,15 @@ def card_cost_and_command(r: dict, draft_note: str = "") -> list[str]:
 
 def training_prompts(records: Sequence[dict], indices: Sequence[int], tokenizer: Any,
                      args: argparse.Namespace) -> list[PromptSpec]:
-    """`--prompt-passes` passes over the training questions, pass p drawn with seed + 1000 p.
+    """`--prompt-passes` passes over the training questions from pass `--first-pass` on,
+    pass p drawn with seed + 1000 p.
 
     Passes are appended (pass 0 is the single-pass set), so target outputs cached for
-    fewer passes are reused when more are asked for.
+    fewer passes are reused when more are asked for; a run continuing a draft trained on
+    passes 0..N-1 asks for fresh draws with `--first-pass N`.
     """
     specs: list[PromptSpec] = []
-    for prompt_pass in range(args.prompt_passes):
+    for prompt_pass in range(args.first_pass, args.first_pass + args.prompt_passes):
         specs += build_prompts(records, indices, tokenizer, args.seed + 1000 * prompt_pass,
                                args.per_question, args.chat_fraction)
     return specs
@@ -770,7 +772,7 @@ def distill(args: argparse.Namespace) -> dict:
         "n_train_sequences": len(train_examples),
         "train_output_tokens": sum(len(e.ids) - e.n_prompt for e in train_examples),
         "train_prompt_tokens": sum(e.n_prompt for e in train_examples),
-        "prompt_passes": args.prompt_passes, "chat_fraction": args.chat_fraction,
+        "prompt_passes": args.prompt_passes, "first_pass": args.first_pass, "chat_fraction": args.chat_fraction,
         "shape_counts": _shape_counts(train_specs), "max_new_tokens": args.max_new_tokens,
         "train_max_new_tokens": args.train_max_new_tokens or args.max_new_tokens,
         "seconds_generate": seconds_generate, "threads": args.threads, "chain": args.chain,
@@ -895,6 +897,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--per-question", type=int, default=1, help="prompts per training question")
     parser.add_argument("--prompt-passes", type=positive_int, default=1,
                         help="passes over the training questions, each with its own prompt draws")
+    parser.add_argument("--first-pass", type=non_negative_int, default=0,
+                        help="the first pass drawn (fresh prompts for continuing a draft trained on "
+                             "passes 0..N-1)")
     parser.add_argument("--chat-fraction", type=float, default=0.25)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--train-max-new-tokens", type=int, default=0,

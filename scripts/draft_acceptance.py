@@ -4,7 +4,10 @@ and its per-token cost against the target's.
 Teacher-forced exact replay on the target's own greedy continuations of the held-out
 prompts, which `scripts/make_default_draft.sh` caches in its work directory:
 
-    .venv/bin/python scripts/draft_acceptance.py WORK_DIR/heldout-*.pt
+    .venv/bin/python scripts/draft_acceptance.py WORK_DIR/heldout-*.pt [DRAFT_ASSET_DIR]
+
+DRAFT_ASSET_DIR: a draft as `langchain-seed distill --out` writes it (its own layers and
+head ids), assembled with the target's embedding; by default the shipped draft.
 
 A greedy round starting at position j accepts the longest run of positions where the
 drafted token equals the target's; the draft at a position is the prompt-lookup token
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from langchain_seed.defaults import ensure_default_pair
+from langchain_seed.defaults import ensure_default_draft, ensure_default_pair
 from langchain_seed.distill import _load_examples, token_costs
 from langchain_seed.engine import SpeculativeConfig
 from langchain_seed.engine.drafters import NGramIndex
@@ -61,8 +64,10 @@ def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
     return {"acceptance_rate": round(accepted / drafted, 3), "token_agreement": round(agree / total, 3)}
 
 
-def main(path: str) -> None:
+def main(path: str, asset_dir: str | None = None) -> None:
     target_dir, draft_dir = ensure_default_pair(progress=False)
+    if asset_dir is not None:
+        draft_dir = ensure_default_draft(target_dir, progress=False, asset_dir=asset_dir)
     draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     head_ids = torch.tensor(json.loads((Path(draft_dir) / "head_token_ids.json").read_text()))
@@ -78,4 +83,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

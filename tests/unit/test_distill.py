@@ -185,13 +185,31 @@ def test_prompt_passes_append_fresh_draws_after_the_single_pass_set():
     records = [
         {"question": f"Q{i} has {i} apples?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(30)]
     tokenizer = type("T", (), {"chat_template": None})()
-    one = argparse.Namespace(prompt_passes=1, seed=0, per_question=1, chat_fraction=0.0)
-    two = argparse.Namespace(prompt_passes=2, seed=0, per_question=1, chat_fraction=0.0)
+    one = argparse.Namespace(prompt_passes=1, first_pass=0, seed=0, per_question=1, chat_fraction=0.0)
+    two = argparse.Namespace(prompt_passes=2, first_pass=0, seed=0, per_question=1, chat_fraction=0.0)
     single = distill.training_prompts(records, range(30), tokenizer, one)
     double = distill.training_prompts(records, range(30), tokenizer, two)
     assert double[:30] == single and len(double) == 60
     assert [s.question_index for s in double[30:]] == list(range(30))
     assert [s.text for s in double[30:]] != [s.text for s in single]
+
+
+def test_first_pass_draws_only_the_later_passes():
+    import argparse
+
+    records = [
+        {"question": f"Q{i} has {i} apples?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(30)]
+    tokenizer = type("T", (), {"chat_template": None})()
+    three = argparse.Namespace(prompt_passes=3, first_pass=0, seed=0, per_question=1, chat_fraction=0.0)
+    later = argparse.Namespace(prompt_passes=2, first_pass=1, seed=0, per_question=1, chat_fraction=0.0)
+    assert distill.training_prompts(records, range(30), tokenizer, later) == \
+        distill.training_prompts(records, range(30), tokenizer, three)[30:]
+
+
+def test_first_pass_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit):
+        distill.main(["distill", "--target", "t", "--out", "o", "--first-pass", "-1"])
+    assert "--first-pass: must be an int >= 0; got -1" in capsys.readouterr().err
 
 
 def test_generation_batches_are_stable_prefixes():
