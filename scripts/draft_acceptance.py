@@ -14,7 +14,9 @@ drafted token equals the target's; the draft at a position is the prompt-lookup 
 (the engine's `NGramIndex`, n from 4 down to 3) when there is one, else the draft model's
 argmax over its restricted head. Three rules: the model alone, lookup wherever it finds a
 token, and the engine's default (`SpeculativeConfig.prompt_lookup_below`): lookup only
-where the model's top probability is below that threshold. The cost is `distill.token_costs`: one cached
+where the model's top probability is below that threshold. Each rule's acceptance is
+counted two ways (`replay`): strictly, 4 drafted tokens in every round even where fewer
+are left before the sequence's end, and as `distill` counts it, only up to the end. The cost is `distill.token_costs`: one cached
 single-token forward of each model on the engine's kernels, medians of 5 alternating runs.
 """
 
@@ -26,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from langchain_seed.defaults import ensure_default_draft, ensure_default_pair
-from langchain_seed.distill import _load_examples, token_costs
+from langchain_seed.distill import _load_examples, teacher_forced_acceptance, token_costs
 from langchain_seed.engine import SpeculativeConfig
 from langchain_seed.engine.drafters import NGramIndex
 
@@ -44,16 +46,23 @@ def model_predictions(draft, head_ids, examples):
 
 
 def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
-    accepted = drafted = agree = total = 0
+    """Acceptance counted two ways: `acceptance_rate` counts `depth` drafted tokens in every
+    round, also in a sequence's last rounds, where fewer tokens are left to match (the
+    strict count all published figures use); `acceptance_rate_to_end` is
+    `distill.teacher_forced_acceptance`'s count, which drafts only up to the sequence's end
+    (min(depth, tokens left)), as `distill`'s own report and the model card count."""
+    accepted = drafted = agree = total = accepted_to_end = drafted_to_end = 0
     for example, (predicted, top) in zip(examples, predictions):
         ids = example.ids.tolist()
         index = NGramIndex()
-        ok = []
+        chosen = []
         for position in range(example.n_prompt, len(ids)):
             index.update(ids[:position])
             unsure = lookup_below >= 1.0 or top[position - 1] < lookup_below
             token = index.lookup(ids[max(0, position - 4):position], lookup_min_n) if lookup_min_n and unsure else None
-            ok.append((token if token is not None else predicted[position - 1]) == ids[position])
+            chosen.append(token if token is not None else predicted[position - 1])
+        target = ids[example.n_prompt :]
+        ok = [c == t for c, t in zip(chosen, target)]
         agree, total = agree + sum(ok), total + len(ok)
         start = 0
         while start < len(ok):
@@ -61,7 +70,11 @@ def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
             while run < depth and start + run < len(ok) and ok[start + run]:
                 run += 1
             accepted, drafted, start = accepted + run, drafted + depth, start + run + 1
-    return {"acceptance_rate": round(accepted / drafted, 3), "token_agreement": round(agree / total, 3)}
+        a, d = teacher_forced_acceptance(chosen, target, depth)
+        accepted_to_end, drafted_to_end = accepted_to_end + a, drafted_to_end + d
+    return {"acceptance_rate": round(accepted / drafted, 3),
+            "acceptance_rate_to_end": round(accepted_to_end / drafted_to_end, 3),
+            "token_agreement": round(agree / total, 3)}
 
 
 def main(path: str, asset_dir: str | None = None) -> None:

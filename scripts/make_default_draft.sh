@@ -11,11 +11,14 @@
 # 4. distill the shipped token draft afresh on 16 passes of prompts per training question
 #    (19,504 prompts, 96 new tokens each, 1.38M target tokens) on a GPU: on one H100 this
 #    took 3 minutes of target outputs and 3 of training; on this project's 2-core CPU it
-#    would take about 16 hours (estimated from stage 2's rates, not run).
+#    would take about 16 hours (estimated from stage 2's rates, not run);
+# 5. continue that draft on the CPU on 3 more passes of fresh prompts (passes 16-18: 3,657
+#    prompts, 96 new tokens each), 300 steps x 32 at lr 3e-4: on this project's 2-core
+#    CPU 75 minutes of target outputs and 23 of training.
 #
 # Needs the full GSM8K test split as jsonl (question, answer): GSM8K_JSONL, default
-# /work/shared/data/gsm8k_test.jsonl. Stages 2-3 run on the CPU with 2 threads; stage 4 on
-# DEVICE (default cuda; SKIP_GPU_STAGE=1 stops after stage 3). Target outputs are cached
+# /work/shared/data/gsm8k_test.jsonl. Stages 2-3 and 5 run on the CPU with 2 threads; stage 4
+# on DEVICE (default cuda; SKIP_GPU_STAGE=1 stops after stage 3). Target outputs are cached
 # in WORK_DIR, so a rerun with other training settings does not regenerate them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,3 +63,6 @@ DRAFT="$(assembled_token_draft)"
 
 distill_token_draft --device "${DEVICE:-cuda}" --prompt-passes 16 --train-max-new-tokens 96 \
   --gen-batch 512 --batch-size 32 --steps 6000 --lr 1e-3 --threads 8
+
+distill_token_draft --init-draft "$(assembled_token_draft)" --first-pass 16 --prompt-passes 3 \
+  --train-max-new-tokens 96 --gen-batch 64 --batch-size 32 --steps 300 --lr 3e-4
