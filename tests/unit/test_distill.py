@@ -179,31 +179,27 @@ def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
     assert result.token_ids == expected
 
 
-def test_prompt_passes_append_fresh_draws_after_the_single_pass_set():
+def _training_prompts(prompt_passes: int, first_pass: int = 0) -> list:
+    """`training_prompts` over 30 toy questions, no chat template."""
     import argparse
 
     records = [
         {"question": f"Q{i} has {i} apples?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(30)]
     tokenizer = type("T", (), {"chat_template": None})()
-    one = argparse.Namespace(prompt_passes=1, first_pass=0, seed=0, per_question=1, chat_fraction=0.0)
-    two = argparse.Namespace(prompt_passes=2, first_pass=0, seed=0, per_question=1, chat_fraction=0.0)
-    single = distill.training_prompts(records, range(30), tokenizer, one)
-    double = distill.training_prompts(records, range(30), tokenizer, two)
+    args = argparse.Namespace(prompt_passes=prompt_passes, first_pass=first_pass, seed=0, per_question=1,
+                              chat_fraction=0.0)
+    return distill.training_prompts(records, range(30), tokenizer, args)
+
+
+def test_prompt_passes_append_fresh_draws_after_the_single_pass_set():
+    single, double = _training_prompts(1), _training_prompts(2)
     assert double[:30] == single and len(double) == 60
     assert [s.question_index for s in double[30:]] == list(range(30))
     assert [s.text for s in double[30:]] != [s.text for s in single]
 
 
 def test_first_pass_draws_only_the_later_passes():
-    import argparse
-
-    records = [
-        {"question": f"Q{i} has {i} apples?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(30)]
-    tokenizer = type("T", (), {"chat_template": None})()
-    three = argparse.Namespace(prompt_passes=3, first_pass=0, seed=0, per_question=1, chat_fraction=0.0)
-    later = argparse.Namespace(prompt_passes=2, first_pass=1, seed=0, per_question=1, chat_fraction=0.0)
-    assert distill.training_prompts(records, range(30), tokenizer, later) == \
-        distill.training_prompts(records, range(30), tokenizer, three)[30:]
+    assert _training_prompts(2, first_pass=1) == _training_prompts(3)[30:]
 
 
 def test_first_pass_must_not_be_negative(capsys):
