@@ -479,6 +479,7 @@ def fit(model: Any, count: int, batch_loss: Any, steps: int, batch_size: int, lr
 
 def teacher_forced_acceptance(
     draft_tokens: Sequence[int], target_tokens: Sequence[int], chain: int = 4,
+    count_past_end: bool = False,
 ) -> tuple[int, int]:
     """Greedy chain-of-``chain`` speculative decoding, replayed by teacher forcing.
 
@@ -486,6 +487,8 @@ def teacher_forced_acceptance(
     draft's argmax for position i given the target's tokens before it. A round starting
     at j drafts ``min(chain, n - j)`` tokens, accepts the longest prefix where the draft
     matches the target, and advances by accepted + 1 (the recovered or bonus token).
+    With ``count_past_end`` every round counts ``chain`` drafted tokens, also where fewer
+    are left before the end (the strict count of `scripts/draft_acceptance.py`).
     Returns (accepted, drafted) summed over all rounds.
     """
     n = len(target_tokens)
@@ -499,7 +502,7 @@ def teacher_forced_acceptance(
         while matched < width and draft_tokens[j + matched] == target_tokens[j + matched]:
             matched += 1
         accepted += matched
-        drafted += width
+        drafted += chain if count_past_end else width
         j += matched + 1
     return accepted, drafted
 

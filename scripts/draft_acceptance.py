@@ -51,7 +51,7 @@ def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
     strict count all published figures use); `acceptance_rate_to_end` is
     `distill.teacher_forced_acceptance`'s count, which drafts only up to the sequence's end
     (min(depth, tokens left)), as `distill`'s own report and the model card count."""
-    accepted = drafted = agree = total = accepted_to_end = drafted_to_end = 0
+    accepted = drafted = drafted_to_end = agree = total = 0
     for example, (predicted, top) in zip(examples, predictions):
         ids = example.ids.tolist()
         index = NGramIndex()
@@ -64,16 +64,11 @@ def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
         target = ids[example.n_prompt :]
         ok = [c == t for c, t in zip(chosen, target)]
         agree, total = agree + sum(ok), total + len(ok)
-        start = 0
-        while start < len(ok):
-            run = 0
-            while run < depth and start + run < len(ok) and ok[start + run]:
-                run += 1
-            accepted, drafted, start = accepted + run, drafted + depth, start + run + 1
-        a, d = teacher_forced_acceptance(chosen, target, depth)
-        accepted_to_end, drafted_to_end = accepted_to_end + a, drafted_to_end + d
+        a, d = teacher_forced_acceptance(chosen, target, depth, count_past_end=True)
+        _, d_to_end = teacher_forced_acceptance(chosen, target, depth)  # the same rounds, fewer counted
+        accepted, drafted, drafted_to_end = accepted + a, drafted + d, drafted_to_end + d_to_end
     return {"acceptance_rate": round(accepted / drafted, 3),
-            "acceptance_rate_to_end": round(accepted_to_end / drafted_to_end, 3),
+            "acceptance_rate_to_end": round(accepted / drafted_to_end, 3),
             "token_agreement": round(agree / total, 3)}
 
 

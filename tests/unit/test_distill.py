@@ -54,6 +54,13 @@ def test_acceptance_hand_made_case():
     assert distill.teacher_forced_acceptance([0] * 5, [1] * 5, chain=4) == (0, 4 + 4 + 3 + 2 + 1)
 
 
+def test_acceptance_counted_past_the_end_drafts_the_whole_chain_every_round():
+    target = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    draft = [1, 2, 0, 4, 5, 6, 7, 8, 0]
+    # the same three rounds as the hand-made case; the last one counts 4 drafted, not 1
+    assert distill.teacher_forced_acceptance(draft, target, chain=4, count_past_end=True) == (6, 12)
+
+
 def test_acceptance_rejects_length_mismatch():
     with pytest.raises(ValueError):
         distill.teacher_forced_acceptance([1, 2], [1], chain=4)
