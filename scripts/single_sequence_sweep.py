@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/single_sequence_sweep.py [--prompts 3] [--reps 3] [--max-tokens 48]
         [--trees "1,1,1;1,1,1,1,1,1"] [--confidences 0,0.5] [--drafts token,feature]
+        [--linear-kernel native|onednn]
 
 Each tree runs with each draft confidence (`SpeculativeConfig.draft_confidence`; 0 drafts
 the whole tree every round) and each draft of the default pair: the token draft and the
@@ -9,7 +10,7 @@ feature draft (`langchain_seed.engine.feature_draft`).
 
 One process, every variant over the same held-out GSM8K sample prompts, interleaved in an
 order rotated each repetition, the first repetition a warm-up, medians. Autoregressive
-runs on torch's kernels and on the engine's (oneDNN); speculative on the engine's. Ratios are against autoregressive on
+runs on torch's kernels and on the engine's (`--linear-kernel`, default native); speculative on the engine's. Ratios are against autoregressive on
 torch's kernels (plain decoding as a user would run it). Outputs are checked identical.
 """
 
@@ -20,6 +21,7 @@ import time
 from langchain_seed.bench.engine_modes import heldout_question
 from langchain_seed.defaults import default_feature_draft_dir, ensure_default_pair
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
+from langchain_seed.engine.kernels import ENGINE_KERNELS
 from langchain_seed.engine.models import load_draft, load_models
 from langchain_seed.llms import read_head_token_ids
 from langchain_seed.tot.prompts import default_prompts
@@ -36,7 +38,10 @@ def main() -> None:
                         help="semicolon-separated k_configs")
     parser.add_argument("--confidences", default="0", help="comma-separated draft_confidence values")
     parser.add_argument("--drafts", default="token,feature", help="comma-separated: token, feature")
+    parser.add_argument("--linear-kernel", choices=ENGINE_KERNELS, default="native",
+                        help="the engine's kernels for every variant but the torch-kernel baseline")
     args = parser.parse_args()
+    kernel = args.linear_kernel
     trees = [tuple(int(k) for k in tree.split(",")) for tree in args.trees.split(";")]
     confidences = [float(c) for c in args.confidences.split(",")]
     target_dir, token_dir = ensure_default_pair(progress=False)
@@ -45,16 +50,16 @@ def main() -> None:
     head_ids = read_head_token_ids(token_dir)
     engines = {(kernel, kind): SeedEngine(loaded.target, drafts[kind], loaded.tokenizer,
                                           draft_head_token_ids=head_ids, linear_kernel=kernel)
-               for kernel in ("torch", "onednn") for kind in args.drafts.split(",")}
-    base = engines["onednn", args.drafts.split(",")[0]]
+               for kernel in ("torch", kernel) for kind in args.drafts.split(",")}
+    base = engines[kernel, args.drafts.split(",")[0]]
     template = default_prompts("gsm8k")["sample"]
     prompts = [base.tokenizer(template.format(question=heldout_question(i), steps="", index=1, k=3)).input_ids
                for i in range(args.prompts)]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     first = args.drafts.split(",")[0]
     variants = [("autoregressive, torch kernels", ("torch", first), "autoregressive", SpeculativeConfig(k_config=(1,))),
-                ("autoregressive, oneDNN", ("onednn", first), "autoregressive", SpeculativeConfig(k_config=(1,)))]
-    variants += [(f"speculative {kind} {tree} c={confidence}", ("onednn", kind), "speculative",
+                (f"autoregressive, {kernel}", (kernel, first), "autoregressive", SpeculativeConfig(k_config=(1,)))]
+    variants += [(f"speculative {kind} {tree} c={confidence}", (kernel, kind), "speculative",
                   SpeculativeConfig(k_config=tree, draft_confidence=confidence))
                  for kind in args.drafts.split(",") for tree in trees for confidence in confidences]
     seconds: dict[str, list[float]] = {name: [] for name, *_ in variants}

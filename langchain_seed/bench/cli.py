@@ -21,7 +21,7 @@ from typing import Any
 from langchain_seed.bench.methods import DRAFT_METHODS, METHODS, SEED_METHODS
 from langchain_seed.cli import DRAFT_CONFIDENCE_HELP, draft_confidence, parse_k_config, positive_int
 from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
-from langchain_seed.engine.kernels import LINEAR_KERNELS
+from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 
 FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
@@ -74,8 +74,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                     "held-out GSM8K questions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="onednn",
-                        help="the seed methods' CPU float32 matmuls: onednn (default, the engine's) or torch "
+    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="native",
+                        help="the seed methods' CPU float32 matmuls: native (default: the engine's C kernel "
+                             "for decoding sizes, oneDNN where it cannot be built), onednn, or torch "
                              "(the transformers methods always use torch's)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up call")
@@ -158,7 +159,7 @@ def model_pair_info(models) -> dict[str, Any]:
         "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
         "k_config": list(models.k_config),
         "draft_confidence": models.draft_confidence,
-        "seed_linear_kernel": models.linear_kernel,
+        "seed_linear_kernel": effective_kernel(models.linear_kernel),
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
     }
 

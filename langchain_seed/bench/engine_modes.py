@@ -32,7 +32,7 @@ def heldout_question(index: int = 0) -> str:
     return json.loads(lines[index])["question"]
 
 
-def load_default_engine(k_config: tuple[int, ...], linear_kernel: str = "onednn") -> SeedEngine:
+def load_default_engine(k_config: tuple[int, ...], linear_kernel: str = "native") -> SeedEngine:
     from langchain_seed.llms import SeedLLM
 
     engine = SeedLLM.from_default(k_config=k_config).engine
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--k-config", default="1,1,1,1")
-    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="onednn",
+    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="native",
                         help="the engine's CPU float32 matmuls (every mode, autoregressive included)")
     args = parser.parse_args(argv)
     k_config = tuple(int(x) for x in args.k_config.split(","))

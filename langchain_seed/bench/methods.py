@@ -44,7 +44,7 @@ class BenchModels:
         draft_head_token_ids: the draft's restricted LM-head ids for the seed methods, or None.
         k_config: the seed methods' draft tree.
         target_name, draft_name: how the pair is named in reports.
-        linear_kernel: the seed methods' engine kernels ("onednn" or "torch", see
+        linear_kernel: the seed methods' engine kernels ("native", "onednn" or "torch", see
             `langchain_seed.engine.kernels`); the transformers methods always run torch's.
         draft_confidence: the seed methods' adaptive draft length (`SpeculativeConfig`).
         seed_draft, seed_draft_name: the seed methods' own draft when it is one transformers
@@ -58,7 +58,7 @@ class BenchModels:
     k_config: tuple[int, ...] = (1, 1, 1, 1)
     target_name: str = "target"
     draft_name: str = "draft"
-    linear_kernel: str = "onednn"
+    linear_kernel: str = "native"
     draft_confidence: float = 0.0
     seed_draft: Any = None
     seed_draft_name: str | None = None

@@ -41,11 +41,12 @@ class SeedEngine:
         config: default `SpeculativeConfig` (draft tree, acceptance rule, verify policy).
         draft_head_token_ids: token ids the draft may propose; its LM head is computed over
             these only (cheaper drafting). None: the whole vocabulary.
-        linear_kernel: "onednn" (default): on CPU in float32 the engine's forwards use
-            its own kernels (`engine.kernels`: oneDNN or weight-major MKL linears, several
-            times faster than torch's default for decoding shapes, and masked grouped-query
-            attention without copied keys); other callers of the same models are
-            unaffected. "torch": torch's and transformers' default kernels.
+        linear_kernel: "native" (default): on CPU in float32 the engine's forwards use its
+            own kernels (`engine.kernels`): a C matmul kernel for decoding-sized inputs
+            (`engine.native`, built on first use; where it cannot be, as "onednn"), and
+            masked grouped-query attention without copied keys; other callers of the same
+            models are unaffected. "onednn": the same with oneDNN and weight-major MKL
+            matmuls instead of the C kernel. "torch": torch's and transformers' defaults.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class SeedEngine:
         *,
         draft_tokenizer=None,
         draft_head_token_ids: Sequence[int] | None = None,
-        linear_kernel: str = "onednn",
+        linear_kernel: str = "native",
     ) -> None:
         check_choice("linear_kernel", linear_kernel, LINEAR_KERNELS)
         if isinstance(draft_model, FeatureDraftModel):
@@ -73,7 +74,7 @@ class SeedEngine:
         self.context_window = context_window(target_model)
         self._mask_support: dict[int, bool] = {}
         self.linear_kernel = linear_kernel
-        if linear_kernel == "onednn":
+        if linear_kernel in kernels.ENGINE_KERNELS:
             for model in (self.target_model, self.draft_model):
                 if model is not None:
                     kernels.install(model)
@@ -222,7 +223,7 @@ class SeedEngine:
 
     def _new_scheduler(self) -> Scheduler:
         return Scheduler(self.target_model, self._make_drafter, self.eos_token_ids,
-                         onednn_linear=self.linear_kernel == "onednn")
+                         kernel=self.linear_kernel)
 
     def _make_drafter(self) -> ModelDrafter:
         if isinstance(self.draft_model, FeatureDraftModel):

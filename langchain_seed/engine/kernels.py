@@ -38,17 +38,27 @@ tokens from 132.9 to 120.6 ms (medians of 12 interleaved runs). transformers its
 only without a mask because CUDA's fast kernels need it so; on the CPU SDPA handles masked
 grouped-query attention natively.
 
-`install(model)` gives every `nn.Linear` of a CPU float32 model a forward that uses oneDNN,
-and registers `engine_attention` as transformers' "sdpa" attention (it hands every call to
-the function it replaced unless it can take the grouped-query path above). Both act only
-while `onednn_linear()` is active in the calling thread. The engine's rounds run inside
-`onednn_linear()`; anyone else calling the same model (a user's own `generate`, the
-benchmark's transformers baselines) runs it unchanged.
+The native kernel (`engine.native`, the default where it builds): oneDNN and MKL still run
+decoding shapes at half the CPU's arithmetic rate or less (every call packs the weight).
+The engine's own C kernel reads each dense weight once with a register tile of 4 weight
+rows x 3 input rows: ms for all 210 decoder linears plus the LM head, 2 threads, medians
+of 7 interleaved runs (1 / 4 / 6 / 12 / 18 / 32 / 48 / 64 rows): oneDNN 40 / 65 / 70 / 93
+/ 106 / 120 / 152 / 193, MKL 44 / 79 / 81 / 103 / 108 / 128 / 161 / 190, native 28 / 39 /
+41 / 60 / 73 / 110 / 138 / 196. So up to `NATIVE_MAX_ROWS` rows the engine uses it, with
+the routes above for larger inputs and wherever it cannot be built.
+
+`install(model)` gives every `nn.Linear` of a CPU float32 model a forward that uses these
+kernels, and registers `engine_attention` as transformers' "sdpa" attention (it hands every
+call to the function it replaced unless it can take the grouped-query path above). Both act
+only while `engine_kernels()` is active in the calling thread. The engine's rounds run
+inside `engine_kernels(...)`; anyone else calling the same model (a user's own `generate`,
+the benchmark's transformers baselines) runs it unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from functools import partial
 from typing import Iterator
@@ -56,6 +66,10 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from langchain_seed.engine import native
+
+NATIVE_MAX_ROWS = 48
+"""Up to this many rows the native kernel beats oneDNN and MKL (module notes); past it, MKL."""
 WEIGHT_MAJOR_MAX_ROWS = 4
 """From 2 rows up to this many, `weight @ x.T` on MKL beats both oneDNN and `F.linear`."""
 ONEDNN_MAX_ROWS = 16
@@ -63,37 +77,55 @@ ONEDNN_MAX_ROWS = 16
 HEAD_SIZED_OUT_FEATURES = 8192
 """Weights with at least this many output rows (LM heads) are faster on oneDNN at any row count."""
 
-LINEAR_KERNELS = ("onednn", "torch")
-"""`onednn`: the engine's CPU float32 forwards use oneDNN linears; `torch`: torch's default."""
+LINEAR_KERNELS = ("native", "onednn", "torch")
+"""The engine's CPU float32 matmuls. `native`: its C kernel for decoding sizes (where it
+builds; else as `onednn`); `onednn`: oneDNN and weight-major MKL; `torch`: torch's default."""
+ENGINE_KERNELS = ("native", "onednn")
+"""The kernels `install` routes to (`torch` installs nothing)."""
 
 _state = threading.local()
 
 
+@functools.lru_cache(maxsize=1)
 def onednn_available() -> bool:
     """True when this torch build has oneDNN and its linear op."""
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def effective_kernel(kernel: str) -> str:
+    """What `kernel` (one of `LINEAR_KERNELS`) runs on here: `native` falls back to `onednn`
+    where the C kernel cannot be built (`native.unavailable_reason()` says why)."""
+    return "onednn" if kernel == "native" and not native.available() else kernel
+
+
 @contextlib.contextmanager
-def onednn_linear(enabled: bool = True) -> Iterator[None]:
-    """Within this block (this thread only), installed linears run on oneDNN."""
-    previous = getattr(_state, "enabled", False)
-    _state.enabled = enabled
+def engine_kernels(kernel: str | None = "native") -> Iterator[None]:
+    """Within this block (this thread only), installed linears and attention run on the
+    engine's kernels: `native` or `onednn` (see `LINEAR_KERNELS`); None or `torch`: torch's."""
+    previous = getattr(_state, "kernel", None)
+    _state.kernel = kernel if kernel in ENGINE_KERNELS else None
     try:
         yield
     finally:
-        _state.enabled = previous
+        _state.kernel = previous
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, on the engine's kernels inside `onednn_linear()` when the tensors allow it.
+    """`F.linear`, on the engine's kernels inside `engine_kernels()` when the tensors allow it.
 
-    x: `[..., in]`; weight: `[out, in]`. 2 to 4 rows run weight-major (`weight @ x.T`, see
-    `weight_major_linear`), other decoding sizes and heads on oneDNN.
+    x: `[..., in]`; weight: `[out, in]`. Under `native`, up to `NATIVE_MAX_ROWS` rows run on
+    the C kernel. Otherwise 2 to 4 rows run weight-major (`weight @ x.T`, see
+    `weight_major_linear`), other decoding sizes and heads on oneDNN, the rest on torch's.
     """
-    if getattr(_state, "enabled", False) and _eligible(x, weight):
-        if 1 < x.numel() // x.shape[-1] <= WEIGHT_MAJOR_MAX_ROWS:
-            return weight_major_linear(x, weight, bias)
+    kernel = getattr(_state, "kernel", None)
+    if kernel is None or not _eligible(x, weight, bias):
+        return F.linear(x, weight, bias)
+    rows = x.numel() // x.shape[-1]
+    if kernel == "native" and rows <= NATIVE_MAX_ROWS and native.available():
+        return native.skinny_linear(x, weight, bias)
+    if 1 < rows <= WEIGHT_MAJOR_MAX_ROWS:
+        return weight_major_linear(x, weight, bias)
+    if onednn_available() and (rows <= ONEDNN_MAX_ROWS or weight.shape[0] >= HEAD_SIZED_OUT_FEATURES):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -119,11 +151,9 @@ def install(model: torch.nn.Module) -> int:
     """Route the model's `nn.Linear` layers through `linear` and its attention through
     `engine_attention`; returns how many linears were routed.
 
-    Does nothing (returns 0) when oneDNN is missing or the model is not float32 on the CPU.
-    Installing twice is harmless.
+    Does nothing (returns 0) when the model is not float32 on the CPU. Installing twice is
+    harmless.
     """
-    if not onednn_available():
-        return 0
     install_attention()
     routed = 0
     for module in model.modules():
@@ -138,7 +168,7 @@ def install(model: torch.nn.Module) -> int:
 def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' "sdpa" attention, on un-repeated grouped keys inside `onednn_linear()`.
+    """transformers' "sdpa" attention, on un-repeated grouped keys inside `engine_kernels()`.
 
     query: `[batch, heads, new, head_dim]`; key, value: `[batch, kv_heads, slots, head_dim]`;
     attention_mask: `[batch, 1, new, slots]` (bool or additive float) or None. Returns the
@@ -154,7 +184,7 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
 def _takes_grouped_path(module, query, key, value, attention_mask, kwargs) -> bool:
     """Inside the block, on the CPU, a grouped-query layer, several new tokens (transformers
     packs one token's query heads itself), a mask, and nothing exotic."""
-    return (getattr(_state, "enabled", False) and attention_mask is not None and query.device.type == "cpu"
+    return (getattr(_state, "kernel", None) is not None and attention_mask is not None and query.device.type == "cpu"
             and query.shape[2] > 1
             and getattr(module, "num_key_value_groups", 1) > 1 and key.shape[-1] == value.shape[-1]
             and query.shape[1] == key.shape[1] * module.num_key_value_groups
@@ -194,12 +224,13 @@ def _eligible_weight(weight: torch.Tensor) -> bool:
             and weight.is_contiguous())
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """CPU float32, no autograd (oneDNN's op has no backward here), a decoding-sized x or a head."""
+def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """CPU float32 tensors, no autograd (the engine's kernels have no backward)."""
     if not (_eligible_weight(weight) and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.numel() > 0 and x.dim() >= 2):
+            and x.numel() > 0 and x.dim() >= 2 and x.shape[-1] == weight.shape[1]):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if bias is not None and not (bias.device.type == "cpu" and bias.dtype == torch.float32
+                                 and bias.is_contiguous() and bias.shape == weight.shape[:1]):
         return False
-    rows = x.numel() // x.shape[-1]
-    return rows <= ONEDNN_MAX_ROWS or weight.shape[0] >= HEAD_SIZED_OUT_FEATURES
+    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad)))

@@ -28,7 +28,7 @@ from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, Drafter
-from langchain_seed.engine.kernels import onednn_linear
+from langchain_seed.engine.kernels import engine_kernels
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
@@ -171,13 +171,14 @@ class Scheduler:
     Args:
         target_model: the model whose output is reproduced.
         make_drafter: builds the drafter (`ModelDrafter` or `FeatureDrafter`) of a new lane.
-        onednn_linear: run each round inside `kernels.onednn_linear()` (the models'
-            linears must have been routed with `kernels.install`).
+        kernel: run each round inside `kernels.engine_kernels(kernel)`: "native" or
+            "onednn" (the models' linears must have been routed with `kernels.install`),
+            or "torch" (torch's kernels).
     """
 
-    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], onednn_linear: bool = False) -> None:
+    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], kernel: str = "torch") -> None:
         self.target_model = target_model
-        self.onednn_linear = onednn_linear
+        self.kernel = kernel
         self.make_drafter = make_drafter
         self.eos_token_ids = eos_token_ids
         self.lanes: dict[SpeculativeConfig, Lane] = {}
@@ -223,7 +224,7 @@ class Scheduler:
     # ----- one round -------------------------------------------------------------------
     def run_round(self) -> None:
         """Schedule, then draft/verify/commit/stream every lane once."""
-        with onednn_linear(self.onednn_linear):
+        with engine_kernels(self.kernel):
             self._admit_waiting()
             self._drop_cancelled()
             for lane in list(self.lanes.values()):

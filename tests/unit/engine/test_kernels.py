@@ -1,5 +1,6 @@
-"""The engine's kernels (oneDNN and weight-major linears, grouped-query attention): same
-values as torch's and transformers', only inside the engine's block, only in its thread."""
+"""The engine's kernels (native, oneDNN and weight-major linears, grouped-query attention):
+same values as torch's and transformers', only inside the engine's block, only in its thread.
+The native C kernel itself is tested in test_native.py."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ def _mlp(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(16, 48), torch.nn.SiLU(), torch.nn.Linear(48, 300, bias=False))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 5, 16])
-def test_installed_linears_match_torch_inside_the_block(rows):
+@pytest.mark.parametrize("kernel", kernels.ENGINE_KERNELS)
+@pytest.mark.parametrize("rows", [1, 3, 5, 16, 40])
+def test_installed_linears_match_torch_inside_the_block(rows, kernel):
     model, reference = _mlp(), _mlp()
     assert kernels.install(model) == 2
     x = torch.randn(2, rows, 16)
     with torch.inference_mode():
         expected = reference(x)
-        with kernels.onednn_linear():
+        with kernels.engine_kernels(kernel):
             got = model(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -41,7 +43,7 @@ def test_outside_the_block_installed_linears_are_torch_bit_for_bit(monkeypatch):
     x = torch.randn(5, 16)
     with torch.inference_mode():
         assert torch.equal(model(x), reference(x)) and not calls
-        with kernels.onednn_linear():
+        with kernels.engine_kernels("onednn"):
             model(x)
     assert len(calls) == 2
 
@@ -53,7 +55,7 @@ def test_prefill_sized_inputs_stay_on_torch_except_for_heads(monkeypatch):
                         lambda *a: calls.append(a[1].shape[0]) or original(*a), raising=False)
     small, head = torch.randn(48, 16), torch.randn(kernels.HEAD_SIZED_OUT_FEATURES, 16)
     rows = kernels.ONEDNN_MAX_ROWS + 1
-    with torch.inference_mode(), kernels.onednn_linear():
+    with torch.inference_mode(), kernels.engine_kernels("onednn"):
         kernels.linear(torch.randn(rows, 16), small)
         kernels.linear(torch.randn(1, rows, 16), head)
         kernels.linear(torch.randn(kernels.ONEDNN_MAX_ROWS, 16), small)
@@ -64,25 +66,25 @@ def test_the_block_is_per_thread_and_nests():
     seen = {}
 
     def other_thread():
-        seen["other"] = getattr(kernels._state, "enabled", False)
+        seen["other"] = getattr(kernels._state, "kernel", None)
 
-    with kernels.onednn_linear():
+    with kernels.engine_kernels("onednn"):
         worker = threading.Thread(target=other_thread)
         worker.start()
         worker.join()
-        with kernels.onednn_linear(False):
-            seen["inner"] = kernels._state.enabled
-        seen["outer"] = kernels._state.enabled
-    assert seen == {"other": False, "inner": False, "outer": True}
-    assert not kernels._state.enabled
+        with kernels.engine_kernels("torch"):
+            seen["inner"] = kernels._state.kernel
+        seen["outer"] = kernels._state.kernel
+    assert seen == {"other": None, "inner": None, "outer": "onednn"}
+    assert kernels._state.kernel is None
 
 
 def test_autograd_and_other_dtypes_fall_back_to_torch():
     model = _mlp()
     kernels.install(model)
     x = torch.randn(4, 16, requires_grad=True)
-    with kernels.onednn_linear():
-        model(x).sum().backward()  # oneDNN's op has no backward: torch's kernel is used
+    with kernels.engine_kernels():
+        model(x).sum().backward()  # the engine's kernels have no backward: torch's is used
     assert x.grad is not None and x.grad.shape == (4, 16)
     half = _mlp().to(torch.bfloat16)
     assert kernels.install(half) == 0
@@ -116,7 +118,7 @@ def test_two_to_four_rows_run_weight_major_and_others_on_onednn(monkeypatch):
                         lambda x, w, b=None: routes.append(("weight_major", x.numel() // x.shape[-1]))
                         or weight_major(x, w, b))
     weight = torch.randn(48, 16)
-    with torch.inference_mode(), kernels.onednn_linear():
+    with torch.inference_mode(), kernels.engine_kernels("onednn"):
         for rows in (1, 2, 3, 4, 5, 16):
             kernels.linear(torch.randn(rows, 16), weight)
     assert routes == [("onednn", 1), ("weight_major", 2), ("weight_major", 3), ("weight_major", 4),
@@ -143,7 +145,7 @@ def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(new):
     kernels.install_attention()
     module, query, key, value, mask = _attention_inputs(new, 40 + new)
     expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
-    with torch.inference_mode(), kernels.onednn_linear():
+    with torch.inference_mode(), kernels.engine_kernels("onednn"):
         assert kernels._takes_grouped_path(module, query, key, value, mask, {}) == (new > 1)
         got, weights = kernels.engine_attention(module, query, key, value, mask, scaling=0.25)
     assert weights is None and got.shape == (3, new, 8, 16)
@@ -163,7 +165,7 @@ def test_attention_outside_the_block_or_unusual_calls_go_to_transformers(monkeyp
     module, query, key, value, mask = _attention_inputs(4, 20)
     with torch.inference_mode():
         kernels.engine_attention(module, query, key, value, mask)  # outside the block
-        with kernels.onednn_linear():
+        with kernels.engine_kernels("onednn"):
             kernels.engine_attention(module, query, key, value, None)  # no mask: transformers' own GQA
             kernels.engine_attention(module, query, key, value, mask, position_bias=torch.zeros(1, 8, 4, 20))
             plain = torch.nn.Module()
@@ -174,16 +176,17 @@ def test_attention_outside_the_block_or_unusual_calls_go_to_transformers(monkeyp
     assert len(handed) == 5
 
 
-def test_a_masked_forward_of_a_routed_model_matches_the_stock_one(tiny_target):
+@pytest.mark.parametrize("engine_kernel", kernels.ENGINE_KERNELS)
+def test_a_masked_forward_of_a_routed_model_matches_the_stock_one(tiny_target, engine_kernel):
     from langchain_seed.engine.forward import causal_row, forward_logits, prefill
 
-    def logits(use_kernels: bool) -> torch.Tensor:
+    def logits(kernel: str) -> torch.Tensor:
         kv, _ = prefill(tiny_target, list(range(5, 30)))
         kv.concat(prefill(tiny_target, list(range(7, 40)))[0])
         rows = [causal_row([3, 4, 5], 25), causal_row([6, 7, 8, 9], 33)]
-        with torch.inference_mode(), kernels.onednn_linear(use_kernels):
+        with torch.inference_mode(), kernels.engine_kernels(kernel):
             return forward_logits(tiny_target, kv, rows)
 
-    stock = logits(False)
+    stock = logits("torch")
     kernels.install(tiny_target)
-    torch.testing.assert_close(logits(True), stock, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(engine_kernel), stock, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,141 @@
+"""The engine's own C kernel for decoding-sized float32 matmuls, built on first use.
+
+`skinny_linear(x, weight, bias)` is `F.linear` for a few rows (see `skinny_linear.c`): it
+reads each weight once and keeps a register tile of accumulators, where torch's kernels
+pack the weight on every call. It is compiled once per machine with the system's C
+compiler (``cc -O3 -mavx2 -mfma -fopenmp``, about a second) into
+``$LANGCHAIN_SEED_HOME/native/`` and loaded with `ctypes`; the call releases the GIL.
+
+`available()` says whether it can run here: Linux, a CPU torch reports as AVX2 or better,
+torch's OpenMP runtime (libgomp) already mapped in the process (so the kernel shares its
+thread pool), a C compiler, and ``LANGCHAIN_SEED_NATIVE`` not set to ``0``. Where any of
+that is missing, the engine keeps its other kernels (`engine.kernels`); the reason is
+logged once and kept in `unavailable_reason()`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
+"""Set to 0 to keep the engine off its C kernel."""
+SOURCE = Path(__file__).with_name("skinny_linear.c")
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+BUILD_TIMEOUT_S = 120
+
+
+class _Library:
+    """The loaded kernel, or why there is none."""
+
+    def __init__(self, function=None, reason: str | None = None) -> None:
+        self.function, self.reason = function, reason
+
+
+def available() -> bool:
+    """True when `skinny_linear` runs the C kernel in this process."""
+    return _library().function is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the C kernel is not used here (None when it is)."""
+    return _library().reason
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` on the C kernel. x: `[..., in]` float32 on the CPU;
+    weight: `[out, in]` and bias `[out]`, contiguous float32. Returns `[..., out]`.
+
+    Raises RuntimeError when the kernel is unavailable (check `available()` first).
+    """
+    function = _library().function
+    if function is None:
+        raise RuntimeError(f"the native kernel is unavailable: {unavailable_reason()}")
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    rows, features = flat.shape
+    out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
+    function(flat.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
+             out.data_ptr(), rows, features, weight.shape[0], torch.get_num_threads())
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> _Library:
+    reason = _unsupported_here()
+    if reason is not None:
+        logger.info("native matmul kernel not used here (%s): the engine uses oneDNN/MKL", reason)
+        return _Library(reason=reason)
+    try:
+        return _Library(function=_load(_build()))
+    except (OSError, subprocess.SubprocessError) as error:
+        reason = f"building or loading it failed: {error}"
+        logger.warning("native matmul kernel not used (%s): the engine uses oneDNN/MKL", reason)
+        return _Library(reason=reason)
+
+
+def _unsupported_here() -> str | None:
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0"
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"only built on Linux x86-64 (this is {sys.platform} {platform.machine()})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return f"the CPU lacks AVX2/FMA (torch reports {capability})"
+    if not _torch_uses_libgomp():
+        return "torch's OpenMP runtime is not libgomp, whose thread pool the kernel would share"
+    if _compiler() is None:
+        return "no C compiler (set CC or install gcc)"
+    return None
+
+
+def _torch_uses_libgomp() -> bool:
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build() -> Path:
+    """Compile the kernel into the cache (once per source, flags and compiler)."""
+    from langchain_seed.defaults import cache_dir
+
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
+    target = cache_dir() / "native" / f"skinny_linear-{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        built = Path(work) / target.name
+        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), str(SOURCE)], capture_output=True,
+                                text=True, timeout=BUILD_TIMEOUT_S)
+        if result.returncode != 0:
+            raise subprocess.SubprocessError(f"{compiler} exited with {result.returncode}: {result.stderr[-500:]}")
+        os.replace(built, target)
+    return target
+
+
+def _load(path: Path):
+    function = ctypes.CDLL(str(path)).seed_skinny_linear
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    return function

@@ -1,0 +1,78 @@
+/* out[r, o] = bias[o] + sum_k x[r, k] * w[o, k] for a few rows r (float32, AVX2 + FMA).
+ *
+ * Decoding multiplies a handful of rows (a verification's drafted tokens) by every weight
+ * of the model. torch's CPU kernels (MKL, oneDNN) pack the weight on each call and, at 5 to
+ * 30 rows, run at half the machine's arithmetic rate while streaming the weight; this
+ * kernel reads each weight once, straight from its dense [out, in] layout, and keeps a
+ * 4 weight rows x 3 input rows tile of accumulators in registers (12 of the 16 ymm
+ * registers), so the rows are re-read from L1/L2 and the weight from memory exactly once.
+ *
+ * Threads: an OpenMP loop over blocks of 4 output features. Built with -fopenmp and loaded
+ * into a process where torch already mapped libgomp.so.1, it shares torch's OpenMP runtime
+ * and thread pool (the loader reuses the mapped soname), so no second pool spins.
+ */
+#include <immintrin.h>
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 shuffled = _mm_movehdup_ps(s);
+  s = _mm_add_ps(s, shuffled);
+  shuffled = _mm_movehl_ps(shuffled, s);
+  return _mm_cvtss_f32(_mm_add_ss(s, shuffled));
+}
+
+/* One tile: OB weight rows (from w) by RB input rows (from x) into out (row stride n_out). */
+#define DEFINE_TILE(OB, RB)                                                                   \
+  static inline void tile_##OB##x##RB(const float *w, const float *x, const float *bias,      \
+                                      float *out, long n_in, long n_out) {                    \
+    __m256 acc[OB][RB];                                                                       \
+    for (int i = 0; i < OB; ++i)                                                              \
+      for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_setzero_ps();                           \
+    long k = 0;                                                                               \
+    for (; k + 8 <= n_in; k += 8) {                                                           \
+      __m256 wv[OB];                                                                          \
+      for (int i = 0; i < OB; ++i) wv[i] = _mm256_loadu_ps(w + i * n_in + k);                 \
+      for (int j = 0; j < RB; ++j) {                                                          \
+        __m256 xv = _mm256_loadu_ps(x + j * n_in + k);                                        \
+        for (int i = 0; i < OB; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);       \
+      }                                                                                       \
+    }                                                                                         \
+    for (int i = 0; i < OB; ++i)                                                              \
+      for (int j = 0; j < RB; ++j) {                                                          \
+        float sum = hsum(acc[i][j]);                                                          \
+        for (long t = k; t < n_in; ++t) sum += w[i * n_in + t] * x[j * n_in + t];             \
+        out[j * n_out + i] = bias ? sum + bias[i] : sum;                                      \
+      }                                                                                       \
+  }
+
+DEFINE_TILE(4, 3)
+DEFINE_TILE(4, 2)
+DEFINE_TILE(4, 1)
+DEFINE_TILE(1, 3)
+DEFINE_TILE(1, 2)
+DEFINE_TILE(1, 1)
+
+/* Every input row against OB (4 or 1) weight rows starting at output feature o. */
+#define DEFINE_ROWS(OB)                                                                       \
+  static void rows_##OB(const float *w, const float *x, const float *bias, float *out,        \
+                        long n_rows, long n_in, long n_out) {                                 \
+    long r = 0;                                                                               \
+    for (; r + 3 <= n_rows; r += 3) tile_##OB##x3(w, x + r * n_in, bias, out + r * n_out, n_in, n_out); \
+    if (n_rows - r == 2) tile_##OB##x2(w, x + r * n_in, bias, out + r * n_out, n_in, n_out);  \
+    if (n_rows - r == 1) tile_##OB##x1(w, x + r * n_in, bias, out + r * n_out, n_in, n_out);  \
+  }
+
+DEFINE_ROWS(4)
+DEFINE_ROWS(1)
+
+/* x: [n_rows, n_in], w: [n_out, n_in], bias: [n_out] or NULL, out: [n_rows, n_out];
+ * all contiguous float32. */
+void seed_skinny_linear(const float *x, const float *w, const float *bias, float *out,
+                        long n_rows, long n_in, long n_out, int threads) {
+  const long blocks = n_out / 4;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long b = 0; b < blocks; ++b)
+    rows_4(w + 4 * b * n_in, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out);
+  for (long o = 4 * blocks; o < n_out; ++o)
+    rows_1(w + o * n_in, x, bias ? bias + o : 0, out + o, n_rows, n_in, n_out);
+}

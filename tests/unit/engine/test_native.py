@@ -1,0 +1,117 @@
+"""The native C matmul kernel: built where it can be, equal to `F.linear`, one OpenMP
+runtime, a clear fallback where it cannot be built, and routed only for decoding sizes."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from langchain_seed.engine import kernels, native
+
+BUILDABLE_HERE = (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("cc") is not None
+                  and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+needs_kernel = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
+
+
+@pytest.fixture
+def rebuilt(monkeypatch, tmp_path):
+    """A fresh `native._library()` (built under tmp_path) for the test, the shared one after."""
+    monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path))
+    native._library.cache_clear()
+    yield
+    monkeypatch.undo()
+    native._library.cache_clear()
+
+
+@pytest.mark.skipif(not BUILDABLE_HERE, reason="no Linux x86-64 AVX2 machine with a C compiler")
+def test_the_kernel_builds_on_a_linux_x86_machine_with_a_compiler():
+    assert native.available(), native.unavailable_reason()
+    assert native.unavailable_reason() is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 17, 48])
+@pytest.mark.parametrize("in_features, out_features", [(576, 300), (13, 5), (8, 1), (40, 7)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_skinny_linear_equals_f_linear(rows, in_features, out_features, with_bias):
+    torch.manual_seed(rows * 1000 + in_features + out_features)
+    x, weight = torch.randn(rows, in_features), torch.randn(out_features, in_features)
+    bias = torch.randn(out_features) if with_bias else None
+    got = native.skinny_linear(x, weight, bias)
+    assert got.shape == (rows, out_features) and got.is_contiguous()
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_skinny_linear_keeps_leading_dimensions_and_takes_strided_input():
+    x = torch.randn(3, 16, 5).transpose(1, 2)  # [3, 5, 16], not contiguous
+    weight = torch.randn(9, 16)
+    got = native.skinny_linear(x, weight)
+    assert got.shape == (3, 5, 9)
+    torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_the_kernel_shares_torchs_openmp_runtime():
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@needs_kernel
+def test_native_routes_decoding_sizes_only(monkeypatch):
+    routed = []
+    skinny = native.skinny_linear
+    monkeypatch.setattr(native, "skinny_linear", lambda x, w, b=None: routed.append(x.shape[0]) or skinny(x, w, b))
+    weight = torch.randn(48, 16)
+    with torch.inference_mode(), kernels.engine_kernels("native"):
+        for rows in (1, 3, kernels.NATIVE_MAX_ROWS, kernels.NATIVE_MAX_ROWS + 1):
+            kernels.linear(torch.randn(rows, 16), weight)
+    with torch.inference_mode(), kernels.engine_kernels("onednn"):
+        kernels.linear(torch.randn(3, 16), weight)
+    with kernels.engine_kernels("native"):
+        kernels.linear(torch.randn(3, 16, requires_grad=True), weight)  # autograd: torch's
+    assert routed == [1, 3, kernels.NATIVE_MAX_ROWS]
+
+
+def test_switched_off_by_the_environment(monkeypatch, rebuilt):
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    assert not native.available()
+    assert native.unavailable_reason() == f"{native.ENV_SWITCH}=0"
+    assert kernels.effective_kernel("native") == "onednn"
+    with pytest.raises(RuntimeError, match="unavailable"):
+        native.skinny_linear(torch.randn(2, 8), torch.randn(4, 8))
+    weight = torch.randn(4, 8)
+    x = torch.randn(2, 8)
+    with torch.inference_mode(), kernels.engine_kernels("native"):  # falls back to the other routes
+        torch.testing.assert_close(kernels.linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not BUILDABLE_HERE, reason="no Linux x86-64 AVX2 machine with a C compiler")
+def test_a_failing_compiler_falls_back_with_the_reason(monkeypatch, rebuilt, tmp_path, caplog):
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: no space left' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    with caplog.at_level("WARNING", logger=native.__name__):
+        assert not native.available()
+    assert "exited with 1" in native.unavailable_reason() and "no space left" in native.unavailable_reason()
+    assert "native matmul kernel not used" in caplog.text
+    assert not list((tmp_path / "native").glob("*.so"))
+
+
+@pytest.mark.skipif(not BUILDABLE_HERE, reason="no Linux x86-64 AVX2 machine with a C compiler")
+def test_the_build_is_cached(rebuilt, tmp_path):
+    assert native.available()
+    built = list((tmp_path / "native").glob("skinny_linear-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    native._library.cache_clear()
+    assert native.available()
+    assert built[0].stat().st_mtime_ns == stamp
