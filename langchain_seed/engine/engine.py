@@ -14,7 +14,7 @@ from langchain_seed.engine.config import (
     SpeculativeConfig,
     check_choice,
 )
-from langchain_seed.engine import kernels
+from langchain_seed.engine import kernels, native
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
 from langchain_seed.engine.kernels import LINEAR_KERNELS
@@ -75,9 +75,10 @@ class SeedEngine:
         self._mask_support: dict[int, bool] = {}
         self.linear_kernel = linear_kernel
         if linear_kernel in kernels.ENGINE_KERNELS:
-            for model in (self.target_model, self.draft_model):
-                if model is not None:
-                    kernels.install(model)
+            routed = sum(kernels.install(model) for model in (self.target_model, self.draft_model)
+                         if model is not None)
+            if routed and linear_kernel == "native":
+                native.available()  # build (or find) the C kernel now rather than in the first round
         self.scheduler = self._new_scheduler()
 
     # ----- public API ----------------------------------------------------------------

@@ -7,11 +7,13 @@ is prefilled once, copied to its members, and the members' remaining suffixes ar
 prefilled together in one batched forward. Every prompt's last token is left out: it is
 the pending token that the first verification (or draft step) feeds.
 
-A target verified one sequence per forward ("rounds") prefills less: with `shared_only`
-only the prefixes that several prompts share are computed, leaving
-each prompt's own remainder to its first verification, which feeds it together with the
-first draft, as transformers' assisted generation does. That saves one target forward per
-request, most of the cost of a short generation.
+A prompt's own text (past the prefix its cluster shares; a lone prompt's whole text) of
+at most `pending_up_to` tokens is not prefilled at all: it stays pending for the
+sequence's first verification, which feeds it together with the first draft, as
+transformers' assisted generation does. That saves a target forward, most of the cost of a
+short generation: one per request where each sequence is verified alone ("rounds", any
+length), one per group of siblings where sequences are verified in one batch (there, up to
+`BATCHED_PENDING_MAX` tokens, because the batch's forward pads every row to its longest).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
 
 MIN_SHARED_PREFIX = 8
+BATCHED_PENDING_MAX = 32
+"""Own text a batched lane leaves for the first verification (longer text is prefilled)."""
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -72,18 +76,19 @@ class Prefilled:
     features: list[torch.Tensor | None] | None = None
 
 
-def prefill_prompts(model, token_lists: list[list[int]], shared_only: bool = False,
+def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
                     with_features: bool = False) -> Prefilled:
     """Prefill every token list, computing shared prefixes once.
 
-    With `shared_only` only the prefixes that several lists share are computed: each
-    list's own remainder stays out of its cache (a list sharing nothing gets an empty one).
-    With `with_features` the model's features at every cached token come back too.
+    Own text (past the cluster's shared prefix; a lone list's whole text) of at most
+    `pending_up_to` tokens in every member of a cluster stays out of the caches
+    (`Prefilled.unfilled`; a lone list gets an empty cache). With `with_features` the
+    model's features at every cached token come back too.
     """
     done = Prefilled([None] * len(token_lists), 0, [0] * len(token_lists),
                      [None] * len(token_lists) if with_features else None)
     for length, members in cluster_by_prefix(token_lists):
-        if shared_only and len(members) == 1:
+        if len(members) == 1 and len(token_lists[members[0]]) <= pending_up_to:
             done.caches[members[0]] = BatchKV.empty(1)
             done.unfilled[members[0]] = len(token_lists[members[0]])
             continue
@@ -94,7 +99,7 @@ def prefill_prompts(model, token_lists: list[list[int]], shared_only: bool = Fal
             kv = kv.repeat_rows(len(members))
         suffixes = [token_lists[m][length:] for m in members]
         suffix_features = None
-        if shared_only:
+        if max(len(s) for s in suffixes) <= pending_up_to:
             for member, suffix in zip(members, suffixes):
                 done.unfilled[member] = len(suffix)
         elif any(suffixes):

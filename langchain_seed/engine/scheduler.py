@@ -18,6 +18,7 @@ Every active sequence is verified exactly once per round. Requests join between 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, Drafter
 from langchain_seed.engine.kernels import engine_kernels
-from langchain_seed.engine.prefill import prefill_prompts
+from langchain_seed.engine.prefill import BATCHED_PENDING_MAX, prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
 from langchain_seed.engine.tree import build_tree
@@ -72,13 +73,15 @@ class Lane:
         """Prefill the prompts (shared prefixes once, target and draft) and place the rows.
 
         A lane verifying one sequence per forward prefills only the prefixes its new
-        sequences share; the rest of each prompt is pending for its first verification
-        (unless its drafter drafts from the target's features, which the prefill provides).
+        sequences share; the rest of each prompt is pending for its first verification. A
+        batched lane does the same with own text of up to `BATCHED_PENDING_MAX` tokens
+        (sibling prompts that differ in a few words). Nothing is left pending when the
+        drafter drafts from the target's features, which the prefill provides.
         """
         prompts = [s.request.prompt_ids[:-1] for s in sequences]
+        pending_up_to = 0 if self.keeps_features else sys.maxsize if self.capacity == 1 else BATCHED_PENDING_MAX
         with torch.inference_mode():
-            done = prefill_prompts(self.target_model, prompts, with_features=self.keeps_features,
-                                   shared_only=self.capacity == 1 and not self.keeps_features)
+            done = prefill_prompts(self.target_model, prompts, pending_up_to, with_features=self.keeps_features)
         self.target_forwards += done.forwards
         for index, (sequence, kv) in enumerate(zip(sequences, done.caches)):
             sequence.target_pending = 1 + done.unfilled[index]

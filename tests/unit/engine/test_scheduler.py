@@ -1,6 +1,7 @@
 """The scheduled engine: many sequences at once, same output as each alone."""
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -267,7 +268,25 @@ def test_sibling_prompts_share_their_common_prefix(llama_pair):
     scheduler.submit(requests, start_thread=False)
     scheduler.run_round()
     lane = scheduler.lanes[config]
-    assert lane.target_forwards == 3 + 1  # shared stem, batched suffixes, lone prompt; then one verification
+    # The shared stem is prefilled once; the short own texts ride in the batch's first verification.
+    assert lane.target_forwards == 1 + 1
+    scheduler.run_until_idle()
+    assert [r.handle.result().token_ids for r in requests] == [hf_greedy(target, p, MAX) for p in siblings]
+
+
+def test_batched_lane_prefills_own_text_longer_than_its_pending_limit(llama_pair, monkeypatch):
+    from langchain_seed.engine import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "BATCHED_PENDING_MAX", 0)
+    target, _ = llama_pair
+    stem = list(range(1, 13))
+    siblings = [stem + [20 + i, 30 + i] for i in range(3)] + [[40, 41, 42]]
+    config = SpeculativeConfig(k_config=(1, 1))
+    scheduler = manual_scheduler(llama_pair, config)
+    requests = make_requests(siblings, config)
+    scheduler.submit(requests, start_thread=False)
+    scheduler.run_round()
+    assert scheduler.lanes[config].target_forwards == 3 + 1  # stem, batched suffixes, lone prompt; verification
     scheduler.run_until_idle()
     assert [r.handle.result().token_ids for r in requests] == [hf_greedy(target, p, MAX) for p in siblings]
 
@@ -294,8 +313,12 @@ def test_prefill_shared_prefixes_leaves_unshared_text_pending(llama_pair):
 
     target, _ = llama_pair
     lists = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12], [40, 41]]
-    done = prefill_prompts(target, lists, shared_only=True)
+    done = prefill_prompts(target, lists, pending_up_to=sys.maxsize)
     caches, forwards, unfilled = done.caches, done.forwards, done.unfilled
     assert forwards == 1
     assert [kv.num_slots for kv in caches] == [9, 9, 0]
     assert unfilled == [1, 2, 2]
+    # Own text longer than the limit is prefilled: the suffixes in one batched forward, the lone list alone.
+    done = prefill_prompts(target, lists, pending_up_to=1)
+    assert done.forwards == 3
+    assert [kv.valid_counts().tolist() for kv in done.caches] == [[10], [11], [2]] and done.unfilled == [0, 0, 0]
