@@ -38,11 +38,13 @@ from langchain_seed.bench.workloads import PromptGroup, ToTFullWorkload, Workloa
 
 
 class ForwardCounter:
-    """Counts forwards of the target model and of the drafts' decoders (pre-hooks)."""
+    """Counts forwards of the target's and the drafts' decoders (pre-hooks): every forward
+    runs its model's decoder once, through the LM wrapper or directly (a prefill that needs
+    no logits)."""
 
     def __init__(self, target, *drafts) -> None:
         self.target = self.draft = 0
-        self._handles = [target.register_forward_pre_hook(self._count_target)]
+        self._handles = [target.get_decoder().register_forward_pre_hook(self._count_target)]
         for draft in drafts:
             if draft is not None:
                 self._handles.append(draft.get_decoder().register_forward_pre_hook(self._count_draft))
@@ -495,6 +497,11 @@ class _ForwardTimer:
         timer.seconds += time.perf_counter() - started
         timer.calls += 1
 
+    @property
+    def running(self) -> bool:
+        """True inside a timed forward."""
+        return bool(self._started)
+
     def seconds(self, bucket: str) -> float:
         return self.buckets[bucket].seconds if bucket in self.buckets else 0.0
 
@@ -512,7 +519,8 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
     On CUDA every timer synchronizes the device (the profile is slower than the run). A
     fresh engine whose drafter is wrapped with timers (draft prefill = `add`, draft
     stage = `draft`) runs the workload after one untimed group; hooks time the target's
-    forwards (prefill: ``logits_to_keep == 1``; verification: the rest) and the draft
+    forwards (prefill: ``logits_to_keep == 1`` and direct decoder calls, which prefill own
+    prompt text that needs no logits; verification: the rest) and the draft
     decoder's forwards (``draft_stage_forwards`` and ``draft_stage_head_and_bookkeeping``
     split the draft stage: the restricted LM head, top-k and input building are the
     second). ``other`` is the wall time left: building masks and positions,
@@ -546,6 +554,9 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
     draft_prefill.calls = draft_stage.calls = 0
     target_timer = _ForwardTimer(models.target,
                                  lambda kw: "prefill" if kw.get("logits_to_keep") == 1 else "verify", sync)
+    # Prefills that need no logits (own prompt text) call the decoder directly.
+    decoder_timer = _ForwardTimer(models.target.get_decoder(),
+                                  lambda kw: "inside" if target_timer.running else "prefill", sync)
     draft_timer = _ForwardTimer(models.engine_draft.get_decoder(),
                                 lambda kw: "stage" if draft_stage.active else "prefill", sync)
     rounds = new_tokens = 0
@@ -558,9 +569,11 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
     finally:
         total = time.perf_counter() - started
         target_timer.close()
+        decoder_timer.close()
         draft_timer.close()
         method.close()
-    target_prefill, target_verify = target_timer.seconds("prefill"), target_timer.seconds("verify")
+    target_prefill = target_timer.seconds("prefill") + decoder_timer.seconds("prefill")
+    target_verify = target_timer.seconds("verify")
     other = total - target_prefill - target_verify - draft_prefill.seconds - draft_stage.seconds
     per_round = (lambda s: 1000 * s / rounds) if rounds else (lambda s: math.nan)
     stages = {
@@ -579,7 +592,7 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
         "new_tokens": new_tokens,
         "tokens_per_round": new_tokens / rounds if rounds else None,
         "target_verify_calls": target_timer.calls("verify"),
-        "target_prefill_calls": target_timer.calls("prefill"),
+        "target_prefill_calls": target_timer.calls("prefill") + decoder_timer.calls("prefill"),
         "draft_stage_forward_calls": draft_timer.calls("stage"),
         "draft_stage_calls": draft_stage.calls,
         "seconds": stages,

@@ -317,3 +317,26 @@ def test_cli_seed_draft_is_the_seed_methods_and_a_feature_draft_is_no_assistant(
     assert pair["seed_draft"] == str(feature_dir) and pair["draft"] == str(draft_dir)
     rows = json.loads(json_path.read_text())["rows"]
     assert all(row["identical_to_target"] for row in rows)
+
+
+@pytest.mark.parametrize("pending_limit", [0, 32])
+def test_target_calls_count_prefills_that_skip_the_lm_head(models, monkeypatch, pending_limit):
+    """Own prompt text is prefilled through the target's decoder alone (no logits): those
+    forwards are target calls too, and the harness counts what the engine made."""
+    from langchain_seed.engine import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "BATCHED_PENDING_MAX", pending_limit)
+    stem = models.tokenizer("Solve the math problem step by step. Question: what is 12 + 30?").input_ids
+    siblings = [stem + models.tokenizer(f" option {i} of 3:").input_ids for i in range(3)]
+    from langchain_seed.engine import SamplingParams
+
+    method = make_method("seed_batched", models)
+    method.engine.generate(siblings[:1], SamplingParams(max_tokens=2))  # the engine's one-off checks
+    counter = harness.ForwardCounter(models.target, models.draft)
+    try:
+        batch = method.engine.generate(siblings, SamplingParams(max_tokens=6))
+    finally:
+        counter.close()
+        method.close()
+    assert counter.target == batch.stats.target_forwards
+    assert counter.draft == batch.stats.draft_forwards
