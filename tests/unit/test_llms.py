@@ -333,8 +333,8 @@ def test_autoregressive_statistics(tiny_llm):
     result = tiny_llm.generate([PROMPTS[0]], decoding="autoregressive", max_tokens=10)
     info = result.generations[0][0].generation_info
     assert info["drafted"] == 0 and info["acceptance_rate"] == 0.0 and info["draft_calls"] == 0
-    assert info["target_calls"] == 11  # prefill + one per token
-    assert result.llm_output["target_forwards"] == 11
+    assert info["target_calls"] == 10  # one per token: the short prompt is fed with the first step
+    assert result.llm_output["target_forwards"] == 10
 
 
 def test_identity_tokens_and_tracing_params(tiny_llm, tiny_tokenizer):
