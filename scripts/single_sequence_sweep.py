@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--linear-kernel", choices=ENGINE_KERNELS, default="native",
                         help="the engine's kernels for every variant but the torch-kernel baseline")
     args = parser.parse_args()
-    kernel = args.linear_kernel
+    engine_kernel = args.linear_kernel
     trees = [tuple(int(k) for k in tree.split(",")) for tree in args.trees.split(";")]
     confidences = [float(c) for c in args.confidences.split(",")]
     target_dir, token_dir = ensure_default_pair(progress=False)
@@ -50,16 +50,17 @@ def main() -> None:
     head_ids = read_head_token_ids(token_dir)
     engines = {(kernel, kind): SeedEngine(loaded.target, drafts[kind], loaded.tokenizer,
                                           draft_head_token_ids=head_ids, linear_kernel=kernel)
-               for kernel in ("torch", kernel) for kind in args.drafts.split(",")}
-    base = engines[kernel, args.drafts.split(",")[0]]
+               for kernel in ("torch", engine_kernel) for kind in args.drafts.split(",")}
+    base = engines[engine_kernel, args.drafts.split(",")[0]]
     template = default_prompts("gsm8k")["sample"]
     prompts = [base.tokenizer(template.format(question=heldout_question(i), steps="", index=1, k=3)).input_ids
                for i in range(args.prompts)]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     first = args.drafts.split(",")[0]
     variants = [("autoregressive, torch kernels", ("torch", first), "autoregressive", SpeculativeConfig(k_config=(1,))),
-                (f"autoregressive, {kernel}", (kernel, first), "autoregressive", SpeculativeConfig(k_config=(1,)))]
-    variants += [(f"speculative {kind} {tree} c={confidence}", (kernel, kind), "speculative",
+                (f"autoregressive, {engine_kernel}", (engine_kernel, first), "autoregressive",
+                 SpeculativeConfig(k_config=(1,)))]
+    variants += [(f"speculative {kind} {tree} c={confidence}", (engine_kernel, kind), "speculative",
                   SpeculativeConfig(k_config=tree, draft_confidence=confidence))
                  for kind in args.drafts.split(",") for tree in trees for confidence in confidences]
     seconds: dict[str, list[float]] = {name: [] for name, *_ in variants}

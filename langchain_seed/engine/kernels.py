@@ -60,7 +60,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from functools import partial
 from typing import Iterator
 
 import torch
@@ -159,7 +158,7 @@ def install(model: torch.nn.Module) -> int:
     for module in model.modules():
         if type(module) is torch.nn.Linear and _eligible_weight(module.weight):
             if not getattr(module, "_seed_onednn", False):
-                module.forward = partial(_linear_forward, module)
+                module.forward = functools.partial(_linear_forward, module)
                 module._seed_onednn = True
             routed += 1
     return routed

@@ -79,9 +79,9 @@ class Lane:
         drafter drafts from the target's features, which the prefill provides.
         """
         prompts = [s.request.prompt_ids[:-1] for s in sequences]
-        pending_up_to = 0 if self.keeps_features else sys.maxsize if self.capacity == 1 else BATCHED_PENDING_MAX
         with torch.inference_mode():
-            done = prefill_prompts(self.target_model, prompts, pending_up_to, with_features=self.keeps_features)
+            done = prefill_prompts(self.target_model, prompts, self._pending_limit(),
+                                   with_features=self.keeps_features)
         self.target_forwards += done.forwards
         for index, (sequence, kv) in enumerate(zip(sequences, done.caches)):
             sequence.target_pending = 1 + done.unfilled[index]
@@ -93,6 +93,12 @@ class Lane:
         if self.drafter is not None:
             self.drafter.add(sequences)
         self.members.extend(sequences)
+
+    def _pending_limit(self) -> int:
+        """How much of a new prompt's own text `admit` leaves for the first verification."""
+        if self.keeps_features:
+            return 0
+        return sys.maxsize if self.capacity == 1 else BATCHED_PENDING_MAX
 
     def _place(self, kv: BatchKV, sequence: SequenceState) -> None:
         """Put a one-row cache into the first target batch with room (or a new one)."""
