@@ -59,15 +59,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from langchain_seed.engine import native
 
-NATIVE_MAX_ROWS = 48
+NATIVE_MAX_ROWS = 128
 """Up to this many rows the native kernel beats oneDNN and MKL (module notes); past it, MKL."""
 WEIGHT_MAJOR_MAX_ROWS = 4
 """From 2 rows up to this many, `weight @ x.T` on MKL beats both oneDNN and `F.linear`."""
@@ -146,22 +147,77 @@ def weight_major_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+RMS_NORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+"""Norms whose forward is `weight * (x * rsqrt(mean(x ** 2) + eps))` in float32, which
+`F.rms_norm` computes bit for bit in one op instead of seven."""
+ROTARY_MODULES = frozenset({"transformers.models.llama.modeling_llama", "transformers.models.mistral.modeling_mistral",
+                            "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen3.modeling_qwen3"})
+"""transformers modules whose attention calls their module-level, standard
+`apply_rotary_pos_emb(q, k, cos, sin)`, which `engine_rotary` takes over."""
+
+
 def install(model: torch.nn.Module) -> int:
-    """Route the model's `nn.Linear` layers through `linear` and its attention through
+    """Route the model's `nn.Linear` layers through `linear`, its RMS norms through
+    `F.rms_norm`, its rotary embedding through `engine_rotary` and its attention through
     `engine_attention`; returns how many linears were routed.
 
-    Does nothing (returns 0) when the model is not float32 on the CPU. Installing twice is
-    harmless.
+    All of them act only inside `engine_kernels()` in the calling thread. Does nothing
+    (returns 0) when the model is not float32 on the CPU. Installing twice is harmless.
     """
     install_attention()
+    install_rotary(model)
     routed = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear and _eligible_weight(module.weight):
-            if not getattr(module, "_seed_onednn", False):
+            if not getattr(module, "_seed_routed", False):
                 module.forward = functools.partial(_linear_forward, module)
-                module._seed_onednn = True
+                module._seed_routed = True
             routed += 1
+        elif type(module).__name__ in RMS_NORM_CLASSES and not getattr(module, "_seed_routed", False):
+            module.forward = functools.partial(_rms_norm_forward, module, module.forward)
+            module._seed_routed = True
     return routed
+
+
+def install_rotary(model: torch.nn.Module) -> int:
+    """Point `apply_rotary_pos_emb` of the model's transformers modules (those in
+    `ROTARY_MODULES`) at `engine_rotary`, once per process; returns how many it replaced now."""
+    replaced = 0
+    for name in {type(module).__module__ for module in model.modules()} & ROTARY_MODULES:
+        namespace = sys.modules[name]
+        current = getattr(namespace, "apply_rotary_pos_emb", None)
+        if current is not None and name not in _replaced_rotary:
+            _replaced_rotary[name] = current
+            namespace.apply_rotary_pos_emb = functools.partial(engine_rotary, current)
+            replaced += 1
+    return replaced
+
+
+_replaced_rotary: dict[str, Callable] = {}
+
+
+def engine_rotary(replaced: Callable, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' `apply_rotary_pos_emb` (`replaced`), on the native kernel inside
+    `engine_kernels("native")`: the same bits in two calls instead of eighteen eager ops.
+
+    q: `[batch, heads, tokens, dim]`; k: `[batch, kv_heads, tokens, dim]`; cos, sin:
+    `[batch, tokens, dim]`. Anything else (other layouts, dtypes, devices, autograd, outside
+    the block) goes to `replaced`.
+    """
+    if not _rotary_on_native(q, k, cos, sin, unsqueeze_dim):
+        return replaced(q, k, cos, sin, unsqueeze_dim)
+    return native.rotary(q, cos, sin), native.rotary(k, cos, sin)
+
+
+def _rotary_on_native(q, k, cos, sin, unsqueeze_dim) -> bool:
+    tensors = (q, k, cos, sin)
+    return (getattr(_state, "kernel", None) == "native" and unsqueeze_dim == 1 and native.available()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and q.dim() == 4 and k.dim() == 4 and q.stride(-1) == 1 and k.stride(-1) == 1 and q.shape[-1] % 2 == 0
+            and k.shape[0] == q.shape[0] and k.shape[2:] == q.shape[2:]
+            and cos.shape == (q.shape[0], q.shape[2], q.shape[3]) and sin.shape == cos.shape
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
 def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -216,6 +272,15 @@ def install_attention() -> bool:
 
 def _linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(x, module.weight, module.bias)
+
+
+def _rms_norm_forward(module: torch.nn.Module, replaced: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = module.weight
+    if (getattr(_state, "kernel", None) is None or hidden_states.dtype != torch.float32
+            or weight.dtype != torch.float32 or hidden_states.device != weight.device
+            or weight.shape != hidden_states.shape[-1:]):
+        return replaced(hidden_states)
+    return F.rms_norm(hidden_states, weight.shape, weight, module.variance_epsilon)
 
 
 def _eligible_weight(weight: torch.Tensor) -> bool:

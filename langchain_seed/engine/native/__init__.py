@@ -1,10 +1,12 @@
-"""The engine's own C kernel for decoding-sized float32 matmuls, built on first use.
+"""The engine's own C kernels for decoding-sized float32 work, built on first use.
 
 `skinny_linear(x, weight, bias)` is `F.linear` for a few rows (see `skinny_linear.c`): it
 reads each weight once and keeps a register tile of accumulators, where torch's kernels
-pack the weight on every call. It is compiled once per machine with the system's C
-compiler (``cc -O3 -mavx2 -mfma -fopenmp``, about a second) into
-``$LANGCHAIN_SEED_HOME/native/`` and loaded with `ctypes`; the call releases the GIL.
+pack the weight on every call. `rotary(x, cos, sin)` is one side of transformers'
+`apply_rotary_pos_emb` in one call instead of nine eager ops, bit for bit (`rotary.c`).
+Both are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
+-fopenmp -ffp-contract=off``, about a second) into ``$LANGCHAIN_SEED_HOME/native/`` and
+loaded with `ctypes`; the calls release the GIL.
 
 `available()` says whether it can run here: Linux, a CPU torch reports as AVX2 or better,
 torch's OpenMP runtime (libgomp) already mapped in the process (so the kernel shares its
@@ -33,21 +35,29 @@ logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
 """Set to 0 to keep the engine off its C kernel."""
-SOURCE = Path(__file__).with_name("skinny_linear.c")
-CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+SOURCES = (Path(__file__).with_name("skinny_linear.c"), Path(__file__).with_name("rotary.c"))
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
+"""-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
+intrinsics do), so the rotary op rounds as torch's eager ops do."""
 BUILD_TIMEOUT_S = 120
 
 
 class _Library:
-    """The loaded kernel, or why there is none."""
+    """The loaded kernels, or why there are none."""
 
-    def __init__(self, function=None, reason: str | None = None) -> None:
-        self.function, self.reason = function, reason
+    def __init__(self, cdll=None, reason: str | None = None) -> None:
+        self.linear = self.rotary = None
+        self.reason = reason
+        if cdll is not None:
+            self.linear, self.rotary = cdll.seed_skinny_linear, cdll.seed_rotary
+            self.linear.restype = self.rotary.restype = None
+            self.linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+            self.rotary.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4
 
 
 def available() -> bool:
-    """True when `skinny_linear` runs the C kernel in this process."""
-    return _library().function is not None
+    """True when `skinny_linear` and `rotary` run the C kernels in this process."""
+    return _library().linear is not None
 
 
 def unavailable_reason() -> str | None:
@@ -61,15 +71,38 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     Raises RuntimeError when the kernel is unavailable (check `available()` first).
     """
-    function = _library().function
-    if function is None:
-        raise RuntimeError(f"the native kernel is unavailable: {unavailable_reason()}")
+    function = _function("linear")
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     rows, features = flat.shape
     out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
     function(flat.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
              out.data_ptr(), rows, features, weight.shape[0], torch.get_num_threads())
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x * cos + rotate_half(x) * sin` for x `[batch, heads, tokens, dim]` (rows of `dim`
+    contiguous, any other strides) and cos, sin `[batch, tokens, dim]` (contiguous), all
+    float32 on the CPU, `dim` even. Returns a contiguous `[batch, heads, tokens, dim]`,
+    equal bit for bit to transformers' `apply_rotary_pos_emb` on each of its inputs.
+    """
+    batch, heads, tokens, dim = x.shape
+    if x.stride(-1) != 1 or dim % 2 or cos.shape != (batch, tokens, dim) or sin.shape != cos.shape:
+        raise ValueError(f"rotary: x {tuple(x.shape)} (last stride {x.stride(-1)}) does not fit cos "
+                         f"{tuple(cos.shape)} / sin {tuple(sin.shape)}")
+    function = _function("rotary")
+    cos, sin = cos.contiguous(), sin.contiguous()
+    out = torch.empty(batch, heads, tokens, dim, dtype=torch.float32)
+    function(x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
+             batch, heads, tokens, dim)
+    return out
+
+
+def _function(name: str):
+    function = getattr(_library(), name)
+    if function is None:
+        raise RuntimeError(f"the native kernel is unavailable: {unavailable_reason()}")
+    return function
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,8 +112,8 @@ def _library() -> _Library:
         logger.info("native matmul kernel not used here (%s): the engine uses oneDNN/MKL", reason)
         return _Library(reason=reason)
     try:
-        return _Library(function=_load(_build()))
-    except (OSError, subprocess.SubprocessError) as error:
+        return _Library(cdll=ctypes.CDLL(str(_build())))
+    except (OSError, AttributeError, subprocess.SubprocessError) as error:
         reason = f"building or loading it failed: {error}"
         logger.warning("native matmul kernel not used (%s): the engine uses oneDNN/MKL", reason)
         return _Library(reason=reason)
@@ -113,29 +146,22 @@ def _compiler() -> str | None:
 
 
 def _build() -> Path:
-    """Compile the kernel into the cache (once per source, flags and compiler)."""
+    """Compile the kernels into the cache (once per sources, flags and compiler)."""
     from langchain_seed.defaults import cache_dir
 
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
-    target = cache_dir() / "native" / f"skinny_linear-{key}.so"
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(sources + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
+    target = cache_dir() / "native" / f"seed_native-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         built = Path(work) / target.name
-        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), str(SOURCE)], capture_output=True,
+        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), *map(str, SOURCES)], capture_output=True,
                                 text=True, timeout=BUILD_TIMEOUT_S)
         if result.returncode != 0:
             raise subprocess.SubprocessError(f"{compiler} exited with {result.returncode}: {result.stderr[-500:]}")
         os.replace(built, target)
     return target
-
-
-def _load(path: Path):
-    function = ctypes.CDLL(str(path)).seed_skinny_linear
-    function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int]
-    return function

@@ -13,6 +13,10 @@
  */
 #include <immintrin.h>
 
+/* How many blocks of 4 weight rows ahead a tile's first row prefetches (into L1): the
+ * next block streams in from memory while this one is multiplied by the other rows. */
+#define PREFETCH_BLOCKS 2
+
 static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   __m128 shuffled = _mm_movehdup_ps(s);
@@ -21,10 +25,20 @@ static inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s, shuffled));
 }
 
-/* One tile: OB weight rows (from w) by RB input rows (from x) into out (row stride n_out). */
+/* The four sums of a, b, c, d, in that order. */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+  __m256 abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* One tile: OB weight rows (from w) by RB input rows (from x) into out (row stride n_out).
+ * pf, when not NULL, is the block of weight rows to prefetch while reading this one. The
+ * order of each sum depends only on OB and n_in, never on the number of rows, so a row's
+ * output is the same bit for bit whatever else is in the batch. */
 #define DEFINE_TILE(OB, RB)                                                                   \
   static inline void tile_##OB##x##RB(const float *w, const float *x, const float *bias,      \
-                                      float *out, long n_in, long n_out) {                    \
+                                      float *out, long n_in, long n_out, const float *pf) {   \
     __m256 acc[OB][RB];                                                                       \
     for (int i = 0; i < OB; ++i)                                                              \
       for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_setzero_ps();                           \
@@ -32,10 +46,21 @@ static inline float hsum(__m256 v) {
     for (; k + 8 <= n_in; k += 8) {                                                           \
       __m256 wv[OB];                                                                          \
       for (int i = 0; i < OB; ++i) wv[i] = _mm256_loadu_ps(w + i * n_in + k);                 \
+      if (pf && !(k & 15))                                                                    \
+        for (int i = 0; i < OB; ++i) _mm_prefetch((const char *)(pf + i * n_in + k), _MM_HINT_T0); \
       for (int j = 0; j < RB; ++j) {                                                          \
         __m256 xv = _mm256_loadu_ps(x + j * n_in + k);                                        \
         for (int i = 0; i < OB; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);       \
       }                                                                                       \
+    }                                                                                         \
+    if (OB == 4 && k == n_in) { /* the 4 sums of a row are adjacent outputs: one store */   \
+      for (int j = 0; j < RB; ++j) {                                                          \
+        __m128 s = hsum4(acc[0][j], acc[OB > 1 ? 1 : 0][j], acc[OB > 2 ? 2 : 0][j],          \
+                         acc[OB > 3 ? 3 : 0][j]);                                             \
+        if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias));                                      \
+        _mm_storeu_ps(out + j * n_out, s);                                                    \
+      }                                                                                       \
+      return;                                                                                 \
     }                                                                                         \
     for (int i = 0; i < OB; ++i)                                                              \
       for (int j = 0; j < RB; ++j) {                                                          \
@@ -55,11 +80,14 @@ DEFINE_TILE(1, 1)
 /* Every input row against OB (4 or 1) weight rows starting at output feature o. */
 #define DEFINE_ROWS(OB)                                                                       \
   static void rows_##OB(const float *w, const float *x, const float *bias, float *out,        \
-                        long n_rows, long n_in, long n_out) {                                 \
+                        long n_rows, long n_in, long n_out, const float *pf) {    \
     long r = 0;                                                                               \
-    for (; r + 3 <= n_rows; r += 3) tile_##OB##x3(w, x + r * n_in, bias, out + r * n_out, n_in, n_out); \
-    if (n_rows - r == 2) tile_##OB##x2(w, x + r * n_in, bias, out + r * n_out, n_in, n_out);  \
-    if (n_rows - r == 1) tile_##OB##x1(w, x + r * n_in, bias, out + r * n_out, n_in, n_out);  \
+    for (; r + 3 <= n_rows; r += 3)                                                           \
+      tile_##OB##x3(w, x + r * n_in, bias, out + r * n_out, n_in, n_out, r == 0 ? pf : 0);   \
+    if (n_rows - r == 2)                                                                      \
+      tile_##OB##x2(w, x + r * n_in, bias, out + r * n_out, n_in, n_out, r == 0 ? pf : 0);   \
+    if (n_rows - r == 1)                                                                      \
+      tile_##OB##x1(w, x + r * n_in, bias, out + r * n_out, n_in, n_out, r == 0 ? pf : 0);   \
   }
 
 DEFINE_ROWS(4)
@@ -72,7 +100,8 @@ void seed_skinny_linear(const float *x, const float *w, const float *bias, float
   const long blocks = n_out / 4;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long b = 0; b < blocks; ++b)
-    rows_4(w + 4 * b * n_in, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out);
+    rows_4(w + 4 * b * n_in, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out,
+           b + PREFETCH_BLOCKS < blocks ? w + 4 * (b + PREFETCH_BLOCKS) * n_in : 0);
   for (long o = 4 * blocks; o < n_out; ++o)
-    rows_1(w + o * n_in, x, bias ? bias + o : 0, out + o, n_rows, n_in, n_out);
+    rows_1(w + o * n_in, x, bias ? bias + o : 0, out + o, n_rows, n_in, n_out, 0);
 }

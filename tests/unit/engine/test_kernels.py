@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from langchain_seed.engine import kernels
+from langchain_seed.engine import kernels, native
 
 pytestmark = pytest.mark.skipif(not kernels.onednn_available(), reason="torch built without oneDNN")
 
@@ -174,6 +174,67 @@ def test_attention_outside_the_block_or_unusual_calls_go_to_transformers(monkeyp
             kernels.engine_attention(module, query, key, value, mask)  # the grouped path
             kernels.engine_attention(module, query[:, :, :1], key, value, mask[:, :, :1])  # one token
     assert len(handed) == 5
+
+
+@pytest.mark.parametrize("kernel", kernels.ENGINE_KERNELS)
+def test_routed_rms_norms_are_the_modules_own_bits_inside_the_block_only(kernel, monkeypatch):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(3)
+    norm, reference = LlamaRMSNorm(40, eps=1e-5), LlamaRMSNorm(40, eps=1e-5)
+    norm.weight.data.normal_()
+    reference.load_state_dict(norm.state_dict())
+    model = torch.nn.Sequential(norm)
+    kernels.install(model)
+    kernels.install(model)  # twice is harmless
+    fused = []
+    rms_norm = torch.nn.functional.rms_norm
+    monkeypatch.setattr(kernels.F, "rms_norm", lambda *a, **k: fused.append(1) or rms_norm(*a, **k))
+    for x in (torch.randn(3, 6, 40) * 7, torch.randn(1, 1, 40), torch.randn(5, 2, 40).transpose(0, 1)):
+        with torch.inference_mode():
+            outside = model(x)
+            with kernels.engine_kernels(kernel):
+                inside = model(x)
+        assert torch.equal(inside, reference(x)) and torch.equal(outside, reference(x))
+    assert len(fused) == 3  # only inside the block
+    with kernels.engine_kernels(kernel):
+        assert model(x.double()).dtype == torch.float64  # other dtypes: the module's own forward
+
+
+def _rotary_inputs(batch: int = 2, tokens: int = 5) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(batch * tokens)
+    query = torch.randn(batch, tokens, 8, 16).transpose(1, 2)
+    key = torch.randn(batch, tokens, 2, 16).transpose(1, 2)
+    angles = torch.randn(batch, tokens, 8) * 30
+    emb = torch.cat([angles, angles], -1)
+    return query, key, emb.cos(), emb.sin()
+
+
+@pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+def test_rotary_of_an_installed_model_runs_native_inside_the_block_with_the_same_bits(tiny_target, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    kernels.install(tiny_target)
+    patched = modeling_llama.apply_rotary_pos_emb
+    assert patched.func is kernels.engine_rotary
+    kernels.install_rotary(tiny_target)  # twice is harmless: the replaced function stays transformers'
+    replaced = patched.args[0]
+    assert getattr(replaced, "func", None) is not kernels.engine_rotary
+    natives = []
+    rotary = native.rotary
+    monkeypatch.setattr(native, "rotary", lambda *a: natives.append(1) or rotary(*a))
+    query, key, cos, sin = _rotary_inputs()
+    expected = replaced(query, key, cos, sin)
+    with torch.inference_mode():
+        assert all(torch.equal(a, b) for a, b in zip(patched(query, key, cos, sin), expected))  # outside
+        with kernels.engine_kernels("native"):
+            got = patched(query, key, cos, sin)
+            assert natives == [1, 1] and all(torch.equal(a, b) for a, b in zip(got, expected))
+            patched(query, key, cos[:1], sin[:1])  # a broadcast batch: transformers'
+            patched(query.transpose(1, 2), key.transpose(1, 2), cos, sin, unsqueeze_dim=2)
+        with kernels.engine_kernels("onednn"):
+            patched(query, key, cos, sin)
+    assert natives == [1, 1]
 
 
 @pytest.mark.parametrize("engine_kernel", kernels.ENGINE_KERNELS)

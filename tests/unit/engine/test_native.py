@@ -36,7 +36,7 @@ def test_the_kernel_builds_on_a_linux_x86_machine_with_a_compiler():
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 17, 48])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 17, 48, 128])
 @pytest.mark.parametrize("in_features, out_features", [(576, 300), (13, 5), (8, 1), (40, 7)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_skinny_linear_equals_f_linear(rows, in_features, out_features, with_bias):
@@ -49,12 +49,48 @@ def test_skinny_linear_equals_f_linear(rows, in_features, out_features, with_bia
 
 
 @needs_kernel
+@pytest.mark.parametrize("in_features, out_features", [(576, 300), (40, 7)])
+def test_a_rows_output_does_not_depend_on_the_other_rows(in_features, out_features):
+    """Each sum's order is fixed by the weight's shape alone: a sequence verified in a batch
+    gets the bits it would get on its own."""
+    torch.manual_seed(7)
+    x, weight = torch.randn(20, in_features), torch.randn(out_features, in_features)
+    together = native.skinny_linear(x, weight)
+    for row in (0, 1, 2, 19):
+        assert torch.equal(native.skinny_linear(x[row:row + 1], weight)[0], together[row])
+    assert torch.equal(native.skinny_linear(x[3:8], weight), together[3:8])
+
+
+@needs_kernel
 def test_skinny_linear_keeps_leading_dimensions_and_takes_strided_input():
     x = torch.randn(3, 16, 5).transpose(1, 2)  # [3, 5, 16], not contiguous
     weight = torch.randn(9, 16)
     got = native.skinny_linear(x, weight)
     assert got.shape == (3, 5, 9)
     torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, heads, tokens, dim", [(1, 9, 1, 64), (3, 3, 6, 64), (2, 4, 5, 6)])
+def test_rotary_equals_transformers_bit_for_bit(batch, heads, tokens, dim):
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    torch.manual_seed(batch + heads + tokens)
+    x = torch.randn(batch, tokens, heads, dim).transpose(1, 2)  # as transformers hands it over
+    angles = torch.randn(batch, tokens, dim // 2) * 50
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    expected = x * cos[:, None] + rotate_half(x) * sin[:, None]
+    got = native.rotary(x, cos, sin)
+    assert got.is_contiguous() and torch.equal(got, expected)
+
+
+@needs_kernel
+def test_rotary_rejects_inputs_it_does_not_fit():
+    cos = sin = torch.ones(1, 4, 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        native.rotary(torch.randn(1, 2, 4, 6), cos, sin)  # dim 6 against 8
+    with pytest.raises(ValueError, match="last stride"):
+        native.rotary(torch.randn(1, 2, 8, 4).transpose(2, 3), cos, sin)  # rows not contiguous
 
 
 @needs_kernel
@@ -109,7 +145,7 @@ def test_a_failing_compiler_falls_back_with_the_reason(monkeypatch, rebuilt, tmp
 @pytest.mark.skipif(not BUILDABLE_HERE, reason="no Linux x86-64 AVX2 machine with a C compiler")
 def test_the_build_is_cached(rebuilt, tmp_path):
     assert native.available()
-    built = list((tmp_path / "native").glob("skinny_linear-*.so"))
+    built = list((tmp_path / "native").glob("seed_native-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     native._library.cache_clear()
