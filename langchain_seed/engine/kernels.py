@@ -275,26 +275,27 @@ def _linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _rms_norm_forward(module: torch.nn.Module, replaced: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
-    weight = module.weight
-    if (getattr(_state, "kernel", None) is None or hidden_states.dtype != torch.float32
-            or weight.dtype != torch.float32 or hidden_states.device != weight.device
-            or weight.shape != hidden_states.shape[-1:]):
+    kernel, weight = getattr(_state, "kernel", None), module.weight
+    if (kernel is None or not (hidden_states.is_cpu and weight.is_cpu) or hidden_states.dtype is not torch.float32
+            or weight.dtype is not torch.float32 or weight.shape != hidden_states.shape[-1:]):
         return replaced(hidden_states)
+    if kernel == "native" and weight.is_contiguous() and native.available():
+        return native.rms_norm(hidden_states, weight, module.variance_epsilon)
     return F.rms_norm(hidden_states, weight.shape, weight, module.variance_epsilon)
 
 
 def _eligible_weight(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
-            and weight.is_contiguous())
+    return weight.is_cpu and weight.dtype is torch.float32 and weight.dim() == 2 and weight.is_contiguous()
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """CPU float32 tensors, no autograd (the engine's kernels have no backward)."""
-    if not (_eligible_weight(weight) and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.numel() > 0 and x.dim() >= 2 and x.shape[-1] == weight.shape[1]):
+    """CPU float32 tensors, no autograd (the engine's kernels have no backward). Called for
+    every linear of every forward, so it sticks to the cheapest checks."""
+    if not (x.is_cpu and x.dtype is torch.float32 and _eligible_weight(weight) and x.dim() >= 2
+            and x.shape[-1] == weight.shape[1] and x.numel() > 0):
         return False
-    if bias is not None and not (bias.device.type == "cpu" and bias.dtype == torch.float32
-                                 and bias.is_contiguous() and bias.shape == weight.shape[:1]):
+    if bias is not None and not (bias.is_cpu and bias.dtype is torch.float32 and bias.is_contiguous()
+                                 and bias.shape == weight.shape[:1]):
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                             or (bias is not None and bias.requires_grad)))

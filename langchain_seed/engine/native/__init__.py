@@ -4,7 +4,8 @@
 reads each weight once and keeps a register tile of accumulators, where torch's kernels
 pack the weight on every call. `rotary(x, cos, sin)` is one side of transformers'
 `apply_rotary_pos_emb` in one call instead of nine eager ops, bit for bit (`rotary.c`).
-Both are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
+`rms_norm(x, weight, eps)` is a Llama-family RMS norm in a few microseconds where torch's
+op costs tens (`rms_norm.c`). All are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
 -fopenmp -ffp-contract=off``, about a second) into ``$LANGCHAIN_SEED_HOME/native/`` and
 loaded with `ctypes`; the calls release the GIL.
 
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
 """Set to 0 to keep the engine off its C kernel."""
-SOURCES = (Path(__file__).with_name("skinny_linear.c"), Path(__file__).with_name("rotary.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("skinny_linear.c", "rotary.c", "rms_norm.c"))
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
 intrinsics do), so the rotary op rounds as torch's eager ops do."""
@@ -46,17 +47,19 @@ class _Library:
     """The loaded kernels, or why there are none."""
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
-        self.linear = self.rotary = None
+        self.linear = self.rotary = self.rms_norm = None
         self.reason = reason
         if cdll is not None:
-            self.linear, self.rotary = cdll.seed_skinny_linear, cdll.seed_rotary
-            self.linear.restype = self.rotary.restype = None
+            self.linear, self.rotary, self.rms_norm = cdll.seed_skinny_linear, cdll.seed_rotary, cdll.seed_rms_norm
+            self.linear.restype = self.rotary.restype = self.rms_norm.restype = None
             self.linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
             self.rotary.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4
+            self.rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
+                                      ctypes.c_long, ctypes.c_long]
 
 
 def available() -> bool:
-    """True when `skinny_linear` and `rotary` run the C kernels in this process."""
+    """True when `skinny_linear`, `rotary` and `rms_norm` run the C kernels in this process."""
     return _library().linear is not None
 
 
@@ -72,12 +75,12 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Raises RuntimeError when the kernel is unavailable (check `available()` first).
     """
     function = _function("linear")
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    rows, features = flat.shape
-    out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
-    function(flat.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
-             out.data_ptr(), rows, features, weight.shape[0], torch.get_num_threads())
-    return out.view(*x.shape[:-1], weight.shape[0])
+    x = x.contiguous()  # a no-op for the engine's activations
+    n_in, n_out = x.shape[-1], weight.shape[0]
+    out = x.new_empty((*x.shape[:-1], n_out))
+    function(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
+             x.numel() // n_in, n_in, n_out, torch.get_num_threads())
+    return out
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -95,6 +98,19 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     out = torch.empty(batch, heads, tokens, dim, dtype=torch.float32)
     function(x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
              batch, heads, tokens, dim)
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`weight * (x * rsqrt(mean(x ** 2, -1) + eps))`, single-threaded, equal to transformers'
+    Llama-family norm to rounding. x: `[..., n]` float32 on the CPU; weight: `[n]`
+    contiguous float32. Returns a contiguous tensor shaped as x."""
+    n = weight.shape[0]
+    if x.shape[-1] != n or weight.dim() != 1 or not weight.is_contiguous():
+        raise ValueError(f"rms_norm: weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}")
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _function("rms_norm")(x.data_ptr(), n, weight.data_ptr(), eps, out.data_ptr(), x.numel() // n, n)
     return out
 
 

@@ -85,6 +85,26 @@ def test_rotary_equals_transformers_bit_for_bit(batch, heads, tokens, dim):
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape", [(1, 1, 576), (3, 6, 576), (83, 13), (2, 5, 64)])
+def test_rms_norm_equals_transformers_to_rounding(shape):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(shape[-1])
+    norm = LlamaRMSNorm(shape[-1], eps=1e-5)
+    norm.weight.data.normal_()
+    for scale in (1e-3, 1.0, 40.0):
+        x = torch.randn(shape) * scale
+        got = native.rms_norm(x, norm.weight.detach(), norm.variance_epsilon)
+        assert got.shape == x.shape and got.is_contiguous()
+        torch.testing.assert_close(got, norm(x).detach(), rtol=2e-6, atol=1e-7 * scale)
+    strided = torch.randn(shape[-1], *shape[:-1]).movedim(0, -1)
+    torch.testing.assert_close(native.rms_norm(strided, norm.weight.detach(), 1e-5), norm(strided).detach(),
+                               rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        native.rms_norm(x, torch.ones(shape[-1] + 1), 1e-5)
+
+
+@needs_kernel
 def test_rotary_rejects_inputs_it_does_not_fit():
     cos = sin = torch.ones(1, 4, 8)
     with pytest.raises(ValueError, match="does not fit"):
