@@ -223,17 +223,44 @@ def _rotary_on_native(q, k, cos, sin, unsqueeze_dim) -> bool:
 def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' "sdpa" attention, on un-repeated grouped keys inside `engine_kernels()`.
+    """transformers' "sdpa" attention inside `engine_kernels()`: on the native attention
+    kernel under "native" where it fits (`_takes_native_path`), else torch's SDPA on
+    un-repeated grouped keys where that fits, else the function it replaced.
 
     query: `[batch, heads, new, head_dim]`; key, value: `[batch, kv_heads, slots, head_dim]`;
     attention_mask: `[batch, 1, new, slots]` (bool or additive float) or None. Returns the
     output `[batch, new, heads, head_dim]` and None, as the function it replaces does.
     """
+    if dropout == 0.0 and _takes_native_path(module, query, key, value, attention_mask, kwargs):
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return native.attention(query, key, value, attention_mask, scale), None
     if not _takes_grouped_path(module, query, key, value, attention_mask, kwargs):
         return _replaced_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                             scale=scaling, enable_gqa=True)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _takes_native_path(module, query, key, value, attention_mask, kwargs) -> bool:
+    """Inside `engine_kernels("native")`: CPU float32, up to `NATIVE_MAX_ROWS` new tokens,
+    one token or an additive float mask over exactly the keys, a head size the kernel takes,
+    no autograd, and nothing exotic."""
+    if getattr(_state, "kernel", None) != "native" or not native.available():
+        return False
+    if not all(t.is_cpu and t.dtype is torch.float32 for t in (query, key, value)):
+        return False
+    batch, heads, new, dim = query.shape
+    if attention_mask is None:
+        if new != 1:
+            return False
+    elif attention_mask.dtype is not torch.float32 or attention_mask.shape != (batch, 1, new, key.shape[2]):
+        return False
+    return (new <= NATIVE_MAX_ROWS and dim % 8 == 0 and dim <= native.ATTENTION_MAX_HEAD_DIM
+            and key.dim() == 4 and value.shape == key.shape and key.shape[0] == batch and key.shape[3] == dim
+            and heads == key.shape[1] * getattr(module, "num_key_value_groups", 1)
+            and not any(kwargs.get(name) is not None for name in _EXOTIC_ATTENTION_KWARGS)
+            and not kwargs.get("output_attentions", False)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))))
 
 
 def _takes_grouped_path(module, query, key, value, attention_mask, kwargs) -> bool:

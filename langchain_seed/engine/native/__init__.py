@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
 """Set to 0 to keep the engine off its C kernel."""
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("skinny_linear.c", "rotary.c", "rms_norm.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("skinny_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
 intrinsics do), so the rotary op rounds as torch's eager ops do."""
@@ -47,11 +47,14 @@ class _Library:
     """The loaded kernels, or why there are none."""
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
-        self.linear = self.rotary = self.rms_norm = None
+        self.linear = self.rotary = self.rms_norm = self.attention = None
         self.reason = reason
         if cdll is not None:
             self.linear, self.rotary, self.rms_norm = cdll.seed_skinny_linear, cdll.seed_rotary, cdll.seed_rms_norm
             self.linear.restype = self.rotary.restype = self.rms_norm.restype = None
+            self.attention = cdll.seed_attention
+            self.attention.restype = ctypes.c_int
+            self.attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 6 + [ctypes.c_float, ctypes.c_int]
             self.linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
             self.rotary.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4
             self.rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
@@ -111,6 +114,36 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     _function("rms_norm")(x.data_ptr(), n, weight.data_ptr(), eps, out.data_ptr(), x.numel() // n, n)
+    return out
+
+
+ATTENTION_MAX_HEAD_DIM = 256
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """softmax(query @ key.T * scale + mask) @ value for grouped query heads, on the C kernel.
+
+    query: `[batch, heads, new, dim]`; key, value: `[batch, kv_heads, slots, dim]` (heads a
+    multiple of kv_heads, dim a multiple of 8 up to `ATTENTION_MAX_HEAD_DIM`); mask:
+    `[batch, 1, new, slots]` additive float32, or None (every slot visible); all float32 on
+    the CPU. Returns `[batch, new, heads, dim]`, as transformers' attention functions do.
+    """
+    batch, heads, new, dim = query.shape
+    kv_heads, slots = key.shape[1], key.shape[2]
+    if (key.shape != (batch, kv_heads, slots, dim) or value.shape != key.shape or heads % kv_heads
+            or dim % 8 or dim > ATTENTION_MAX_HEAD_DIM
+            or (mask is not None and (mask.shape != (batch, 1, new, slots) or mask.dtype is not torch.float32))):
+        raise ValueError(f"attention: query {tuple(query.shape)}, key {tuple(key.shape)}, value "
+                         f"{tuple(value.shape)}, mask {None if mask is None else tuple(mask.shape)} do not fit")
+    function = _function("attention")
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    mask = None if mask is None else mask.contiguous()
+    out = query.new_empty((batch, new, heads, dim))
+    status = function(query.data_ptr(), key.data_ptr(), value.data_ptr(), None if mask is None else mask.data_ptr(),
+                      out.data_ptr(), batch, heads, kv_heads, new, slots, dim, scale, torch.get_num_threads())
+    if status != 0:
+        raise MemoryError(f"attention: no memory for {batch * heads * new * slots} scores")
     return out
 
 

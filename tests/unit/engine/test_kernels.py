@@ -244,6 +244,35 @@ def test_rotary_of_an_installed_model_runs_native_inside_the_block_with_the_same
     assert natives == [1, 1]
 
 
+@pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+def test_attention_runs_native_inside_the_native_block_where_it_fits(monkeypatch):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    kernels.install_attention()
+    natives = []
+    attention = native.attention
+    monkeypatch.setattr(native, "attention", lambda *a: natives.append(1) or attention(*a))
+    module, query, key, value, mask = _attention_inputs(5, 45)
+    one_token = query[:, :, :1].contiguous()
+    with torch.inference_mode():
+        with kernels.engine_kernels("native"):
+            got, _ = kernels.engine_attention(module, query, key, value, mask, scaling=0.25)
+            single, _ = kernels.engine_attention(module, one_token, key, value, None, scaling=0.25)
+            assert natives == [1, 1]
+            kernels.engine_attention(module, query, key, value, None)  # causal without a mask: SDPA
+            kernels.engine_attention(module, query, key, value, mask[:1])  # a mask broadcast over the batch
+            kernels.engine_attention(module, query, key, value, mask > 0)  # a bool mask
+            kernels.engine_attention(module, query, key, value, mask, dropout=0.1)
+            kernels.engine_attention(module, query, key, value, mask, position_bias=torch.zeros(1, 8, 5, 45))
+        with kernels.engine_kernels("onednn"):
+            kernels.engine_attention(module, query, key, value, mask)
+    assert natives == [1, 1]
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6)
+    expected, _ = sdpa_attention_forward(module, one_token, key, value, None, scaling=0.25)
+    torch.testing.assert_close(single, expected, rtol=1e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("engine_kernel", kernels.ENGINE_KERNELS)
 def test_a_masked_forward_of_a_routed_model_matches_the_stock_one(tiny_target, engine_kernel):
     from langchain_seed.engine.forward import causal_row, forward_logits, prefill

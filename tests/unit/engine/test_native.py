@@ -105,6 +105,34 @@ def test_rms_norm_equals_transformers_to_rounding(shape):
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch, heads, kv_heads, new, slots, dim",
+                         [(1, 9, 3, 1, 151, 64), (3, 9, 3, 6, 156, 64), (2, 4, 4, 5, 37, 16), (1, 6, 2, 40, 45, 8)])
+@pytest.mark.parametrize("masked", [True, False])
+def test_attention_equals_torchs_sdpa(batch, heads, kv_heads, new, slots, dim, masked):
+    torch.manual_seed(new * slots)
+    query, key, value = torch.randn(batch, heads, new, dim), torch.randn(batch, kv_heads, slots, dim), \
+        torch.randn(batch, kv_heads, slots, dim) * 3
+    visible = torch.rand(batch, 1, new, slots) > 0.4
+    visible[..., -1] = True
+    mask = torch.zeros(visible.shape).masked_fill_(~visible, torch.finfo(torch.float32).min) if masked else None
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.3, enable_gqa=True)
+    got = native.attention(query, key, value, mask, 0.3)
+    assert got.shape == (batch, new, heads, dim) and got.is_contiguous()
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)  # values up to ~10
+
+
+@needs_kernel
+def test_attention_rejects_inputs_it_does_not_fit():
+    query, key = torch.randn(1, 4, 2, 16), torch.randn(1, 2, 7, 16)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.attention(query, key, key, torch.zeros(1, 1, 2, 6), 1.0)  # mask over 6 slots, not 7
+    with pytest.raises(ValueError, match="do not fit"):
+        native.attention(torch.randn(1, 4, 2, 12), torch.randn(1, 2, 7, 12), torch.randn(1, 2, 7, 12), None, 1.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.attention(torch.randn(1, 3, 2, 16), key, key, None, 1.0)  # 3 heads on 2 kv heads
+
+
+@needs_kernel
 def test_rotary_rejects_inputs_it_does_not_fit():
     cos = sin = torch.ones(1, 4, 8)
     with pytest.raises(ValueError, match="does not fit"):
