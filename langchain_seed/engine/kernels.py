@@ -150,6 +150,9 @@ def weight_major_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 RMS_NORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 """Norms whose forward is `weight * (x * rsqrt(mean(x ** 2) + eps))` in float32, which
 `F.rms_norm` computes bit for bit in one op instead of seven."""
+MLP_CLASSES = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+"""MLPs computing `down_proj(act_fn(gate_proj(x)) * up_proj(x))`: with a SiLU activation and
+no biases, `native.gate_up_silu` does the part before `down_proj` in one call."""
 ROTARY_MODULES = frozenset({"transformers.models.llama.modeling_llama", "transformers.models.mistral.modeling_mistral",
                             "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen3.modeling_qwen3"})
 """transformers modules whose attention calls their module-level, standard
@@ -158,8 +161,9 @@ ROTARY_MODULES = frozenset({"transformers.models.llama.modeling_llama", "transfo
 
 def install(model: torch.nn.Module) -> int:
     """Route the model's `nn.Linear` layers through `linear`, its RMS norms through
-    `F.rms_norm`, its rotary embedding through `engine_rotary` and its attention through
-    `engine_attention`; returns how many linears were routed.
+    `F.rms_norm` (or the native norm), its SiLU MLPs' first half through
+    `native.gate_up_silu`, its rotary embedding through `engine_rotary` and its attention
+    through `engine_attention`; returns how many linears were routed.
 
     All of them act only inside `engine_kernels()` in the calling thread. Does nothing
     (returns 0) when the model is not float32 on the CPU. Installing twice is harmless.
@@ -175,6 +179,9 @@ def install(model: torch.nn.Module) -> int:
             routed += 1
         elif type(module).__name__ in RMS_NORM_CLASSES and not getattr(module, "_seed_routed", False):
             module.forward = functools.partial(_rms_norm_forward, module, module.forward)
+            module._seed_routed = True
+        elif _is_silu_mlp(module) and not getattr(module, "_seed_routed", False):
+            module.forward = functools.partial(_mlp_forward, module, module.forward)
             module._seed_routed = True
     return routed
 
@@ -309,6 +316,23 @@ def _rms_norm_forward(module: torch.nn.Module, replaced: Callable, hidden_states
     if kernel == "native" and weight.is_contiguous() and native.available():
         return native.rms_norm(hidden_states, weight, module.variance_epsilon)
     return F.rms_norm(hidden_states, weight.shape, weight, module.variance_epsilon)
+
+
+def _is_silu_mlp(module: torch.nn.Module) -> bool:
+    projections = ("gate_proj", "up_proj", "down_proj")
+    return (type(module).__name__ in MLP_CLASSES
+            and type(getattr(module, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU")
+            and all(type(getattr(module, name, None)) is torch.nn.Linear for name in projections)
+            and module.gate_proj.bias is None and module.up_proj.bias is None
+            and module.gate_proj.weight.shape == module.up_proj.weight.shape)
+
+
+def _mlp_forward(module: torch.nn.Module, replaced: Callable, x: torch.Tensor) -> torch.Tensor:
+    gate, up = module.gate_proj.weight, module.up_proj.weight
+    if (getattr(_state, "kernel", None) != "native" or not _eligible(x, gate, None) or not _eligible(x, up, None)
+            or x.numel() // x.shape[-1] > NATIVE_MAX_ROWS or not native.available()):
+        return replaced(x)
+    return module.down_proj(native.gate_up_silu(x, gate, up))
 
 
 def _eligible_weight(weight: torch.Tensor) -> bool:

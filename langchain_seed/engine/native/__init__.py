@@ -1,12 +1,19 @@
 """The engine's own C kernels for decoding-sized float32 work, built on first use.
 
-`skinny_linear(x, weight, bias)` is `F.linear` for a few rows (see `skinny_linear.c`): it
-reads each weight once and keeps a register tile of accumulators, where torch's kernels
-pack the weight on every call. `rotary(x, cos, sin)` is one side of transformers'
-`apply_rotary_pos_emb` in one call instead of nine eager ops, bit for bit (`rotary.c`).
-`rms_norm(x, weight, eps)` is a Llama-family RMS norm in a few microseconds where torch's
-op costs tens (`rms_norm.c`). All are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
--fopenmp -ffp-contract=off``, about a second) into ``$LANGCHAIN_SEED_HOME/native/`` and
+At decoding sizes torch's CPU kernels spend most of a call on packing weights, dispatch
+and waking threads. These do the work directly:
+
+- `skinny_linear(x, weight, bias)`: `F.linear` for a few rows (`skinny_linear.c`). It reads
+  each weight once with a register tile of accumulators and prefetches the next block.
+- `gate_up_silu(x, gate, up)`: a Llama-family MLP's `silu(gate(x)) * up(x)` in one pass.
+- `attention(query, key, value, mask, scale)`: grouped-query attention of a few new tokens
+  over a cache (`attention.c`).
+- `rotary(x, cos, sin)`: one side of transformers' `apply_rotary_pos_emb`, bit for bit, in
+  one call instead of nine eager ops (`rotary.c`).
+- `rms_norm(x, weight, eps)`: a Llama-family RMS norm (`rms_norm.c`).
+
+They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
+-fopenmp -ffp-contract=off``, about two seconds) into ``$LANGCHAIN_SEED_HOME/native/`` and
 loaded with `ctypes`; the calls release the GIL.
 
 `available()` says whether it can run here: Linux, a CPU torch reports as AVX2 or better,
@@ -37,6 +44,7 @@ logger = logging.getLogger(__name__)
 ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
 """Set to 0 to keep the engine off its C kernel."""
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("skinny_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
+HEADERS = (Path(__file__).with_name("vector_math.h"),)
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
 intrinsics do), so the rotary op rounds as torch's eager ops do."""
@@ -47,11 +55,14 @@ class _Library:
     """The loaded kernels, or why there are none."""
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
-        self.linear = self.rotary = self.rms_norm = self.attention = None
+        self.linear = self.gate_up_silu = self.rotary = self.rms_norm = self.attention = None
         self.reason = reason
         if cdll is not None:
             self.linear, self.rotary, self.rms_norm = cdll.seed_skinny_linear, cdll.seed_rotary, cdll.seed_rms_norm
             self.linear.restype = self.rotary.restype = self.rms_norm.restype = None
+            self.gate_up_silu = cdll.seed_gate_up_silu
+            self.gate_up_silu.restype = None
+            self.gate_up_silu.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
             self.attention = cdll.seed_attention
             self.attention.restype = ctypes.c_int
             self.attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 6 + [ctypes.c_float, ctypes.c_int]
@@ -62,7 +73,7 @@ class _Library:
 
 
 def available() -> bool:
-    """True when `skinny_linear`, `rotary` and `rms_norm` run the C kernels in this process."""
+    """True when the C kernels run in this process."""
     return _library().linear is not None
 
 
@@ -83,6 +94,21 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     out = x.new_empty((*x.shape[:-1], n_out))
     function(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
              x.numel() // n_in, n_in, n_out, torch.get_num_threads())
+    return out
+
+
+def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """`F.silu(F.linear(x, gate)) * F.linear(x, up)` in one pass (the first half of a
+    Llama-family MLP), equal to it to rounding. x: `[..., in]` float32 on the CPU; gate, up:
+    `[out, in]` contiguous float32. Returns `[..., out]`."""
+    if gate.shape != up.shape or x.shape[-1] != gate.shape[1]:
+        raise ValueError(f"gate_up_silu: x {tuple(x.shape)}, gate {tuple(gate.shape)}, up {tuple(up.shape)} do not fit")
+    function = _function("gate_up_silu")
+    x = x.contiguous()
+    n_in, n_out = x.shape[-1], gate.shape[0]
+    out = x.new_empty((*x.shape[:-1], n_out))
+    function(x.data_ptr(), gate.data_ptr(), up.data_ptr(), out.data_ptr(), x.numel() // n_in, n_in, n_out,
+             torch.get_num_threads())
     return out
 
 
@@ -200,7 +226,7 @@ def _build() -> Path:
 
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     key = hashlib.sha256(sources + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
     target = cache_dir() / "native" / f"seed_native-{key}.so"
     if target.is_file():

@@ -13,6 +13,8 @@
  */
 #include <immintrin.h>
 
+#include "vector_math.h"
+
 /* How many blocks of 4 weight rows ahead a tile's first row prefetches (into L1): the
  * next block streams in from memory while this one is multiplied by the other rows. */
 #define PREFETCH_BLOCKS 2
@@ -114,4 +116,52 @@ void seed_linear_serial(const float *x, const float *w, float *out, long n_rows,
     rows_4(w + 4 * b * n_in, x, 0, out + 4 * b, n_rows, n_in, n_out, 0);
   for (long o = 4 * blocks; o < n_out; ++o)
     rows_1(w + o * n_in, x, 0, out + o, n_rows, n_in, n_out, 0);
+}
+
+/* The MLP's first half in one pass: out[r, o] = silu(x[r] . gate[o]) * (x[r] . up[o]),
+ * silu(g) = g / (1 + e^-g). Each block of 4 output features multiplies both weights into
+ * small buffers (rows in chunks of GATE_UP_CHUNK), then combines them, so the two
+ * [rows, n_out] products, the activation and the product of the eager MLP never exist. */
+#define GATE_UP_CHUNK 64
+
+static void gate_up_block(const float *x, const float *gate, const float *up, float *out, long n_rows, long n_in,
+                          long n_out, long width, const float *pf_gate, const float *pf_up) {
+  float g[GATE_UP_CHUNK * 4], u[GATE_UP_CHUNK * 4];
+  for (long r0 = 0; r0 < n_rows; r0 += GATE_UP_CHUNK) {
+    const long rows = n_rows - r0 < GATE_UP_CHUNK ? n_rows - r0 : GATE_UP_CHUNK;
+    if (width == 4) {
+      rows_4(gate, x + r0 * n_in, 0, g, rows, n_in, 4, r0 == 0 ? pf_gate : 0);
+      rows_4(up, x + r0 * n_in, 0, u, rows, n_in, 4, r0 == 0 ? pf_up : 0);
+    } else {
+      rows_1(gate, x + r0 * n_in, 0, g, rows, n_in, 1, 0);
+      rows_1(up, x + r0 * n_in, 0, u, rows, n_in, 1, 0);
+    }
+    long i = 0;
+    for (; i + 8 <= rows * width; i += 8) { /* width 4: two rows of the block at a time */
+      __m256 gv = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i);
+      __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+      _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, uv));
+    }
+    for (; i < rows * width; ++i) {
+      float lane[8] = {-g[i]};
+      _mm256_storeu_ps(lane, exp8(_mm256_loadu_ps(lane)));
+      g[i] = g[i] / (1.0f + lane[0]) * u[i];
+    }
+    for (long r = 0; r < rows; ++r)
+      for (long o = 0; o < width; ++o) out[(r0 + r) * n_out + o] = g[r * width + o];
+  }
+}
+
+/* x: [n_rows, n_in]; gate, up: [n_out, n_in]; out: [n_rows, n_out]; contiguous float32. */
+void seed_gate_up_silu(const float *x, const float *gate, const float *up, float *out, long n_rows, long n_in,
+                       long n_out, int threads) {
+  const long blocks = n_out / 4;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long b = 0; b < blocks; ++b) {
+    const int ahead = b + PREFETCH_BLOCKS < blocks;
+    gate_up_block(x, gate + 4 * b * n_in, up + 4 * b * n_in, out + 4 * b, n_rows, n_in, n_out, 4,
+                  ahead ? gate + 4 * (b + PREFETCH_BLOCKS) * n_in : 0, ahead ? up + 4 * (b + PREFETCH_BLOCKS) * n_in : 0);
+  }
+  for (long o = 4 * blocks; o < n_out; ++o)
+    gate_up_block(x, gate + o * n_in, up + o * n_in, out + o, n_rows, n_in, n_out, 1, 0, 0);
 }

@@ -208,6 +208,37 @@ def test_routed_rms_norms_match_the_modules_inside_the_block_only(kernel, monkey
     assert len(fused) == 3
 
 
+@pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+def test_silu_mlps_run_their_first_half_natively_inside_the_native_block(monkeypatch):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=72, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(5)
+    mlp, reference = LlamaMLP(config), LlamaMLP(config)
+    reference.load_state_dict(mlp.state_dict())
+    kernels.install(mlp)
+    fused = []
+    gate_up_silu = native.gate_up_silu
+    monkeypatch.setattr(native, "gate_up_silu", lambda *a: fused.append(1) or gate_up_silu(*a))
+    x = torch.randn(3, 6, 32)
+    with torch.inference_mode():
+        assert torch.equal(mlp(x), reference(x))  # outside the block
+        with kernels.engine_kernels("onednn"):
+            mlp(x)
+        with kernels.engine_kernels("native"):
+            got = mlp(x)
+            mlp(torch.randn(1, kernels.NATIVE_MAX_ROWS + 1, 32))  # prefill-sized: the eager MLP
+    assert fused == [1]
+    torch.testing.assert_close(got, reference(x), rtol=1e-5, atol=1e-5)
+    gelu = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=72, num_attention_heads=4, num_key_value_heads=2,
+                                hidden_act="gelu"))
+    kernels.install(gelu)
+    with torch.inference_mode(), kernels.engine_kernels("native"):
+        gelu(x)
+    assert fused == [1]  # only SiLU MLPs are routed
+
+
 def _rotary_inputs(batch: int = 2, tokens: int = 5) -> tuple[torch.Tensor, ...]:
     torch.manual_seed(batch * tokens)
     query = torch.randn(batch, tokens, 8, 16).transpose(1, 2)

@@ -122,6 +122,19 @@ def test_attention_equals_torchs_sdpa(batch, heads, kv_heads, new, slots, dim, m
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape, out_features", [((1, 576), 1536), ((3, 6, 576), 1536), ((130, 64), 96), ((2, 5, 40), 7)])
+def test_gate_up_silu_equals_the_eager_mlp_half(shape, out_features):
+    torch.manual_seed(out_features)
+    x = torch.randn(shape)
+    gate, up = torch.randn(out_features, shape[-1]) * 0.1, torch.randn(out_features, shape[-1]) * 0.1
+    got = native.gate_up_silu(x, gate, up)
+    assert got.shape == (*shape[:-1], out_features)
+    torch.testing.assert_close(got, F.silu(F.linear(x, gate)) * F.linear(x, up), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.gate_up_silu(x, gate, up[:-1])
+
+
+@needs_kernel
 def test_attention_rejects_inputs_it_does_not_fit():
     query, key = torch.randn(1, 4, 2, 16), torch.randn(1, 2, 7, 16)
     with pytest.raises(ValueError, match="do not fit"):
