@@ -110,6 +110,11 @@ def engine_kernels(kernel: str | None = "native") -> Iterator[None]:
         _state.kernel = previous
 
 
+def active_kernel() -> str | None:
+    """The engine kernel in force in this thread (`engine_kernels`), or None outside."""
+    return getattr(_state, "kernel", None)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`, on the engine's kernels inside `engine_kernels()` when the tensors allow it.
 
@@ -168,6 +173,8 @@ def install(model: torch.nn.Module) -> int:
     All of them act only inside `engine_kernels()` in the calling thread. Does nothing
     (returns 0) when the model is not float32 on the CPU. Installing twice is harmless.
     """
+    from langchain_seed.engine import layers  # it builds on this module
+
     install_attention()
     install_rotary(model)
     routed = 0
@@ -180,8 +187,11 @@ def install(model: torch.nn.Module) -> int:
         elif type(module).__name__ in RMS_NORM_CLASSES and not getattr(module, "_seed_routed", False):
             module.forward = functools.partial(_rms_norm_forward, module, module.forward)
             module._seed_routed = True
-        elif _is_silu_mlp(module) and not getattr(module, "_seed_routed", False):
+        elif is_silu_mlp(module) and not getattr(module, "_seed_routed", False):
             module.forward = functools.partial(_mlp_forward, module, module.forward)
+            module._seed_routed = True
+        elif layers.supports(module) and not getattr(module, "_seed_routed", False):
+            module.forward = functools.partial(layers.native_layer_forward, module, module.forward)
             module._seed_routed = True
     return routed
 
@@ -209,7 +219,7 @@ def engine_rotary(replaced: Callable, q: torch.Tensor, k: torch.Tensor, cos: tor
     `engine_kernels("native")`: the same bits in two calls instead of eighteen eager ops.
 
     q: `[batch, heads, tokens, dim]`; k: `[batch, kv_heads, tokens, dim]`; cos, sin:
-    `[batch, tokens, dim]`. Anything else (other layouts, dtypes, devices, autograd, outside
+    `[batch or 1, tokens, dim]`. Anything else (other layouts, dtypes, devices, autograd, outside
     the block) goes to `replaced`.
     """
     if not _rotary_on_native(q, k, cos, sin, unsqueeze_dim):
@@ -223,7 +233,7 @@ def _rotary_on_native(q, k, cos, sin, unsqueeze_dim) -> bool:
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and q.dim() == 4 and k.dim() == 4 and q.stride(-1) == 1 and k.stride(-1) == 1 and q.shape[-1] % 2 == 0
             and k.shape[0] == q.shape[0] and k.shape[2:] == q.shape[2:]
-            and cos.shape == (q.shape[0], q.shape[2], q.shape[3]) and sin.shape == cos.shape
+            and cos.shape[0] in (1, q.shape[0]) and cos.shape[1:] == q.shape[2:] and sin.shape == cos.shape
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
@@ -318,7 +328,8 @@ def _rms_norm_forward(module: torch.nn.Module, replaced: Callable, hidden_states
     return F.rms_norm(hidden_states, weight.shape, weight, module.variance_epsilon)
 
 
-def _is_silu_mlp(module: torch.nn.Module) -> bool:
+def is_silu_mlp(module: torch.nn.Module | None) -> bool:
+    """A Llama-family MLP with a SiLU activation and no gate/up biases (`MLP_CLASSES`)."""
     projections = ("gate_proj", "up_proj", "down_proj")
     return (type(module).__name__ in MLP_CLASSES
             and type(getattr(module, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU")

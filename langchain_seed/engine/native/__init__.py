@@ -67,7 +67,8 @@ class _Library:
             self.attention.restype = ctypes.c_int
             self.attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 6 + [ctypes.c_float, ctypes.c_int]
             self.linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-            self.rotary.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4
+            self.rotary.argtypes = ([ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_long]
+                                    + [ctypes.c_void_p] + [ctypes.c_long] * 4)
             self.rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
                                       ctypes.c_long, ctypes.c_long]
 
@@ -114,19 +115,20 @@ def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`x * cos + rotate_half(x) * sin` for x `[batch, heads, tokens, dim]` (rows of `dim`
-    contiguous, any other strides) and cos, sin `[batch, tokens, dim]` (contiguous), all
-    float32 on the CPU, `dim` even. Returns a contiguous `[batch, heads, tokens, dim]`,
+    contiguous, any other strides) and cos, sin `[batch, tokens, dim]` or `[1, tokens, dim]`
+    (the same positions for every row), all float32 on the CPU, `dim` even. Returns a contiguous `[batch, heads, tokens, dim]`,
     equal bit for bit to transformers' `apply_rotary_pos_emb` on each of its inputs.
     """
     batch, heads, tokens, dim = x.shape
-    if x.stride(-1) != 1 or dim % 2 or cos.shape != (batch, tokens, dim) or sin.shape != cos.shape:
+    if (x.stride(-1) != 1 or dim % 2 or cos.shape[0] not in (1, batch) or cos.shape[1:] != (tokens, dim)
+            or sin.shape != cos.shape):
         raise ValueError(f"rotary: x {tuple(x.shape)} (last stride {x.stride(-1)}) does not fit cos "
                          f"{tuple(cos.shape)} / sin {tuple(sin.shape)}")
     function = _function("rotary")
     cos, sin = cos.contiguous(), sin.contiguous()
     out = torch.empty(batch, heads, tokens, dim, dtype=torch.float32)
-    function(x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
-             batch, heads, tokens, dim)
+    function(x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(), sin.data_ptr(),
+             0 if cos.shape[0] == 1 else tokens * dim, out.data_ptr(), batch, heads, tokens, dim)
     return out
 
 

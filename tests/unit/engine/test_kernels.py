@@ -268,11 +268,13 @@ def test_rotary_of_an_installed_model_runs_native_inside_the_block_with_the_same
         with kernels.engine_kernels("native"):
             got = patched(query, key, cos, sin)
             assert natives == [1, 1] and all(torch.equal(a, b) for a, b in zip(got, expected))
-            patched(query, key, cos[:1], sin[:1])  # a broadcast batch: transformers'
+            broadcast = patched(query, key, cos[:1], sin[:1])  # one set of positions for every row
+            assert natives == [1, 1, 1, 1]
+            assert all(torch.equal(a, b) for a, b in zip(broadcast, replaced(query, key, cos[:1], sin[:1])))
             patched(query.transpose(1, 2), key.transpose(1, 2), cos, sin, unsqueeze_dim=2)
         with kernels.engine_kernels("onednn"):
             patched(query, key, cos, sin)
-    assert natives == [1, 1]
+    assert natives == [1, 1, 1, 1]
 
 
 @pytest.mark.skipif(not native.available(), reason="native kernel unavailable")

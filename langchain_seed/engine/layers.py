@@ -1,0 +1,118 @@
+"""A Llama decoder layer's forward as straight calls into the native kernels.
+
+Inside `engine_kernels("native")`, every installed `LlamaDecoderLayer` runs
+`native_layer_forward`: transformers' computation (norm, q/k/v projections, rotary
+embedding, cache append, grouped-query attention, output projection, residual, norm,
+SiLU MLP, residual), step for step, on `engine.native`'s kernels. Routing each module
+separately (`kernels.install`) already runs the same kernels; what this removes is the
+Python between them: twelve module calls, keyword plumbing and a routing check per op,
+about 150 us a layer, or 4-5 ms of a 30-layer forward at decoding sizes.
+
+Everything it does not implement goes to the layer's own forward: other kernels, autograd,
+inputs past `NATIVE_MAX_ROWS` rows, missing rotary inputs, unknown keyword arguments,
+a mask or head size the attention kernel does not take (`kernels.engine_attention`
+decides that per call, after the cache append, exactly as the routed module would).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from langchain_seed.engine import kernels, native
+
+LAYER_CLASSES = frozenset({"LlamaDecoderLayer"})
+"""Decoder layers whose forward `native_layer_forward` reproduces."""
+
+
+def supports(layer: torch.nn.Module) -> bool:
+    """Whether `layer` has the structure `native_layer_forward` reproduces (checked once, at install)."""
+    attention = getattr(layer, "self_attn", None)
+    return (type(layer).__name__ in LAYER_CLASSES and attention is not None
+            and all(type(getattr(attention, name, None)) is torch.nn.Linear
+                    for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+            and all(type(getattr(layer, name, None)).__name__ in kernels.RMS_NORM_CLASSES
+                    for name in ("input_layernorm", "post_attention_layernorm"))
+            and kernels.is_silu_mlp(getattr(layer, "mlp", None))
+            and layer.mlp.down_proj.weight.shape[1] == layer.mlp.gate_proj.weight.shape[0]
+            and isinstance(getattr(attention, "head_dim", None), int) and isinstance(getattr(attention, "layer_idx", None), int))
+
+
+def native_layer_forward(layer: torch.nn.Module, replaced: Callable, hidden_states: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                         cache=None, use_cache: bool | None = False,
+                         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         **kwargs) -> torch.Tensor:
+    """transformers' `LlamaDecoderLayer.forward` on the native kernels where it applies
+    (module notes); `replaced` (the layer's own forward) everywhere else.
+
+    hidden_states: `[batch, new, hidden]`; position_embeddings: (cos, sin), each
+    `[batch or 1, new, head_dim]`; attention_mask: `[batch, 1, new, slots]` or None. Returns the
+    layer's output `[batch, new, hidden]`.
+    """
+    if not _applies(layer, hidden_states, position_embeddings, kwargs):
+        return replaced(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                        use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
+    attention = layer.self_attn
+    batch, new, _ = hidden_states.shape
+    normed = _norm(layer.input_layernorm, hidden_states)
+    cos, sin = position_embeddings
+    query = native.rotary(_project(attention.q_proj, normed).view(batch, new, -1, attention.head_dim).transpose(1, 2),
+                          cos, sin)
+    key = native.rotary(_project(attention.k_proj, normed).view(batch, new, -1, attention.head_dim).transpose(1, 2),
+                        cos, sin)
+    value = _project(attention.v_proj, normed).view(batch, new, -1, attention.head_dim).transpose(1, 2)
+    if cache is not None:
+        key, value = cache.update(key, value, attention.layer_idx, kwargs={})
+    attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
+    hidden_states = hidden_states + _project(attention.o_proj, attended.reshape(batch, new, -1))
+    mlp = layer.mlp
+    normed = _norm(layer.post_attention_layernorm, hidden_states)
+    gated = native.gate_up_silu(normed, mlp.gate_proj.weight, mlp.up_proj.weight)
+    return hidden_states + _project(mlp.down_proj, gated)
+
+
+def _applies(layer, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:
+    """The native kernels in this thread, eval mode, CPU float32 tensors (weights
+    included), no autograd, at most `NATIVE_MAX_ROWS` rows, rotary inputs, and no keyword
+    argument that asks for anything."""
+    if (kernels.active_kernel() != "native" or layer.training or position_embeddings is None
+            or not native.available()):
+        return False
+    if any(value is not None and value is not False for value in kwargs.values()):
+        return False
+    if not (hidden_states.is_cpu and hidden_states.dtype is torch.float32 and hidden_states.dim() == 3
+            and hidden_states.shape[0] * hidden_states.shape[1] <= kernels.NATIVE_MAX_ROWS):
+        return False
+    cos, sin = position_embeddings
+    if not (cos.dtype is torch.float32 and sin.dtype is torch.float32 and cos.is_cpu and sin.is_cpu
+            and cos.shape == sin.shape and cos.shape[0] in (1, hidden_states.shape[0])
+            and cos.shape[1:] == (hidden_states.shape[1], layer.self_attn.head_dim)):
+        return False
+    grad = torch.is_grad_enabled()
+    if grad and hidden_states.requires_grad:
+        return False
+    return all(_fits(parameter, grad) for parameter in _parameters(layer))
+
+
+def _parameters(layer) -> list[torch.Tensor | None]:
+    """Every parameter the forward reads (None for absent biases)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj,
+               mlp.down_proj)
+    return [*(linear.weight for linear in linears), *(linear.bias for linear in linears),
+            layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+
+
+def _fits(parameter: torch.Tensor | None, grad: bool) -> bool:
+    return parameter is None or (parameter.is_cpu and parameter.dtype is torch.float32 and parameter.is_contiguous()
+                                 and not (grad and parameter.requires_grad))
+
+
+def _project(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return native.skinny_linear(x, linear.weight, linear.bias)
+
+
+def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return native.rms_norm(x, norm.weight, norm.variance_epsilon)

@@ -1,0 +1,105 @@
+"""The native decoder-layer forward: the same bits as the layer's own (routed) forward, taken
+only where it applies, and every other call handed to the layer's forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from langchain_seed.engine import kernels, layers, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
+
+
+@pytest.fixture
+def routed(tiny_target):
+    """A private copy of the tiny target with the engine's kernels installed."""
+    model = copy.deepcopy(tiny_target)
+    kernels.install(model)
+    return model
+
+
+@pytest.fixture
+def taken(monkeypatch) -> list[bool]:
+    """Whether each layer call took the native path, in order."""
+    decisions = []
+    applies = layers._applies
+    monkeypatch.setattr(layers, "_applies", lambda *a: decisions.append(applies(*a)) or decisions[-1])
+    return decisions
+
+
+def _forward(model, ids: torch.Tensor, cache=None, mask: torch.Tensor | None = None, kernel: str | None = "native",
+             **extra) -> torch.Tensor:
+    with torch.inference_mode(), kernels.engine_kernels(kernel):
+        return model(input_ids=ids, cache=cache, attention_mask=mask, use_cache=cache is not None, **extra).logits
+
+
+def _masked_step(batch: int, context: int, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """New token ids, their positions and a mask hiding some cached slots."""
+    torch.manual_seed(context + new)
+    ids = torch.randint(3, 100, (batch, new))
+    positions = torch.arange(context, context + new).expand(batch, new)
+    visible = torch.ones(batch, new, context + new, dtype=torch.bool)
+    visible[:, :, context:] = torch.ones(new, new, dtype=torch.bool).tril()
+    visible[0, :, 2:5] = False
+    mask = torch.zeros(visible.shape).masked_fill_(~visible, torch.finfo(torch.float32).min)
+    return ids, positions, mask[:, None]
+
+
+def test_the_default_pairs_layer_class_is_supported(routed):
+    decoder_layers = list(routed.model.layers)
+    assert all(layers.supports(layer) for layer in decoder_layers)
+    assert not layers.supports(routed.model.norm) and not layers.supports(torch.nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("batch, new", [(1, 1), (3, 6), (2, 5)])
+def test_native_layers_give_the_routed_layers_bits(routed, taken, batch, new, monkeypatch):
+    from transformers import DynamicCache
+
+    context = 20
+    prompt = torch.randint(3, 100, (batch, context))
+    ids, positions, mask = _masked_step(batch, context, new)
+    results = {}
+    for path in ("native", "routed"):
+        if path == "routed":
+            monkeypatch.setattr(layers, "_applies", lambda *a: taken.append(False) or False)
+        cache = DynamicCache()
+        _forward(routed, prompt, cache)
+        logits = _forward(routed, ids, cache, mask if new > 1 else None, position_ids=positions)
+        results[path] = (logits, [layer.keys.clone() for layer in cache.layers])
+    assert taken[:2] == [True, True] and not any(taken[4:])  # 2 layers x (prompt, step) natively, then routed
+    assert torch.equal(results["native"][0], results["routed"][0])
+    assert all(torch.equal(a, b) for a, b in zip(results["native"][1], results["routed"][1]))
+
+
+def test_native_layers_match_the_stock_model(tiny_target, routed):
+    ids, positions, mask = _masked_step(2, 0, 7)
+    stock = _forward(tiny_target, ids, mask=mask, kernel=None, position_ids=positions)
+    torch.testing.assert_close(_forward(routed, ids, mask=mask, position_ids=positions), stock, rtol=1e-5, atol=1e-5)
+
+
+def test_calls_it_does_not_implement_go_to_the_layers_forward(routed, taken):
+    ids = torch.randint(3, 100, (1, 4))
+    _forward(routed, ids, kernel="onednn")
+    assert taken == [False, False]
+    _forward(routed, torch.randint(3, 100, (1, kernels.NATIVE_MAX_ROWS + 1)))  # a long prefill
+    assert taken[2:] == [False, False]
+    routed.train()
+    try:
+        _forward(routed, ids)
+    finally:
+        routed.eval()
+    assert taken[4:] == [False, False]
+    with kernels.engine_kernels("native"):  # autograd
+        routed(input_ids=ids)
+    assert taken[6:] == [False, False]
+    layer = routed.model.layers[0]
+    hidden = torch.randn(1, 4, 32)
+    with torch.inference_mode(), kernels.engine_kernels("native"):
+        assert not layers._applies(layer, hidden, None, {})  # no rotary inputs
+        cos = sin = torch.ones(1, 4, layer.self_attn.head_dim)
+        assert layers._applies(layer, hidden, (cos, sin), {"output_attentions": False})
+        assert not layers._applies(layer, hidden, (cos, sin), {"output_attentions": True})
+        assert not layers._applies(layer, hidden.double(), (cos, sin), {})
