@@ -38,21 +38,27 @@ tokens from 132.9 to 120.6 ms (medians of 12 interleaved runs). transformers its
 only without a mask because CUDA's fast kernels need it so; on the CPU SDPA handles masked
 grouped-query attention natively.
 
-The native kernel (`engine.native`, the default where it builds): oneDNN and MKL still run
-decoding shapes at half the CPU's arithmetic rate or less (every call packs the weight).
-The engine's own C kernel reads each dense weight once with a register tile of 4 weight
-rows x 3 input rows: ms for all 210 decoder linears plus the LM head, 2 threads, medians
-of 7 interleaved runs (1 / 4 / 6 / 12 / 18 / 32 / 48 / 64 rows): oneDNN 40 / 65 / 70 / 93
-/ 106 / 120 / 152 / 193, MKL 44 / 79 / 81 / 103 / 108 / 128 / 161 / 190, native 28 / 39 /
-41 / 60 / 73 / 110 / 138 / 196. So up to `NATIVE_MAX_ROWS` rows the engine uses it, with
-the routes above for larger inputs and wherever it cannot be built.
+The native kernels (`engine.native`, the default where they build): oneDNN and MKL still
+run decoding shapes at half the CPU's arithmetic rate or less (every call packs the
+weight). The engine's own C matmul reads each dense weight once with a register tile of 4
+weight rows x 3 input rows, prefetching the next block: ms for all 210 decoder linears plus
+the LM head, 2 threads, medians of 7 interleaved runs (1 / 6 / 18 / 48 / 83 / 128 / 192
+rows): oneDNN 50 / 70 / 98 / 163 / 228 / 341 / 474, MKL 44 / 84 / 107 / 167 / 250 / 393 /
+528, native 29 / 33 / 61 / 128 / 215 / 331 / 500. So up to `NATIVE_MAX_ROWS` rows the
+engine uses it, with the routes above for larger inputs and wherever it cannot be built.
+The library also has the layer's other decoding ops (attention, the SiLU MLP's first half,
+RMS norm, rotary embedding); torch's versions of those spend most of a call on dispatch
+and thread wake-ups at these sizes (docs/BENCHMARKS.md, "The native kernels").
 
 `install(model)` gives every `nn.Linear` of a CPU float32 model a forward that uses these
-kernels, and registers `engine_attention` as transformers' "sdpa" attention (it hands every
-call to the function it replaced unless it can take the grouped-query path above). Both act
-only while `engine_kernels()` is active in the calling thread. The engine's rounds run
-inside `engine_kernels(...)`; anyone else calling the same model (a user's own `generate`,
-the benchmark's transformers baselines) runs it unchanged.
+kernels, routes Llama-family RMS norms (`F.rms_norm`, the same bits, or the native norm),
+SiLU MLPs (`native.gate_up_silu`) and rotary embeddings (`engine_rotary`), registers
+`engine_attention` as transformers' "sdpa" attention (it hands every call to the function
+it replaced unless it can take the native or grouped-query path above), and gives Llama
+decoder layers the native layer forward of `engine.layers`. All of it acts only while
+`engine_kernels()` is active in the calling thread. The engine's rounds run inside
+`engine_kernels(...)`; anyone else calling the same model (a user's own `generate`, the
+benchmark's transformers baselines) runs it unchanged.
 """
 
 from __future__ import annotations
