@@ -36,7 +36,8 @@ def supports(layer: torch.nn.Module) -> bool:
                     for name in ("input_layernorm", "post_attention_layernorm"))
             and kernels.is_silu_mlp(getattr(layer, "mlp", None))
             and layer.mlp.down_proj.weight.shape[1] == layer.mlp.gate_proj.weight.shape[0]
-            and isinstance(getattr(attention, "head_dim", None), int) and isinstance(getattr(attention, "layer_idx", None), int))
+            and isinstance(getattr(attention, "head_dim", None), int) and attention.head_dim % 2 == 0
+            and isinstance(getattr(attention, "layer_idx", None), int))
 
 
 def native_layer_forward(layer: torch.nn.Module, replaced: Callable, hidden_states: torch.Tensor,

@@ -42,8 +42,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
-"""Set to 0 to keep the engine off its C kernel."""
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("skinny_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
+"""Set to 0 to keep the engine off its C kernels."""
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("skinny_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
 HEADERS = (Path(__file__).with_name("vector_math.h"),)
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
@@ -51,26 +52,28 @@ intrinsics do), so the rotary op rounds as torch's eager ops do."""
 BUILD_TIMEOUT_S = 120
 
 
+_P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+_SIGNATURES = {
+    "linear": ("seed_skinny_linear", None, [_P] * 4 + [_L] * 3 + [_I]),
+    "gate_up_silu": ("seed_gate_up_silu", None, [_P] * 4 + [_L] * 3 + [_I]),
+    "attention": ("seed_attention", _I, [_P] * 5 + [_L] * 6 + [_F, _I]),
+    "rotary": ("seed_rotary", None, [_P, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L]),
+    "rms_norm": ("seed_rms_norm", None, [_P, _L, _P, _F, _P, _L, _L]),
+}
+"""Each kernel's Python name: (C symbol, return type, argument types)."""
+
+
 class _Library:
-    """The loaded kernels, or why there are none."""
+    """The loaded kernels (attributes named as in `_SIGNATURES`), or why there are none."""
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
-        self.linear = self.gate_up_silu = self.rotary = self.rms_norm = self.attention = None
         self.reason = reason
-        if cdll is not None:
-            self.linear, self.rotary, self.rms_norm = cdll.seed_skinny_linear, cdll.seed_rotary, cdll.seed_rms_norm
-            self.linear.restype = self.rotary.restype = self.rms_norm.restype = None
-            self.gate_up_silu = cdll.seed_gate_up_silu
-            self.gate_up_silu.restype = None
-            self.gate_up_silu.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-            self.attention = cdll.seed_attention
-            self.attention.restype = ctypes.c_int
-            self.attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 6 + [ctypes.c_float, ctypes.c_int]
-            self.linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-            self.rotary.argtypes = ([ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_long]
-                                    + [ctypes.c_void_p] + [ctypes.c_long] * 4)
-            self.rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
-                                      ctypes.c_long, ctypes.c_long]
+        for name, (symbol, restype, argtypes) in _SIGNATURES.items():
+            function = None
+            if cdll is not None:
+                function = getattr(cdll, symbol)
+                function.restype, function.argtypes = restype, argtypes
+            setattr(self, name, function)
 
 
 def available() -> bool:
@@ -116,8 +119,9 @@ def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`x * cos + rotate_half(x) * sin` for x `[batch, heads, tokens, dim]` (rows of `dim`
     contiguous, any other strides) and cos, sin `[batch, tokens, dim]` or `[1, tokens, dim]`
-    (the same positions for every row), all float32 on the CPU, `dim` even. Returns a contiguous `[batch, heads, tokens, dim]`,
-    equal bit for bit to transformers' `apply_rotary_pos_emb` on each of its inputs.
+    (the same positions for every row), all float32 on the CPU, `dim` even. Returns a
+    contiguous `[batch, heads, tokens, dim]`, equal bit for bit to transformers'
+    `apply_rotary_pos_emb` on each of its inputs.
     """
     batch, heads, tokens, dim = x.shape
     if (x.stride(-1) != 1 or dim % 2 or cos.shape[0] not in (1, batch) or cos.shape[1:] != (tokens, dim)
@@ -186,13 +190,13 @@ def _function(name: str):
 def _library() -> _Library:
     reason = _unsupported_here()
     if reason is not None:
-        logger.info("native matmul kernel not used here (%s): the engine uses oneDNN/MKL", reason)
+        logger.info("native kernels not used here (%s): the engine uses oneDNN/MKL and torch", reason)
         return _Library(reason=reason)
     try:
         return _Library(cdll=ctypes.CDLL(str(_build())))
     except (OSError, AttributeError, subprocess.SubprocessError) as error:
         reason = f"building or loading it failed: {error}"
-        logger.warning("native matmul kernel not used (%s): the engine uses oneDNN/MKL", reason)
+        logger.warning("native kernels not used (%s): the engine uses oneDNN/MKL and torch", reason)
         return _Library(reason=reason)
 
 
