@@ -185,21 +185,23 @@ def install(model: torch.nn.Module) -> int:
     install_rotary(model)
     routed = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and _eligible_weight(module.weight):
-            if not getattr(module, "_seed_routed", False):
-                module.forward = functools.partial(_linear_forward, module)
-                module._seed_routed = True
+        if getattr(module, "_seed_routed", False):
+            routed += type(module) is torch.nn.Linear
+        elif type(module) is torch.nn.Linear and _eligible_weight(module.weight):
+            _route(module, functools.partial(_linear_forward, module))
             routed += 1
-        elif type(module).__name__ in RMS_NORM_CLASSES and not getattr(module, "_seed_routed", False):
-            module.forward = functools.partial(_rms_norm_forward, module, module.forward)
-            module._seed_routed = True
-        elif is_silu_mlp(module) and not getattr(module, "_seed_routed", False):
-            module.forward = functools.partial(_mlp_forward, module, module.forward)
-            module._seed_routed = True
-        elif layers.supports(module) and not getattr(module, "_seed_routed", False):
-            module.forward = functools.partial(layers.native_layer_forward, module, module.forward)
-            module._seed_routed = True
+        elif type(module).__name__ in RMS_NORM_CLASSES:
+            _route(module, functools.partial(_rms_norm_forward, module, module.forward))
+        elif is_silu_mlp(module):
+            _route(module, functools.partial(_mlp_forward, module, module.forward))
+        elif layers.supports(module):
+            _route(module, functools.partial(layers.native_layer_forward, module, module.forward))
     return routed
+
+
+def _route(module: torch.nn.Module, forward: Callable) -> None:
+    module.forward = forward
+    module._seed_routed = True
 
 
 def install_rotary(model: torch.nn.Module) -> int:
@@ -225,8 +227,8 @@ def engine_rotary(replaced: Callable, q: torch.Tensor, k: torch.Tensor, cos: tor
     `engine_kernels("native")`: the same bits in two calls instead of eighteen eager ops.
 
     q: `[batch, heads, tokens, dim]`; k: `[batch, kv_heads, tokens, dim]`; cos, sin:
-    `[batch or 1, tokens, dim]`. Anything else (other layouts, dtypes, devices, autograd, outside
-    the block) goes to `replaced`.
+    `[batch or 1, tokens, dim]`. Anything else (other layouts, dtypes, devices, autograd,
+    outside the block) goes to `replaced`.
     """
     if not _rotary_on_native(q, k, cos, sin, unsqueeze_dim):
         return replaced(q, k, cos, sin, unsqueeze_dim)
@@ -236,7 +238,7 @@ def engine_rotary(replaced: Callable, q: torch.Tensor, k: torch.Tensor, cos: tor
 def _rotary_on_native(q, k, cos, sin, unsqueeze_dim) -> bool:
     tensors = (q, k, cos, sin)
     return (getattr(_state, "kernel", None) == "native" and unsqueeze_dim == 1 and native.available()
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and all(t.is_cpu and t.dtype is torch.float32 for t in tensors)
             and q.dim() == 4 and k.dim() == 4 and q.stride(-1) == 1 and k.stride(-1) == 1 and q.shape[-1] % 2 == 0
             and k.shape[0] == q.shape[0] and k.shape[2:] == q.shape[2:]
             and cos.shape[0] in (1, q.shape[0]) and cos.shape[1:] == q.shape[2:] and sin.shape == cos.shape
