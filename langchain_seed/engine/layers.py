@@ -27,7 +27,8 @@ LAYER_CLASSES = frozenset({"LlamaDecoderLayer"})
 
 
 def supports(layer: torch.nn.Module) -> bool:
-    """Whether `layer` has the structure `native_layer_forward` reproduces (checked once, at install)."""
+    """Whether `layer` has the structure `native_layer_forward` reproduces (checked once,
+    at install)."""
     attention = getattr(layer, "self_attn", None)
     return (type(layer).__name__ in LAYER_CLASSES and attention is not None
             and all(type(getattr(attention, name, None)) is torch.nn.Linear
@@ -49,25 +50,22 @@ def native_layer_forward(layer: torch.nn.Module, replaced: Callable, hidden_stat
     (module notes); `replaced` (the layer's own forward) everywhere else.
 
     hidden_states: `[batch, new, hidden]`; position_embeddings: (cos, sin), each
-    `[batch or 1, new, head_dim]`; attention_mask: `[batch, 1, new, slots]` or None. Returns the
-    layer's output `[batch, new, hidden]`.
+    `[batch or 1, new, head_dim]`; attention_mask: `[batch, 1, new, slots]` or None.
+    Returns the layer's output `[batch, new, hidden]`.
     """
     if not _applies(layer, hidden_states, position_embeddings, kwargs):
         return replaced(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                         use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
     attention = layer.self_attn
-    batch, new, _ = hidden_states.shape
     normed = _norm(layer.input_layernorm, hidden_states)
     cos, sin = position_embeddings
-    query = native.rotary(_project(attention.q_proj, normed).view(batch, new, -1, attention.head_dim).transpose(1, 2),
-                          cos, sin)
-    key = native.rotary(_project(attention.k_proj, normed).view(batch, new, -1, attention.head_dim).transpose(1, 2),
-                        cos, sin)
-    value = _project(attention.v_proj, normed).view(batch, new, -1, attention.head_dim).transpose(1, 2)
+    query = native.rotary(_heads(attention.q_proj, normed, attention.head_dim), cos, sin)
+    key = native.rotary(_heads(attention.k_proj, normed, attention.head_dim), cos, sin)
+    value = _heads(attention.v_proj, normed, attention.head_dim)
     if cache is not None:
         key, value = cache.update(key, value, attention.layer_idx, kwargs={})
     attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
-    hidden_states = hidden_states + _project(attention.o_proj, attended.reshape(batch, new, -1))
+    hidden_states = hidden_states + _project(attention.o_proj, attended.flatten(2))
     mlp = layer.mlp
     normed = _norm(layer.post_attention_layernorm, hidden_states)
     gated = native.gate_up_silu(normed, mlp.gate_proj.weight, mlp.up_proj.weight)
@@ -113,6 +111,11 @@ def _fits(parameter: torch.Tensor | None, grad: bool) -> bool:
 
 def _project(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return native.skinny_linear(x, linear.weight, linear.bias)
+
+
+def _heads(linear: torch.nn.Linear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The projection of x `[batch, new, hidden]` as `[batch, heads, new, head_dim]` (a view)."""
+    return _project(linear, x).view(*x.shape[:2], -1, head_dim).transpose(1, 2)
 
 
 def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
