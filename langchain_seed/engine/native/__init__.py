@@ -13,7 +13,7 @@ and waking threads. These do the work directly:
 - `rms_norm(x, weight, eps)`: a Llama-family RMS norm (`rms_norm.c`).
 
 They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
--fopenmp -ffp-contract=off``, about two seconds) into ``$LANGCHAIN_SEED_HOME/native/`` and
+-fopenmp -ffp-contract=off``, two to three seconds) into ``$LANGCHAIN_SEED_HOME/native/`` and
 loaded with `ctypes`; the calls release the GIL.
 
 `available()` says whether it can run here: Linux, a CPU torch reports as AVX2 or better,
