@@ -50,6 +50,8 @@ CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", 
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
 intrinsics do), so the rotary op rounds as torch's eager ops do."""
 BUILD_TIMEOUT_S = 120
+ATTENTION_MAX_HEAD_DIM = 256
+"""The largest head size `attention` takes (a multiple of 8)."""
 
 
 _P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
@@ -92,13 +94,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     Raises RuntimeError when the kernel is unavailable (check `available()` first).
     """
-    function = _function("linear")
-    x = x.contiguous()  # a no-op for the engine's activations
-    n_in, n_out = x.shape[-1], weight.shape[0]
-    out = x.new_empty((*x.shape[:-1], n_out))
-    function(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
-             x.numel() // n_in, n_in, n_out, torch.get_num_threads())
-    return out
+    return _rowwise("linear", x, weight.shape[0], weight.data_ptr(), None if bias is None else bias.data_ptr())
 
 
 def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -107,12 +103,17 @@ def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch
     `[out, in]` contiguous float32. Returns `[..., out]`."""
     if gate.shape != up.shape or x.shape[-1] != gate.shape[1]:
         raise ValueError(f"gate_up_silu: x {tuple(x.shape)}, gate {tuple(gate.shape)}, up {tuple(up.shape)} do not fit")
-    function = _function("gate_up_silu")
-    x = x.contiguous()
-    n_in, n_out = x.shape[-1], gate.shape[0]
+    return _rowwise("gate_up_silu", x, gate.shape[0], gate.data_ptr(), up.data_ptr())
+
+
+def _rowwise(name: str, x: torch.Tensor, n_out: int, *weights) -> torch.Tensor:
+    """Call the matmul-shaped kernel `name` (x, *weights, out, rows, in, out features,
+    threads) on x `[..., in]`; returns `[..., n_out]`."""
+    function = _function(name)
+    x = x.contiguous()  # a no-op for the engine's activations
+    n_in = x.shape[-1]
     out = x.new_empty((*x.shape[:-1], n_out))
-    function(x.data_ptr(), gate.data_ptr(), up.data_ptr(), out.data_ptr(), x.numel() // n_in, n_in, n_out,
-             torch.get_num_threads())
+    function(x.data_ptr(), *weights, out.data_ptr(), x.numel() // n_in, n_in, n_out, torch.get_num_threads())
     return out
 
 
@@ -147,9 +148,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     _function("rms_norm")(x.data_ptr(), n, weight.data_ptr(), eps, out.data_ptr(), x.numel() // n, n)
     return out
-
-
-ATTENTION_MAX_HEAD_DIM = 256
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,

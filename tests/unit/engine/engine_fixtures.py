@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
+from langchain_seed.engine import native
+
 VOCAB = 64
+
+needs_kernel = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
+"""For tests of the native C kernels: they skip only where the library cannot be built
+(test_native's build test fails CI where it should build and does not)."""
 
 
 def peaked_init(config):

@@ -11,6 +11,8 @@ import torch
 
 from langchain_seed.engine import kernels, native
 
+from engine_fixtures import needs_kernel
+
 pytestmark = pytest.mark.skipif(not kernels.onednn_available(), reason="torch built without oneDNN")
 
 
@@ -208,7 +210,7 @@ def test_routed_rms_norms_match_the_modules_inside_the_block_only(kernel, monkey
     assert len(fused) == 3
 
 
-@pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+@needs_kernel
 def test_silu_mlps_run_their_first_half_natively_inside_the_native_block(monkeypatch):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
@@ -248,7 +250,7 @@ def _rotary_inputs(batch: int = 2, tokens: int = 5) -> tuple[torch.Tensor, ...]:
     return query, key, emb.cos(), emb.sin()
 
 
-@pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+@needs_kernel
 def test_rotary_of_an_installed_model_runs_native_inside_the_block_with_the_same_bits(tiny_target, monkeypatch):
     from transformers.models.llama import modeling_llama
 
@@ -277,7 +279,7 @@ def test_rotary_of_an_installed_model_runs_native_inside_the_block_with_the_same
     assert natives == [1, 1, 1, 1]
 
 
-@pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+@needs_kernel
 def test_attention_runs_native_inside_the_native_block_where_it_fits(monkeypatch):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -8,9 +8,11 @@ import copy
 import pytest
 import torch
 
-from langchain_seed.engine import kernels, layers, native
+from langchain_seed.engine import kernels, layers
 
-pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
+from engine_fixtures import needs_kernel
+
+pytestmark = needs_kernel
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 from langchain_seed.engine import kernels, native
 
+from engine_fixtures import needs_kernel
+
 BUILDABLE_HERE = (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("cc") is not None
                   and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
-needs_kernel = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
 
 
 @pytest.fixture
