@@ -560,10 +560,8 @@ def alternating_costs(draft: Any, target: Any, draft_step_ms: Any, repeats: int 
 
     from langchain_seed.engine import kernels
 
-    kernels.install(draft)
-    kernels.install(target)
     draft_times, target_times = [], []
-    with kernels.engine_kernels():
+    with kernels.install(draft), kernels.install(target), kernels.engine_kernels():
         for _ in range(repeats):
             draft_times.append(draft_step_ms())
             target_times.append(step_ms(target))

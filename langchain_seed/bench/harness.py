@@ -539,11 +539,16 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
     from langchain_seed.engine import SeedEngine
 
     class ProfiledEngine(SeedEngine):
-        def _make_drafter(self):  # the engine's drafter factory (wrapped for timing)
-            drafter = super()._make_drafter()
-            drafter.add = draft_prefill.wrap(drafter.add)
-            drafter.draft = draft_stage.wrap(drafter.draft)
-            return drafter
+        def _drafter_factory(self):  # the engine's drafter factory, wrapped for timing
+            make_drafter = super()._drafter_factory()
+
+            def make_timed_drafter():
+                drafter = make_drafter()
+                drafter.add = draft_prefill.wrap(drafter.add)
+                drafter.draft = draft_stage.wrap(drafter.draft)
+                return drafter
+
+            return make_timed_drafter
 
     method = make_method(method_name, models, engine_class=ProfiledEngine)
     if not isinstance(method, SeedMethod):

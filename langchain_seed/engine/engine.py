@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from typing import Sequence
+import weakref
+from typing import Callable, Sequence
 
 import torch
 
@@ -74,12 +76,9 @@ class SeedEngine:
         self.context_window = context_window(target_model)
         self._mask_support: dict[int, bool] = {}
         self.linear_kernel = linear_kernel
-        if linear_kernel in kernels.ENGINE_KERNELS:
-            routed = sum(kernels.install(model) for model in (self.target_model, self.draft_model)
-                         if model is not None)
-            if routed and linear_kernel == "native":
-                native.available()  # build (or find) the C kernel now rather than in the first round
+        self._routings = self._install_kernels()
         self.scheduler = self._new_scheduler()
+        self._closer = weakref.finalize(self, _shut_down, self.scheduler, self._routings)
 
     # ----- public API ----------------------------------------------------------------
     def generate(
@@ -131,8 +130,24 @@ class SeedEngine:
         return [request.handle for request in requests]
 
     def close(self) -> None:
-        """Stop the scheduler thread once its work is done."""
-        self.scheduler.close()
+        """Let the scheduler finish the requests it has, stop its thread, and take the
+        engine's kernels off its models (they run transformers' own code again). Also done
+        when the engine is garbage-collected; closing twice is harmless."""
+        self._closer()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` has run: no new request is accepted."""
+        return not self._closer.alive
+
+    def _install_kernels(self) -> list[kernels.KernelRouting]:
+        """Route the engine's own model instances to its kernels (`kernels.install`)."""
+        if self.linear_kernel not in kernels.ENGINE_KERNELS:
+            return []
+        routings = [kernels.install(model) for model in (self.target_model, self.draft_model) if model is not None]
+        if any(routing.linears for routing in routings) and self.linear_kernel == "native":
+            native.available()  # build (or find) the C kernel now rather than in the first round
+        return routings
 
     # ----- requests -----------------------------------------------------------------
     def _config_for(self, mode: str, config: SpeculativeConfig | None) -> SpeculativeConfig:
@@ -167,6 +182,8 @@ class SeedEngine:
                 )
 
     def _make_requests(self, prompt_ids, params, config: SpeculativeConfig) -> list[Request]:
+        if self.closed:
+            raise RuntimeError("the engine is closed")
         prompts = _check_prompts(prompt_ids)
         per_prompt = _per_prompt_params(params, len(prompts))
         requests = []
@@ -223,13 +240,27 @@ class SeedEngine:
         return collected
 
     def _new_scheduler(self) -> Scheduler:
-        return Scheduler(self.target_model, self._make_drafter, self.eos_token_ids,
-                         kernel=self.linear_kernel)
+        return Scheduler(self.target_model, self._drafter_factory(), self.eos_token_ids, kernel=self.linear_kernel)
 
-    def _make_drafter(self) -> ModelDrafter:
-        if isinstance(self.draft_model, FeatureDraftModel):
-            return FeatureDrafter(self.draft_model)
-        return ModelDrafter(self.draft_model, self.draft_head_token_ids)
+    def _drafter_factory(self) -> Callable[[], ModelDrafter | FeatureDrafter]:
+        """What builds a new lane's drafter. It holds no reference to the engine, so that an
+        engine nobody holds any more is collected (and its kernels removed)."""
+        return functools.partial(_make_drafter, self.draft_model, self.draft_head_token_ids)
+
+
+def _make_drafter(draft_model, draft_head_token_ids: list[int] | None) -> ModelDrafter | FeatureDrafter:
+    if isinstance(draft_model, FeatureDraftModel):
+        return FeatureDrafter(draft_model)
+    return ModelDrafter(draft_model, draft_head_token_ids)
+
+
+def _shut_down(scheduler: Scheduler, routings: list[kernels.KernelRouting]) -> None:
+    """`SeedEngine.close`: no new requests, the queued ones finished, the thread gone (unless
+    this is that thread), then the kernels removed from the models."""
+    scheduler.close()
+    scheduler.join()
+    for routing in routings:
+        routing.remove()
 
 
 def _collect(requests: list[Request]) -> RunStats:

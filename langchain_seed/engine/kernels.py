@@ -1,72 +1,30 @@
-"""oneDNN matmuls for the engine's own forwards on CPU.
+"""The engine's CPU float32 kernels, routed onto the engine's own model instances.
 
-torch's float32 `F.linear` on x86 CPUs calls MKL. For the shapes of decoding (1 to a few
-dozen rows against a large weight) MKL repacks the weight on every call and, on AMD CPUs,
-takes a slow generic path. Measured on this project's 2-core AMD EPYC with 2 threads, ms
-per call (rows: 1 / 3 / 5 / 16):
+At decoding sizes (one to a few dozen rows against a large weight) torch's `F.linear`
+repacks the weight on every call (MKL; oneDNN too), and transformers' attention and norms
+spend most of a call on dispatch. The engine therefore runs its forwards on:
 
-- LM head 49152 x 576: MKL 9.4 / 31.8 / 23.6 / 28.0, oneDNN 4.5 / 10.4 / 11.0 / 16.5
-- MLP 1536 x 576: MKL 0.12 / 0.34 / 0.22 / 0.30, oneDNN 0.08 / 0.18 / 0.24 / 0.38
+- `native`: its C kernels (`engine.native`: a register-tiled matmul that reads each weight
+  once, grouped-query attention, the SiLU MLP's first half, RMS norm, rotary embedding) up
+  to `NATIVE_MAX_ROWS` rows, and a Llama decoder layer as straight calls into them
+  (`engine.layers`);
+- `onednn`: oneDNN and weight-major MKL matmuls, and torch's SDPA on un-repeated grouped
+  keys (where the C kernels cannot be built, `native` runs as this);
+- `torch`: torch's and transformers' own code.
 
-So with MKL, verifying a few drafted tokens costs two to three single-token steps, which
-is most of what speculative decoding has to win back. oneDNN's linear (the kernel torch's
-own CPU compiler emits) reads the same dense weight, so nothing is copied.
-
-From 2 to 4 rows, MKL asked the other way round (`weight @ x.T`: the weight as the left
-operand, the few rows as the narrow right one) streams the weight once and beats oneDNN:
-ms for all 210 decoder linears of SmolLM2-135M plus its LM head, weights streamed from
-memory as in a real forward, 2 threads, medians of 7 interleaved runs (1 / 2 / 3 / 4 / 5
-rows): oneDNN 52 / 66 / 67 / 69 / 67, `weight @ x.T` with 3 rows padded to 4 and 5 to 8
-59 / 49 / 52 / 47 / 81 (unpadded, 3 rows cost 56 against 4 rows' 41). Past 4 rows its
-kernel choice is erratic (16 rows fast, 5-15 slow), so oneDNN keeps those. In the whole
-target forward at a 200-token context this takes a 3-token verification from 102 to 91 ms
-and a 4-token one from 114 to 100 (medians of 10 interleaved runs).
-
-Past 16 rows (prefills) MKL catches up and the MLP's down projection is up to 20 % faster
-on it, so larger inputs stay on MKL, except for LM-head-sized weights (12 / 64 / 200 rows:
-MKL 22.7 / 43.2 / 127 ms, oneDNN 12.4 / 31.8 / 87 ms).
-
-Attention: with an attention mask (every multi-token forward over a cache: a verification,
-a batched draft stage), transformers' "sdpa" attention copies each layer's keys and values
-once per query head of a group (`repeat_kv`) before calling torch's SDPA. For
-SmolLM2-135M (9 query heads on 3 key/value heads) at a 200-token context that copy is most
-of the attention's time: SDPA with `enable_gqa=True` on the un-repeated keys gives the same
-values bit for bit (checked in the tests) in 0.29 ms instead of 1.87 ms per layer for 3
-rows of 5 tokens in isolation; in the whole target forward (other work overlaps less with
-the copies than that suggests) 3 rows x 5 tokens go from 161.5 to 150.9 ms and 1 row x 5
-tokens from 132.9 to 120.6 ms (medians of 12 interleaved runs). transformers itself takes that path
-only without a mask because CUDA's fast kernels need it so; on the CPU SDPA handles masked
-grouped-query attention natively.
-
-The native kernels (`engine.native`, the default where they build): oneDNN and MKL still
-run decoding shapes at half the CPU's arithmetic rate or less (every call packs the
-weight). The engine's own C matmul reads each dense weight once with a register tile of 4
-weight rows x 3 input rows, prefetching the next block: ms for all 210 decoder linears plus
-the LM head, 2 threads, medians of 7 interleaved runs (1 / 6 / 18 / 48 / 83 / 128 / 192
-rows): oneDNN 50 / 70 / 98 / 163 / 228 / 341 / 474, MKL 44 / 84 / 107 / 167 / 250 / 393 /
-528, native 29 / 33 / 61 / 128 / 215 / 331 / 500. So up to `NATIVE_MAX_ROWS` rows the
-engine uses it, with the routes above for larger inputs and wherever it cannot be built.
-The library also has the layer's other decoding ops (attention, the SiLU MLP's first half,
-RMS norm, rotary embedding); torch's versions of those spend most of a call on dispatch
-and thread wake-ups at these sizes (docs/BENCHMARKS.md, "The native kernels").
-
-`install(model)` gives every `nn.Linear` of a CPU float32 model a forward that uses these
-kernels, routes Llama-family RMS norms (`F.rms_norm`, the same bits, or the native norm),
-SiLU MLPs (`native.gate_up_silu`) and rotary embeddings (`engine_rotary`), registers
-`engine_attention` as transformers' "sdpa" attention (it hands every call to the function
-it replaced unless it can take the native or grouped-query path above), and gives Llama
-decoder layers the native layer forward of `engine.layers`. All of it acts only while
-`engine_kernels()` is active in the calling thread. The engine's rounds run inside
-`engine_kernels(...)`; anyone else calling the same model (a user's own `generate`, the
-benchmark's transformers baselines) runs it unchanged.
+`install(model)` routes one model instance (`KernelRouting`); `remove()` undoes it. The
+routed forwards act only inside `engine_kernels()` in the calling thread, so anyone else
+calling the same model (a user's own `generate`, the benchmark's transformers baselines)
+runs transformers' code, before, during and after. The measurements behind the routing
+thresholds are in docs/BENCHMARKS.md ("The native kernels", "Thresholds on other CPUs").
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import threading
+import weakref
 from typing import Callable, Iterator
 
 import torch
@@ -75,7 +33,7 @@ import torch.nn.functional as F
 from langchain_seed.engine import native
 
 NATIVE_MAX_ROWS = 128
-"""Up to this many rows the native kernel beats oneDNN and MKL (module notes); past it, MKL."""
+"""Up to this many rows the native kernel beats oneDNN and MKL (docs/BENCHMARKS.md); past it, MKL."""
 WEIGHT_MAJOR_MAX_ROWS = 4
 """From 2 rows up to this many, `weight @ x.T` on MKL beats both oneDNN and `F.linear`."""
 ONEDNN_MAX_ROWS = 16
@@ -164,85 +122,130 @@ RMS_NORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", 
 MLP_CLASSES = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
 """MLPs computing `down_proj(act_fn(gate_proj(x)) * up_proj(x))`: with a SiLU activation and
 no biases, `native.gate_up_silu` does the part before `down_proj` in one call."""
-ROTARY_MODULES = frozenset({"transformers.models.llama.modeling_llama", "transformers.models.mistral.modeling_mistral",
-                            "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen3.modeling_qwen3"})
-"""transformers modules whose attention calls their module-level, standard
-`apply_rotary_pos_emb(q, k, cos, sin)`, which `engine_rotary` takes over."""
+ATTENTION_IMPLEMENTATION = "langchain_seed"
+"""The name `engine_attention` is registered under in transformers' `AttentionInterface`
+while an engine's models use it (their "sdpa" configs point at it until the routing is removed)."""
 
 
-def install(model: torch.nn.Module) -> int:
-    """Route the model's `nn.Linear` layers through `linear`, its RMS norms through
-    `F.rms_norm` (or the native norm), its SiLU MLPs' first half through
-    `native.gate_up_silu`, its rotary embedding through `engine_rotary` and its attention
-    through `engine_attention`; returns how many linears were routed.
+class KernelRouting:
+    """The engine's kernels installed on one model instance; `remove()` puts back exactly
+    what was there (also a context manager).
 
-    All of them act only inside `engine_kernels()` in the calling thread. Does nothing
-    (returns 0) when the model is not float32 on the CPU. Installing twice is harmless.
+    Routed: every eligible `nn.Linear` (through `linear`), Llama-family RMS norms, SiLU MLPs
+    and decoder layers (`engine.layers`), each by an instance-level `forward` on that module
+    only, and the model's "sdpa" attention by pointing its config at
+    `ATTENTION_IMPLEMENTATION`. Nothing module-level of torch or transformers is rebound, and
+    every routed forward acts only inside `engine_kernels()` in the calling thread: elsewhere
+    it calls the forward it replaced.
     """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.linears = 0
+        self._forwards: list[tuple[torch.nn.Module, Callable | None]] = []
+        self._configs: list[object] = []
+        self._users = 0
+
+    def remove(self) -> None:
+        """Undo the routing once its last user (`install` call) has removed it."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        for module, previous in reversed(self._forwards):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+        for config in self._configs:
+            config._attn_implementation_internal = "sdpa"
+        self._forwards, self._configs = [], []
+        _routings.pop(self.model, None)
+        if not _routings:
+            _unregister_attention()
+
+    def __enter__(self) -> "KernelRouting":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def _route(self, module: torch.nn.Module, forward: Callable) -> None:
+        self._forwards.append((module, module.__dict__.get("forward")))
+        module.forward = forward
+
+
+_routings: "weakref.WeakKeyDictionary[torch.nn.Module, KernelRouting]" = weakref.WeakKeyDictionary()
+"""The routing of every model with the engine's kernels installed (one per model, shared by
+the engines on it)."""
+
+
+def install(model: torch.nn.Module) -> KernelRouting:
+    """Route the model's linears, RMS norms, SiLU MLPs, decoder layers and attention to the
+    engine's kernels (see `KernelRouting`); `.linears` says how many linears were routed.
+
+    Installing on a model that already has the routing returns the same routing (each
+    install is undone by one `remove()`). A model that is not float32 on the CPU gets
+    nothing routed but its attention.
+    """
+    routing = _routings.get(model)
+    if routing is None:
+        routing = _routings[model] = KernelRouting(model)
+        _route_modules(routing, model)
+        _route_attention(routing, model)
+    routing._users += 1
+    return routing
+
+
+def _route_modules(routing: KernelRouting, model: torch.nn.Module) -> None:
     from langchain_seed.engine import layers  # it builds on this module
 
-    install_attention()
-    install_rotary(model)
-    routed = 0
     for module in model.modules():
-        if getattr(module, "_seed_routed", False):
-            routed += type(module) is torch.nn.Linear
-        elif type(module) is torch.nn.Linear and _eligible_weight(module.weight):
-            _route(module, functools.partial(_linear_forward, module))
-            routed += 1
+        if type(module) is torch.nn.Linear and _eligible_weight(module.weight):
+            routing._route(module, functools.partial(_linear_forward, module))
+            routing.linears += 1
         elif type(module).__name__ in RMS_NORM_CLASSES:
-            _route(module, functools.partial(_rms_norm_forward, module, module.forward))
+            routing._route(module, functools.partial(_rms_norm_forward, module, module.forward))
         elif is_silu_mlp(module):
-            _route(module, functools.partial(_mlp_forward, module, module.forward))
+            routing._route(module, functools.partial(_mlp_forward, module, module.forward))
         elif layers.supports(module):
-            _route(module, functools.partial(layers.native_layer_forward, module, module.forward))
-    return routed
+            routing._route(module, functools.partial(layers.native_layer_forward, module, module.forward))
 
 
-def _route(module: torch.nn.Module, forward: Callable) -> None:
-    module.forward = forward
-    module._seed_routed = True
+def _route_attention(routing: KernelRouting, model: torch.nn.Module) -> None:
+    """Point the model's "sdpa" configs at `engine_attention` (registered under
+    `ATTENTION_IMPLEMENTATION`); models on other attention keep theirs."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    sdpa = [config for config in configs.values() if getattr(config, "_attn_implementation_internal", None) == "sdpa"]
+    if not sdpa or not _register_attention():
+        return
+    for config in sdpa:
+        config._attn_implementation_internal = ATTENTION_IMPLEMENTATION
+    routing._configs = sdpa
 
 
-def install_rotary(model: torch.nn.Module) -> int:
-    """Point `apply_rotary_pos_emb` of the model's transformers modules (those in
-    `ROTARY_MODULES`) at `engine_rotary`, once per process; returns how many it replaced now."""
-    replaced = 0
-    for name in {type(module).__module__ for module in model.modules()} & ROTARY_MODULES:
-        namespace = sys.modules[name]
-        current = getattr(namespace, "apply_rotary_pos_emb", None)
-        if current is not None and name not in _replaced_rotary:
-            _replaced_rotary[name] = current
-            namespace.apply_rotary_pos_emb = functools.partial(engine_rotary, current)
-            replaced += 1
-    return replaced
+def _register_attention() -> bool:
+    """Register `engine_attention` (and sdpa's mask function) under `ATTENTION_IMPLEMENTATION`
+    in transformers' interfaces; False when this transformers has none."""
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(ATTENTION_IMPLEMENTATION, engine_attention)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+    return True
 
 
-_replaced_rotary: dict[str, Callable] = {}
-
-
-def engine_rotary(replaced: Callable, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers' `apply_rotary_pos_emb` (`replaced`), on the native kernel inside
-    `engine_kernels("native")`: the same bits in two calls instead of eighteen eager ops.
-
-    q: `[batch, heads, tokens, dim]`; k: `[batch, kv_heads, tokens, dim]`; cos, sin:
-    `[batch or 1, tokens, dim]`. Anything else (other layouts, dtypes, devices, autograd,
-    outside the block) goes to `replaced`.
-    """
-    if not _rotary_on_native(q, k, cos, sin, unsqueeze_dim):
-        return replaced(q, k, cos, sin, unsqueeze_dim)
-    return native.rotary(q, cos, sin), native.rotary(k, cos, sin)
-
-
-def _rotary_on_native(q, k, cos, sin, unsqueeze_dim) -> bool:
-    tensors = (q, k, cos, sin)
-    return (getattr(_state, "kernel", None) == "native" and unsqueeze_dim == 1 and native.available()
-            and all(t.is_cpu and t.dtype is torch.float32 for t in tensors)
-            and q.dim() == 4 and k.dim() == 4 and q.stride(-1) == 1 and k.stride(-1) == 1 and q.shape[-1] % 2 == 0
-            and k.shape[0] == q.shape[0] and k.shape[2:] == q.shape[2:]
-            and cos.shape[0] in (1, q.shape[0]) and cos.shape[1:] == q.shape[2:] and sin.shape == cos.shape
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+def _unregister_attention() -> None:
+    """Take `ATTENTION_IMPLEMENTATION` out of transformers' interfaces again (once no model
+    uses it), so the registries are as they were before any engine."""
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:
+        return
+    for interface in (AttentionInterface, AttentionMaskInterface):
+        interface._global_mapping.pop(ATTENTION_IMPLEMENTATION, None)
 
 
 def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -250,17 +253,20 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
                      **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' "sdpa" attention inside `engine_kernels()`: on the native attention
     kernel under "native" where it fits (`_takes_native_path`), else torch's SDPA on
-    un-repeated grouped keys where that fits, else the function it replaced.
+    un-repeated grouped keys where that fits, else transformers' own "sdpa" function.
 
     query: `[batch, heads, new, head_dim]`; key, value: `[batch, kv_heads, slots, head_dim]`;
     attention_mask: `[batch, 1, new, slots]` (bool or additive float) or None. Returns the
-    output `[batch, new, heads, head_dim]` and None, as the function it replaces does.
+    output `[batch, new, heads, head_dim]` and None, as transformers' function does.
     """
     if dropout == 0.0 and _takes_native_path(module, query, key, value, attention_mask, kwargs):
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         return native.attention(query, key, value, attention_mask, scale), None
     if not _takes_grouped_path(module, query, key, value, attention_mask, kwargs):
-        return _replaced_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                             scale=scaling, enable_gqa=True)
     return output.transpose(1, 2).contiguous(), None
@@ -300,26 +306,7 @@ def _takes_grouped_path(module, query, key, value, attention_mask, kwargs) -> bo
 
 
 _EXOTIC_ATTENTION_KWARGS = ("softcap", "position_bias", "s_aux")
-"""Arguments the grouped path does not implement: such calls go to the replaced function."""
-
-_replaced_sdpa = None
-
-
-def install_attention() -> bool:
-    """Register `engine_attention` as transformers' "sdpa" attention (once per process);
-    False when transformers has no attention registry to extend."""
-    global _replaced_sdpa
-    try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-    except ImportError:
-        return False
-    current = ALL_ATTENTION_FUNCTIONS.get("sdpa")
-    if current is None:
-        return False
-    if current is not engine_attention:
-        _replaced_sdpa = current
-        AttentionInterface.register("sdpa", engine_attention)
-    return True
+"""Arguments the grouped path does not implement: such calls go to transformers' function."""
 
 
 def _linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -213,9 +213,16 @@ class Scheduler:
                 self._thread.start()
 
     def close(self) -> None:
+        """Accept no more requests; the thread stops once the queued ones are done."""
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+
+    def join(self) -> None:
+        """Wait for the thread to stop (after `close`); a no-op from the thread itself."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     @property
     def active(self) -> int:

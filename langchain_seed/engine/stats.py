@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import resource
-import sys
 from dataclasses import asdict, dataclass, field
+
+import psutil
 
 
 @dataclass
@@ -114,11 +113,5 @@ class RunStats:
 
 
 def current_rss_mb() -> float:
-    """Resident memory of this process now, in MiB (peak so far where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    """Resident memory of this process now, in MiB (psutil: any platform)."""
+    return psutil.Process().memory_info().rss / 2**20

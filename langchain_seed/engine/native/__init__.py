@@ -13,7 +13,7 @@ and waking threads. These do the work directly:
 - `rms_norm(x, weight, eps)`: a Llama-family RMS norm (`rms_norm.c`).
 
 They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
--fopenmp -ffp-contract=off``, two to three seconds) into ``$LANGCHAIN_SEED_HOME/native/`` and
+-fopenmp -ffp-contract=off``, two to three seconds) into `build_dir()` and
 loaded with `ctypes`; the calls release the GIL.
 
 `available()` says whether it can run here: Linux, a CPU torch reports as AVX2 or better,
@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "LANGCHAIN_SEED_NATIVE"
 """Set to 0 to keep the engine off its C kernels."""
+ENV_BUILD_DIR = "LANGCHAIN_SEED_NATIVE_DIR"
+"""Where to keep the compiled library (see `build_dir`)."""
+ENV_HOME = "LANGCHAIN_SEED_HOME"
+"""The package's cache directory, whose ``native/`` holds the library by default."""
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("skinny_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
 HEADERS = (Path(__file__).with_name("vector_math.h"),)
@@ -224,15 +228,22 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _build() -> Path:
-    """Compile the kernels into the cache (once per sources, flags and compiler)."""
-    from langchain_seed.defaults import cache_dir
+def build_dir() -> Path:
+    """Where the compiled library is kept: ``$LANGCHAIN_SEED_NATIVE_DIR``, else
+    ``$LANGCHAIN_SEED_HOME/native`` (the package's cache), else ``~/.cache/langchain-seed/native``."""
+    if os.environ.get(ENV_BUILD_DIR):
+        return Path(os.environ[ENV_BUILD_DIR]).expanduser()
+    home = os.environ.get(ENV_HOME)
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "langchain-seed") / "native"
 
+
+def _build() -> Path:
+    """Compile the kernels into `build_dir()` (once per sources, flags and compiler)."""
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     key = hashlib.sha256(sources + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
-    target = cache_dir() / "native" / f"seed_native-{key}.so"
+    target = build_dir() / f"seed_native-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

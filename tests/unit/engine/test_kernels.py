@@ -25,7 +25,7 @@ def _mlp(seed: int = 0) -> torch.nn.Module:
 @pytest.mark.parametrize("rows", [1, 3, 5, 16, 40])
 def test_installed_linears_match_torch_inside_the_block(rows, kernel):
     model, reference = _mlp(), _mlp()
-    assert kernels.install(model) == 2
+    assert kernels.install(model).linears == 2
     x = torch.randn(2, rows, 16)
     with torch.inference_mode():
         expected = reference(x)
@@ -89,7 +89,7 @@ def test_autograd_and_other_dtypes_fall_back_to_torch():
         model(x).sum().backward()  # the engine's kernels have no backward: torch's is used
     assert x.grad is not None and x.grad.shape == (4, 16)
     half = _mlp().to(torch.bfloat16)
-    assert kernels.install(half) == 0
+    assert kernels.install(half).linears == 0
 
 
 def test_engine_rejects_an_unknown_kernel(tiny_target):
@@ -144,7 +144,6 @@ def _attention_inputs(new: int, slots: int, seed: int = 0):
 def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(new):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    kernels.install_attention()
     module, query, key, value, mask = _attention_inputs(new, 40 + new)
     expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
     with torch.inference_mode(), kernels.engine_kernels("onednn"):
@@ -155,15 +154,11 @@ def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(new):
 
 
 def test_attention_outside_the_block_or_unusual_calls_go_to_transformers(monkeypatch):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import AttentionInterface
 
-    kernels.install_attention()
-    kernels.install_attention()  # twice is harmless: the replaced function stays transformers'
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is kernels.engine_attention
-    assert kernels._replaced_sdpa is not kernels.engine_attention
     handed = []
-    replaced = kernels._replaced_sdpa
-    monkeypatch.setattr(kernels, "_replaced_sdpa", lambda *a, **k: handed.append(1) or replaced(*a, **k))
+    sdpa = AttentionInterface._global_mapping["sdpa"]
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", lambda *a, **k: handed.append(1) or sdpa(*a, **k))
     module, query, key, value, mask = _attention_inputs(4, 20)
     with torch.inference_mode():
         kernels.engine_attention(module, query, key, value, mask)  # outside the block
@@ -241,49 +236,30 @@ def test_silu_mlps_run_their_first_half_natively_inside_the_native_block(monkeyp
     assert fused == [1]  # only SiLU MLPs are routed
 
 
-def _rotary_inputs(batch: int = 2, tokens: int = 5) -> tuple[torch.Tensor, ...]:
-    torch.manual_seed(batch * tokens)
-    query = torch.randn(batch, tokens, 8, 16).transpose(1, 2)
-    key = torch.randn(batch, tokens, 2, 16).transpose(1, 2)
-    angles = torch.randn(batch, tokens, 8) * 30
-    emb = torch.cat([angles, angles], -1)
-    return query, key, emb.cos(), emb.sin()
-
-
 @needs_kernel
-def test_rotary_of_an_installed_model_runs_native_inside_the_block_with_the_same_bits(tiny_target, monkeypatch):
+def test_an_installed_llama_layer_runs_rotary_natively_without_rebinding_transformers(tiny_target, monkeypatch):
+    """The native layer forward calls `native.rotary` itself: transformers' module-level
+    `apply_rotary_pos_emb` stays its own function, installed or not."""
     from transformers.models.llama import modeling_llama
 
-    kernels.install(tiny_target)
-    patched = modeling_llama.apply_rotary_pos_emb
-    assert patched.func is kernels.engine_rotary
-    kernels.install_rotary(tiny_target)  # twice is harmless: the replaced function stays transformers'
-    replaced = patched.args[0]
-    assert getattr(replaced, "func", None) is not kernels.engine_rotary
+    stock = modeling_llama.apply_rotary_pos_emb
     natives = []
     rotary = native.rotary
     monkeypatch.setattr(native, "rotary", lambda *a: natives.append(1) or rotary(*a))
-    query, key, cos, sin = _rotary_inputs()
-    expected = replaced(query, key, cos, sin)
-    with torch.inference_mode():
-        assert all(torch.equal(a, b) for a, b in zip(patched(query, key, cos, sin), expected))  # outside
+    with kernels.install(tiny_target), torch.inference_mode():
+        assert modeling_llama.apply_rotary_pos_emb is stock
+        tiny_target(torch.tensor([[1, 2, 3]]))
+        assert natives == []  # outside the block: transformers' own layer
         with kernels.engine_kernels("native"):
-            got = patched(query, key, cos, sin)
-            assert natives == [1, 1] and all(torch.equal(a, b) for a, b in zip(got, expected))
-            broadcast = patched(query, key, cos[:1], sin[:1])  # one set of positions for every row
-            assert natives == [1, 1, 1, 1]
-            assert all(torch.equal(a, b) for a, b in zip(broadcast, replaced(query, key, cos[:1], sin[:1])))
-            patched(query.transpose(1, 2), key.transpose(1, 2), cos, sin, unsqueeze_dim=2)
-        with kernels.engine_kernels("onednn"):
-            patched(query, key, cos, sin)
-    assert natives == [1, 1, 1, 1]
+            tiny_target(torch.tensor([[1, 2, 3]]))
+    assert len(natives) == 2 * tiny_target.config.num_hidden_layers  # query and key of every layer
+    assert modeling_llama.apply_rotary_pos_emb is stock
 
 
 @needs_kernel
 def test_attention_runs_native_inside_the_native_block_where_it_fits(monkeypatch):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    kernels.install_attention()
     natives = []
     attention = native.attention
     monkeypatch.setattr(native, "attention", lambda *a: natives.append(1) or attention(*a))
@@ -320,5 +296,6 @@ def test_a_masked_forward_of_a_routed_model_matches_the_stock_one(tiny_target, e
             return forward_logits(tiny_target, kv, rows)
 
     stock = logits("torch")
-    kernels.install(tiny_target)
-    torch.testing.assert_close(logits(engine_kernel), stock, rtol=1e-5, atol=1e-5)
+    with kernels.install(tiny_target):
+        routed = logits(engine_kernel)
+    torch.testing.assert_close(routed, stock, rtol=1e-5, atol=1e-5)

@@ -19,8 +19,8 @@ pytestmark = needs_kernel
 def routed(tiny_target):
     """A private copy of the tiny target with the engine's kernels installed."""
     model = copy.deepcopy(tiny_target)
-    kernels.install(model)
-    return model
+    with kernels.install(model):
+        yield model
 
 
 @pytest.fixture
