@@ -7,6 +7,7 @@ opts in with `allow_pickle=True`) and `trust_remote_code=False` unless asked.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,12 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    role: str = "model",
 ):
-    """A causal LM from a local directory or hub id, in eval mode."""
+    """A causal LM from a local directory or hub id, in eval mode (`role` names it in errors)."""
     from transformers import AutoModelForCausalLM
 
+    name_or_path = resolve_model_source(name_or_path, role)
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -67,9 +70,11 @@ def load_models(
     """
     from transformers import AutoTokenizer
 
+    target = resolve_model_source(target, "target")
+    draft = None if draft is None else resolve_model_source(draft, "draft")
     options = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(str(target), trust_remote_code=trust_remote_code)
-    target_model = load_model(target, **options)
+    tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+    target_model = load_model(target, role="target", **options)
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
     return LoadedModels(target_model, draft_model, tokenizer)
 
@@ -85,10 +90,55 @@ def load_draft(draft: str | Path, target_model, tokenizer=None, **options):
     if is_feature_draft_dir(draft):
         weight = next(target_model.parameters())
         return FeatureDraftModel.load(draft, target_model).to(weight.device, weight.dtype)
-    draft_model = load_model(draft, **options)
+    draft_model = load_model(draft, role="draft", **options)
     draft_tokenizer = AutoTokenizer.from_pretrained(str(draft), trust_remote_code=options.get("trust_remote_code", False))
     check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
     return draft_model
+
+
+def resolve_model_source(name_or_path: str | Path, role: str = "model") -> str:
+    """`name_or_path` as `from_pretrained` takes it: an existing local path, or a Hugging Face
+    Hub id that is in the local cache or on the Hub. Otherwise a one-line FileNotFoundError
+    (instead of the Hub client's retries and tracebacks); `role` names the model in it."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or _looks_local(text):
+        raise FileNotFoundError(
+            f"{role} {text!r} does not exist, and it is not a Hugging Face Hub id (those look like 'org/name')"
+        )
+    _check_hub_id(text, role)
+    return text
+
+
+def _looks_local(text: str) -> bool:
+    """Whether `text` is written as a filesystem path rather than a hub id ('org/name')."""
+    separators = text.count(os.sep) + (text.count(os.altsep) if os.altsep else 0)
+    return os.path.isabs(text) or text.startswith(("./", "../", "~", f".{os.sep}", f"..{os.sep}")) or separators > 1
+
+
+def _check_hub_id(repo_id: str, role: str) -> None:
+    """Refuse a hub id that is neither valid, cached, nor reachable (one request, no retries)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise FileNotFoundError(
+            f"{role} {repo_id!r} is not an existing path nor a valid Hugging Face Hub id (those look like 'org/name')"
+        ) from error
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))
+    except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: all said in one line
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise FileNotFoundError(
+            f"{role} {repo_id!r} is not a local path, and the Hugging Face Hub model could not be found in the "
+            f"local cache or downloaded ({type(error).__name__}: {reason})"
+        ) from error
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
