@@ -520,6 +520,29 @@ class SeedModelMixin(BaseModel):
     def _check_field(cls, value: Any, info) -> Any:
         return _CHECKS[info.field_name](value)
 
+    # ----- copies -----------------------------------------------------------------------
+    def __deepcopy__(self, memo: dict[int, Any] | None = None):
+        """A deep copy, refused while an engine is attached (shallow copies share the engine)."""
+        self._refuse_copy("deep-copied")
+        return super().__deepcopy__(memo)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """The pickled state, refused while an engine is attached."""
+        self._refuse_copy("pickled")
+        return super().__getstate__()
+
+    def _refuse_copy(self, what: str) -> None:
+        if self._engine is None:
+            return
+        name = type(self).__name__
+        raise TypeError(
+            f"{name} cannot be {what}: it holds a live SeeD engine (loaded models and a running scheduler "
+            f"thread) that cannot be copied or pickled. Share this one object between threads instead (concurrent "
+            f"calls are decoded together), or build the model inside each worker process with "
+            f"{name}.from_default(...) or {name}.from_pretrained(target, draft, ...). "
+            f"Shallow copies (model_copy(), bind(), with_config()) share the engine and work."
+        )
+
     def _convert_input(self, model_input: Any):
         refuse_bytes(model_input)
         return super()._convert_input(model_input)

@@ -85,3 +85,58 @@ def test_existing_local_directory_still_loads(tiny_dir):
         assert isinstance(llm.invoke("The quick brown fox"), str)
     finally:
         llm.engine.close()
+
+
+# ------------------------------------------------------------------ copies and pickles
+
+
+@pytest.fixture(params=["SeedLLM", "ChatSeed"])
+def model(request, tiny_llm):
+    """The tiny SeedLLM, or a ChatSeed over its engine."""
+    from langchain_seed import ChatSeed
+
+    return tiny_llm if request.param == "SeedLLM" else ChatSeed.from_llm(tiny_llm)
+
+
+@pytest.mark.parametrize(("copier", "verb"), [("pickle", "pickled"), ("deepcopy", "deep-copied")])
+def test_pickling_or_deep_copying_a_live_model_says_how_to_rebuild_it(model, copier, verb):
+    import copy
+    import pickle
+
+    name = type(model).__name__
+    copy_it = pickle.dumps if copier == "pickle" else copy.deepcopy
+    for target in (model, model.bind(max_tokens=3)):
+        with pytest.raises(TypeError) as raised:
+            copy_it(target)
+        message = str(raised.value)
+        assert message.startswith(f"{name} cannot be {verb}: it holds a live SeeD engine (loaded models and a "
+                                  f"running scheduler thread) that cannot be copied or pickled.")
+        assert f"{name}.from_default(...)" in message and f"{name}.from_pretrained(target, draft, ...)" in message
+        assert "Share this one object between threads" in message
+
+
+def test_shallow_copies_share_the_engine_and_still_run(tiny_llm):
+    import copy
+
+    from langchain_seed import ChatSeed
+
+    prompt = "The quick brown fox"
+    expected = tiny_llm.invoke(prompt, max_tokens=4)
+    shallow = [tiny_llm.model_copy(update={"max_tokens": 4}), copy.copy(tiny_llm).model_copy(update={"max_tokens": 4})]
+    for other in shallow:
+        assert other.engine is tiny_llm.engine and other.invoke(prompt) == expected
+    assert tiny_llm.bind(max_tokens=4).invoke(prompt) == expected
+    assert tiny_llm.with_config(tags=["copy"]).invoke(prompt, max_tokens=4) == expected
+    chat = ChatSeed.from_llm(tiny_llm, max_tokens=4)
+    assert chat.engine is tiny_llm.engine and isinstance(chat.invoke("Hi").content, str)
+
+
+def test_a_model_without_an_engine_is_plain_configuration_and_copies(tiny_llm):
+    import copy
+    import pickle
+
+    from langchain_seed import SeedLLM
+
+    bare = SeedLLM(max_tokens=7, k_config=(2, 1))
+    assert pickle.loads(pickle.dumps(bare)).k_config == (2, 1)
+    assert copy.deepcopy(bare).max_tokens == 7
