@@ -23,6 +23,8 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from langchain_seed._text import StopChecker, StopSequences, StreamingText
@@ -762,13 +764,30 @@ def read_head_token_ids(draft: str | Path) -> list[int] | None:
 
 def check_text_prompts(prompts: Sequence[Any]) -> list[str]:
     """Refuse prompts that are not non-empty strings, naming the first bad one."""
-    for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt {index} must be a string; got {type(prompt).__name__}")
-        if not prompt:
-            raise ValueError(f"prompt {index} is empty: give the model some text to continue")
-        check_utf8(prompt, f"prompt {index}")
-    return list(prompts)
+    return [check_text_prompt(index, prompt) for index, prompt in enumerate(prompts)]
+
+
+def check_text_prompt(index: int, prompt: Any) -> str:
+    """Refuse a prompt that is not a non-empty UTF-8 string, naming it by `index`."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt {index} must be a string; got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError(f"prompt {index} is empty: give the model some text to continue")
+    check_utf8(prompt, f"prompt {index}")
+    return prompt
+
+
+def check_prompt_fits(engine: SeedEngine, index: int, prompt_ids: list[int], options: CallOptions) -> None:
+    """The engine's own vocabulary and context-window check of one prompt under `options`,
+    run before submitting so that a batch can tell its bad prompts from its good ones."""
+    config = engine._config_for(options.decoding, options.speculative_config())  # noqa: SLF001
+    engine._check_fits(index, prompt_ids, options.sampling_params(0), config)  # noqa: SLF001
+
+
+def _merge_outcomes(count: int, errors: dict[int, Exception], outputs: list[Any]) -> list[Any]:
+    """The outputs of the good inputs in order, with each bad input's error at its own index."""
+    rest = iter(outputs)
+    return [errors[index] if index in errors else next(rest) for index in range(count)]
 
 
 def check_utf8(text: str, what: str) -> None:
@@ -863,13 +882,70 @@ class SeedLLM(SeedModelMixin, BaseLLM):
         """
         options = self._call_options(kwargs)
         stops = self._stop_sequences(stop)
-        prompt_ids = []
-        for index, prompt in enumerate(check_text_prompts(prompts)):
-            ids = list(self.tokenizer(prompt)["input_ids"])
-            if not ids:
-                raise ValueError(f"prompt {index} ({prompt!r}) has no tokens under the model's tokenizer")
-            prompt_ids.append(ids)
+        prompts = check_text_prompts(prompts)
+        prompt_ids = [self.prompt_token_ids(prompt, index) for index, prompt in enumerate(prompts)]
         return self._start_run(prompt_ids, options, stops)
+
+    def prompt_token_ids(self, prompt: str, index: int = 0) -> list[int]:
+        """Token ids of prompt `index` as the engine reads it; refuses a prompt with no tokens."""
+        ids = list(self.tokenizer(prompt)["input_ids"])
+        if not ids:
+            raise ValueError(f"prompt {index} ({prompt!r}) has no tokens under the model's tokenizer")
+        return ids
+
+    # ----- batches: one bad prompt does not cost the good ones ----------------------------
+    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[str]:
+        """`BaseLLM.batch`; with `return_exceptions=True` each bad prompt gets its own error and
+        the good ones are still decoded together in one run (refused prompts start no run, so
+        their callbacks see nothing)."""
+        errors = self._bad_inputs(inputs, return_exceptions, kwargs)
+        if not errors:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        good, configs = self._good_inputs(inputs, config, errors)
+        outputs = super().batch(good, configs, return_exceptions=True, **kwargs) if good else []
+        return _merge_outcomes(len(inputs), errors, outputs)
+
+    async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[str]:
+        """`batch` on the event loop: the good prompts share one run, the bad get their errors."""
+        errors = self._bad_inputs(inputs, return_exceptions, kwargs)
+        if not errors:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        good, configs = self._good_inputs(inputs, config, errors)
+        outputs = await super().abatch(good, configs, return_exceptions=True, **kwargs) if good else []
+        return _merge_outcomes(len(inputs), errors, outputs)
+
+    def _bad_inputs(self, inputs: list[Any], return_exceptions: bool, kwargs: dict[str, Any]) -> dict[int, Exception]:
+        """The error each input of a batch would raise on its own, by index (with return_exceptions).
+
+        A bad option fails every input alike, so it is left to `BaseLLM.batch` to raise.
+        """
+        if not return_exceptions or len(inputs) < 2:
+            return {}
+        try:
+            options = self._call_options({name: value for name, value in kwargs.items() if name != "stop"})
+        except ValueError:
+            return {}
+        errors = {index: self._input_error(index, value, options) for index, value in enumerate(inputs)}
+        return {index: error for index, error in errors.items() if error is not None}
+
+    def _input_error(self, index: int, value: Any, options: CallOptions) -> Exception | None:
+        """What input `index` would raise on its own (its type, text, tokens, fit), or None."""
+        try:
+            prompt = check_text_prompt(index, self._convert_input(value).to_string())
+            check_prompt_fits(self.engine, index, self.prompt_token_ids(prompt, index), options)
+        except (TypeError, ValueError) as error:
+            return error
+        return None
+
+    @staticmethod
+    def _good_inputs(inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None,
+                     errors: dict[int, Exception]) -> tuple[list[Any], list[RunnableConfig]]:
+        """The inputs without errors and their own configs (callbacks, tags, run names stay aligned)."""
+        configs = get_config_list(config, len(inputs))
+        kept = [index for index in range(len(inputs)) if index not in errors]
+        return [inputs[index] for index in kept], [configs[index] for index in kept]
 
     def _generate(
         self,

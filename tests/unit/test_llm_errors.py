@@ -140,3 +140,85 @@ def test_a_model_without_an_engine_is_plain_configuration_and_copies(tiny_llm):
     bare = SeedLLM(max_tokens=7, k_config=(2, 1))
     assert pickle.loads(pickle.dumps(bare)).k_config == (2, 1)
     assert copy.deepcopy(bare).max_tokens == 7
+
+
+# ------------------------------------------------------------- one bad prompt in a batch
+
+GOOD = ["The quick brown fox", "Tree of thoughts: propose"]
+FAR_TOO_LONG = "zq~|" * 700  # about 2800 tokens: past the tiny model's 2048 positions
+
+
+@pytest.fixture
+def engine_runs(tiny_engine, monkeypatch):
+    """The prompt count of every engine run started (scheduled `submit_many`, serial `generate`)."""
+    runs: list[int] = []
+    for name in ("submit_many", "generate"):
+        def counted(prompt_ids, *args, _original=getattr(tiny_engine, name), **kwargs):
+            runs.append(len(prompt_ids))
+            return _original(prompt_ids, *args, **kwargs)
+
+        monkeypatch.setattr(tiny_engine, name, counted)
+    return runs
+
+
+@pytest.mark.parametrize("decoding", ["scheduled", "speculative"])
+@pytest.mark.parametrize("use_async", [False, True], ids=["batch", "abatch"])
+def test_a_bad_prompt_gets_its_own_error_and_the_good_ones_share_one_run(tiny_llm, engine_runs, decoding,
+                                                                         use_async):
+    import asyncio
+
+    expected = [tiny_llm.invoke(prompt, decoding=decoding) for prompt in GOOD]
+    engine_runs.clear()
+    inputs = [GOOD[0], FAR_TOO_LONG, GOOD[1], ""]
+    if use_async:
+        outputs = asyncio.run(tiny_llm.abatch(inputs, return_exceptions=True, decoding=decoding))
+    else:
+        outputs = tiny_llm.batch(inputs, return_exceptions=True, decoding=decoding)
+    assert [outputs[0], outputs[2]] == expected
+    assert isinstance(outputs[1], ValueError) and str(outputs[1]).startswith("prompt 1 has 2800 tokens")
+    assert "context window of 2048" in str(outputs[1])
+    assert isinstance(outputs[3], ValueError) and str(outputs[3]).startswith("prompt 3 is empty")
+    assert engine_runs == [2]
+
+
+def test_without_return_exceptions_the_first_bad_prompt_is_raised(tiny_llm):
+    with pytest.raises(ValueError, match="^prompt 1 has 2800 tokens"):
+        tiny_llm.batch([GOOD[0], FAR_TOO_LONG, GOOD[1]])
+
+
+def test_every_prompt_bad_starts_no_run_and_bad_options_fail_every_input(tiny_llm, engine_runs):
+    outputs = tiny_llm.batch([FAR_TOO_LONG, b"bytes", ""], return_exceptions=True)
+    assert [type(o) for o in outputs] == [ValueError, TypeError, ValueError]
+    assert "prompt 2 is empty" in str(outputs[2]) and engine_runs == []
+    outputs = tiny_llm.batch(GOOD, return_exceptions=True, max_tokens=0)
+    assert all(isinstance(o, ValueError) and "max_tokens must be a positive int" in str(o) for o in outputs)
+
+
+def test_configs_and_callbacks_stay_with_their_own_inputs(tiny_llm, engine_runs):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Starts(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, tuple[str, ...]]] = []
+
+        def on_llm_start(self, serialized, prompts, *, tags=None, **kwargs) -> None:
+            self.seen.append((prompts[0], tuple(tags or ())))
+
+    handler = Starts()
+    inputs = [GOOD[0], FAR_TOO_LONG, GOOD[1]]
+    configs = [{"callbacks": [handler], "tags": [f"input-{i}"]} for i in range(3)]
+    outputs = tiny_llm.batch(inputs, configs, return_exceptions=True, max_tokens=4, stop=["\n"])
+    assert sorted(handler.seen) == sorted([(GOOD[0], ("input-0",)), (GOOD[1], ("input-2",))])
+    assert isinstance(outputs[1], ValueError) and all(isinstance(outputs[i], str) for i in (0, 2))
+    assert engine_runs == [2]
+    assert tiny_llm.batch(inputs, {"max_concurrency": 1}, return_exceptions=True, max_tokens=4)[::2] == \
+        [outputs[0], outputs[2]]
+
+
+def test_chat_batch_keeps_its_good_conversations(tiny_llm):
+    from langchain_seed import ChatSeed
+
+    chat = ChatSeed.from_llm(tiny_llm, max_tokens=4)
+    outputs = chat.batch(["Hi", FAR_TOO_LONG, "Hello"], return_exceptions=True)
+    assert isinstance(outputs[1], ValueError) and "context window of 2048" in str(outputs[1])
+    assert [outputs[0].content, outputs[2].content] == [chat.invoke("Hi").content, chat.invoke("Hello").content]
