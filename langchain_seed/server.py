@@ -9,6 +9,14 @@ async request handles. The text of a choice is `SeedRun`'s stream (the same deto
 and stop-string logic as `SeedLLM.stream`), so the server and the LangChain classes cannot
 drift apart. A client that disconnects cancels its generations at the scheduler's next round.
 
+A `/v1/completions` request with a list of prompts is checked prompt by prompt: when some
+prompts are bad (empty, too long for the context window) and others good, the good ones
+are decoded as usual and each choice of a bad one carries `"text": ""`,
+`"finish_reason": "error"` and an `"error"` object in OpenAI's error shape (`message`,
+`type`, `param`, `code`), also as one chunk when streaming. OpenAI itself refuses the whole
+request instead, so clients that ignore the extra field see an empty text with an unusual
+finish reason. When every prompt is bad, the request is refused with the first one's 400.
+
 Needs the `server` extra (starlette, uvicorn): `pip install "langchain-seed[server]"`.
 Prompt and completion text are never logged unless `log_prompts` (`--log-prompts`) is set.
 """
@@ -171,8 +179,22 @@ class _Job:
     prompt_tokens: int
     stream: bool
     include_usage: bool
+    refused: dict[int, APIError] = field(default_factory=dict)
+    """Prompts of a multi-prompt completion refused on their own, by prompt index."""
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
+    slots: list[int | APIError] = field(init=False)
+    """Per choice (prompt-major, n each): its generation's index in `run`, or its prompt's error."""
+    choice_of: dict[int, int] = field(init=False)
+    """The choice index of each generation of `run`."""
+
+    def __post_init__(self) -> None:
+        n = self.run.options.n
+        generations = iter(range(len(self.run)))
+        prompts = len(self.run) // n + len(self.refused)
+        self.slots = [self.refused[p] if p in self.refused else next(generations)
+                      for p in range(prompts) for _ in range(n)]
+        self.choice_of = {slot: choice for choice, slot in enumerate(self.slots) if isinstance(slot, int)}
 
 
 class SeedService:
@@ -270,15 +292,15 @@ class SeedService:
         request_id = ("cmpl-" if kind == "completions" else "chatcmpl-") + uuid.uuid4().hex[:24]
         try:
             if kind == "completions":
-                run, prompt_tokens = self._start_completion(params)  # type: ignore[arg-type]
+                run, prompt_tokens, refused = self._start_completion(params)  # type: ignore[arg-type]
             else:
-                run, prompt_tokens = self._start_chat(params)  # type: ignore[arg-type]
+                (run, prompt_tokens), refused = self._start_chat(params), {}  # type: ignore[arg-type]
         except APIError:
             raise
         except (ValueError, TypeError, KeyError, NotImplementedError) as error:
             raise APIError(400, str(error)) from None
         include_usage = bool(params.stream_options and params.stream_options.include_usage)
-        job = _Job(kind, run, request_id, prompt_tokens, params.stream, include_usage)
+        job = _Job(kind, run, request_id, prompt_tokens, params.stream, include_usage, refused)
         self._log_start(job, params)
         return job
 
@@ -290,15 +312,31 @@ class SeedService:
                 kwargs[name] = value
         return kwargs
 
-    def _start_completion(self, params: CompletionRequest) -> tuple[SeedRun, int]:
+    def _start_completion(self, params: CompletionRequest) -> tuple[SeedRun, int, dict[int, APIError]]:
+        """The run of the good prompts, their token count, and the error of each bad prompt."""
         prompts = [params.prompt] if isinstance(params.prompt, str) else list(params.prompt)
-        tokenizer = self.llm.tokenizer
-        counts = [len(tokenizer(prompt)["input_ids"]) for prompt in prompts]
-        requested = params.max_tokens
-        max_tokens = min(self._fit_max_tokens(requested, COMPLETIONS_DEFAULT_MAX_TOKENS, count, "prompt")
-                         for count in counts)
-        run = self.llm.start_run(prompts, _stop_list(params.stop), **self._call_kwargs(params, max_tokens))
-        return run, sum(counts)
+        fits, refused = {}, {}
+        for index, prompt in enumerate(prompts):
+            try:
+                fits[index] = self._fit_prompt(index, prompt, params.max_tokens)
+            except APIError as error:
+                refused[index] = error
+        if not fits:
+            raise next(iter(refused.values()))
+        max_tokens = min(fit for _, fit in fits.values())
+        good = [prompts[index] for index in fits]
+        run = self.llm.start_run(good, _stop_list(params.stop), **self._call_kwargs(params, max_tokens))
+        return run, sum(count for count, _ in fits.values()), refused
+
+    def _fit_prompt(self, index: int, prompt: str, requested: int | None) -> tuple[int, int]:
+        """(token count, max_tokens) of one completion prompt; APIError (400) if it cannot run."""
+        from langchain_seed.llms import check_text_prompt
+
+        try:
+            count = len(self.llm.prompt_token_ids(check_text_prompt(index, prompt), index))
+        except ValueError as error:
+            raise APIError(400, str(error), param="prompt") from None
+        return count, self._fit_max_tokens(requested, COMPLETIONS_DEFAULT_MAX_TOKENS, count, "prompt")
 
     def _start_chat(self, params: ChatCompletionRequest) -> tuple[SeedRun, int]:
         messages = _to_messages(params.messages)
@@ -346,7 +384,8 @@ class SeedService:
         async for index, piece in self.events(job):
             if piece:
                 texts[index] += piece
-        choices = [self._choice(job, index, texts[index]) for index in range(len(job.run))]
+        choices = [self._error_choice(choice, slot) if isinstance(slot, APIError)
+                   else self._choice(job, choice, slot, texts[slot]) for choice, slot in enumerate(job.slots)]
         body = {"id": job.request_id, "object": _OBJECTS[job.kind], "created": job.created,
                 "model": self.model_name, "choices": choices, "usage": self.usage(job)}
         self._log_end(job, texts)
@@ -360,12 +399,16 @@ class SeedService:
             if job.kind == "chat":
                 for index in range(len(job.run)):
                     yield self._sse(job, [self._delta(index, {"role": "assistant", "content": ""}, None)])
+            for choice, slot in enumerate(job.slots):
+                if isinstance(slot, APIError):
+                    yield self._sse(job, [self._error_choice(choice, slot)])
             async for index, piece in self.events(job):
+                choice = job.choice_of[index]
                 if piece is None:
-                    yield self._sse(job, [self._stream_choice(job, index, "", self._finish_reason(job, index))])
+                    yield self._sse(job, [self._stream_choice(job, choice, "", self._finish_reason(job, index))])
                 elif piece:
                     texts[index] += piece
-                    yield self._sse(job, [self._stream_choice(job, index, piece, None)])
+                    yield self._sse(job, [self._stream_choice(job, choice, piece, None)])
             if job.include_usage:
                 yield self._sse(job, [], usage=self.usage(job))
             finished = True
@@ -395,12 +438,18 @@ class SeedService:
         reason = job.run.finish_reason(index)
         return reason if reason in ("stop", "length") else "stop"
 
-    def _choice(self, job: _Job, index: int, text: str) -> dict[str, Any]:
+    def _choice(self, job: _Job, choice: int, index: int, text: str) -> dict[str, Any]:
+        """Choice `choice` of the response, made of the run's generation `index`."""
         reason = self._finish_reason(job, index)
         if job.kind == "completions":
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            return {"index": choice, "text": text, "logprobs": None, "finish_reason": reason}
+        return {"index": choice, "message": {"role": "assistant", "content": text}, "logprobs": None,
                 "finish_reason": reason}
+
+    @staticmethod
+    def _error_choice(choice: int, error: APIError) -> dict[str, Any]:
+        """A completion choice whose prompt was refused: no text, finish_reason "error", the error."""
+        return {"index": choice, "text": "", "logprobs": None, "finish_reason": "error", **error.body()}
 
     def _stream_choice(self, job: _Job, index: int, piece: str, reason: str | None) -> dict[str, Any]:
         if job.kind == "completions":
