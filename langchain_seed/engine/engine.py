@@ -17,6 +17,7 @@ from langchain_seed.engine.config import (
     check_choice,
 )
 from langchain_seed.engine import kernels, native
+from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
 from langchain_seed.engine.kernels import LINEAR_KERNELS
@@ -77,6 +78,7 @@ class SeedEngine:
         self._mask_support: dict[int, bool] = {}
         self.linear_kernel = linear_kernel
         self._routings = self._install_kernels()
+        self._cpu_share = CpuShare()
         self.scheduler = self._new_scheduler()
         self._closer = weakref.finalize(self, _shut_down, self.scheduler, self._routings)
 
@@ -134,6 +136,16 @@ class SeedEngine:
         engine's kernels off its models (they run transformers' own code again). Also done
         when the engine is garbage-collected; closing twice is harmless."""
         self._closer()
+
+    @property
+    def cpu_share(self) -> CpuShare:
+        """How much of the CPU this process gets (`engine.cpu_share`): every round of every
+        mode samples it, and its kernels run on one thread while other processes hold the CPUs."""
+        return self._cpu_share
+
+    @cpu_share.setter
+    def cpu_share(self, cpu_share: CpuShare) -> None:
+        self._cpu_share = self.scheduler.cpu_share = cpu_share
 
     @property
     def closed(self) -> bool:
@@ -240,7 +252,8 @@ class SeedEngine:
         return collected
 
     def _new_scheduler(self) -> Scheduler:
-        return Scheduler(self.target_model, self._drafter_factory(), self.eos_token_ids, kernel=self.linear_kernel)
+        return Scheduler(self.target_model, self._drafter_factory(), self.eos_token_ids, kernel=self.linear_kernel,
+                         cpu_share=self._cpu_share)
 
     def _drafter_factory(self) -> Callable[[], ModelDrafter | FeatureDrafter]:
         """What builds a new lane's drafter. It holds no reference to the engine, so that an

@@ -27,9 +27,11 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.config import SpeculativeConfig
+from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, Drafter
 from langchain_seed.engine.kernels import engine_kernels
+from langchain_seed.engine.native import limit_threads
 from langchain_seed.engine.prefill import BATCHED_PENDING_MAX, prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import RequestStats, RunStats
@@ -183,11 +185,15 @@ class Scheduler:
         kernel: run each round inside `kernels.engine_kernels(kernel)`: "native" or
             "onednn" (the models' linears must have been routed with `kernels.install`),
             or "torch" (torch's kernels).
+        cpu_share: sampled once a round; its thread limit applies to the next round's
+            native kernels (one thread while other processes hold the CPUs).
     """
 
-    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], kernel: str = "torch") -> None:
+    def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], kernel: str = "torch",
+                 cpu_share: CpuShare | None = None) -> None:
         self.target_model = target_model
         self.kernel = kernel
+        self.cpu_share = cpu_share or CpuShare()
         self.make_drafter = make_drafter
         self.eos_token_ids = eos_token_ids
         self.lanes: dict[SpeculativeConfig, Lane] = {}
@@ -240,7 +246,7 @@ class Scheduler:
     # ----- one round -------------------------------------------------------------------
     def run_round(self) -> None:
         """Schedule, then draft/verify/commit/stream every lane once."""
-        with engine_kernels(self.kernel):
+        with engine_kernels(self.kernel), limit_threads(self.cpu_share.thread_limit()):
             self._admit_waiting()
             self._drop_cancelled()
             for lane in list(self.lanes.values()):
@@ -248,6 +254,7 @@ class Scheduler:
                     self._step_lane(lane)
         self.stats.rounds += 1
         self.stats.sample_memory(self.kv_bytes())
+        self.cpu_share.sample()
 
     def run_until_idle(self) -> None:
         """Run rounds in the calling thread until nothing is waiting or active (no thread)."""

@@ -25,6 +25,7 @@ logged once and kept in `unavailable_reason()`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -35,7 +36,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -110,6 +113,29 @@ def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch
     return _rowwise("gate_up_silu", x, gate.shape[0], gate.data_ptr(), up.data_ptr())
 
 
+def threads() -> int:
+    """How many threads the kernels use in this thread: torch's count, or fewer inside
+    `limit_threads`."""
+    limit = getattr(_thread_limit, "threads", None)
+    count = torch.get_num_threads()
+    return count if limit is None else max(1, min(limit, count))
+
+
+@contextlib.contextmanager
+def limit_threads(limit: int | None) -> Iterator[None]:
+    """Within this block (this thread only) the kernels use at most `limit` threads (None:
+    no limit). The engine uses 1 while other processes hold the CPUs (`engine.cpu_share`)."""
+    previous = getattr(_thread_limit, "threads", None)
+    _thread_limit.threads = limit
+    try:
+        yield
+    finally:
+        _thread_limit.threads = previous
+
+
+_thread_limit = threading.local()
+
+
 def _rowwise(name: str, x: torch.Tensor, n_out: int, *weights) -> torch.Tensor:
     """Call the matmul-shaped kernel `name` (x, *weights, out, rows, in, out features,
     threads) on x `[..., in]`; returns `[..., n_out]`."""
@@ -117,7 +143,7 @@ def _rowwise(name: str, x: torch.Tensor, n_out: int, *weights) -> torch.Tensor:
     x = x.contiguous()  # a no-op for the engine's activations
     n_in = x.shape[-1]
     out = x.new_empty((*x.shape[:-1], n_out))
-    function(x.data_ptr(), *weights, out.data_ptr(), x.numel() // n_in, n_in, n_out, torch.get_num_threads())
+    function(x.data_ptr(), *weights, out.data_ptr(), x.numel() // n_in, n_in, n_out, threads())
     return out
 
 
@@ -175,7 +201,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
     mask = None if mask is None else mask.contiguous()
     out = query.new_empty((batch, new, heads, dim))
     status = function(query.data_ptr(), key.data_ptr(), value.data_ptr(), None if mask is None else mask.data_ptr(),
-                      out.data_ptr(), batch, heads, kv_heads, new, slots, dim, scale, torch.get_num_threads())
+                      out.data_ptr(), batch, heads, kv_heads, new, slots, dim, scale, threads())
     if status != 0:
         raise MemoryError(f"attention: no memory for {batch * heads * new * slots} scores")
     return out
