@@ -219,7 +219,7 @@ def run_bench(args: argparse.Namespace) -> int:
     document = report.to_document(run, machine, model_pair_info(models),
                                   {"quick": args.quick, "warmup": args.warmup, "methods": args.methods})
     print(f"workload {run.workload}: {run.settings} | {reps} reps, medians | "
-          f"{document['machine']['platform']}, {document['machine']['torch_threads']} torch threads")
+          f"{document['machine']['cpu_model']}, {document['machine']['torch_threads']} torch threads")
     print(report.format_table(document["rows"]))
     if run.profile is not None:
         print(report.format_profile(run.profile))
