@@ -780,8 +780,8 @@ def check_text_prompt(index: int, prompt: Any) -> str:
 def check_prompt_fits(engine: SeedEngine, index: int, prompt_ids: list[int], options: CallOptions) -> None:
     """The engine's own vocabulary and context-window check of one prompt under `options`,
     run before submitting so that a batch can tell its bad prompts from its good ones."""
-    config = engine._config_for(options.decoding, options.speculative_config())  # noqa: SLF001
-    engine._check_fits(index, prompt_ids, options.sampling_params(0), config)  # noqa: SLF001
+    engine.check_request(prompt_ids, options.sampling_params(0), options.decoding, options.speculative_config(),
+                         index=index)
 
 
 def _merge_outcomes(count: int, errors: dict[int, Exception], outputs: list[Any]) -> list[Any]:

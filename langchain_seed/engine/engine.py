@@ -131,6 +131,15 @@ class SeedEngine:
         self.scheduler.submit(requests)
         return [request.handle for request in requests]
 
+    def check_request(self, prompt_ids: list[int], params: SamplingParams | None = None, mode: str = "scheduled",
+                      config: SpeculativeConfig | None = None, index: int = 0) -> None:
+        """Raise the ValueError `generate` would raise for this one prompt (token ids outside
+        the vocabulary, or past the context window with its `max_tokens` and draft tokens),
+        naming it `prompt {index}`; lets a caller tell a batch's bad prompts from its good ones."""
+        check_choice("mode", mode, DECODING_MODES)
+        [prompt] = _check_prompts([prompt_ids])
+        self._check_fits(index, prompt, params or SamplingParams(), self._config_for(mode, config))
+
     def close(self) -> None:
         """Let the scheduler finish the requests it has, stop its thread, and take the
         engine's kernels off its models (they run transformers' own code again). Also done
