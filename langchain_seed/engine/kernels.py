@@ -25,7 +25,7 @@ import contextlib
 import functools
 import threading
 import weakref
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +143,7 @@ class KernelRouting:
         self.model = model
         self.linears = 0
         self._forwards: list[tuple[torch.nn.Module, Callable | None]] = []
-        self._configs: list[object] = []
+        self._configs: list[Any] = []
         self._users = 0
 
     def remove(self) -> None:
@@ -214,7 +214,8 @@ def _route_modules(routing: KernelRouting, model: torch.nn.Module) -> None:
 def _route_attention(routing: KernelRouting, model: torch.nn.Module) -> None:
     """Point the model's "sdpa" configs at `engine_attention` (registered under
     `ATTENTION_IMPLEMENTATION`); models on other attention keep theirs."""
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    configs: dict[int, Any] = {id(m.config): m.config for m in model.modules()
+                               if hasattr(getattr(m, "config", None), "_attn_implementation")}
     sdpa = [config for config in configs.values() if getattr(config, "_attn_implementation_internal", None) == "sdpa"]
     if not sdpa or not _register_attention():
         return
@@ -313,7 +314,7 @@ def _linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(x, module.weight, module.bias)
 
 
-def _rms_norm_forward(module: torch.nn.Module, replaced: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
+def _rms_norm_forward(module: Any, replaced: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
     kernel, weight = getattr(_state, "kernel", None), module.weight
     if (kernel is None or not (hidden_states.is_cpu and weight.is_cpu) or hidden_states.dtype is not torch.float32
             or weight.dtype is not torch.float32 or weight.shape != hidden_states.shape[-1:]):
@@ -323,7 +324,7 @@ def _rms_norm_forward(module: torch.nn.Module, replaced: Callable, hidden_states
     return F.rms_norm(hidden_states, weight.shape, weight, module.variance_epsilon)
 
 
-def is_silu_mlp(module: torch.nn.Module | None) -> bool:
+def is_silu_mlp(module: Any) -> bool:
     """A Llama-family MLP with a SiLU activation and no gate/up biases (`MLP_CLASSES`)."""
     projections = ("gate_proj", "up_proj", "down_proj")
     return (type(module).__name__ in MLP_CLASSES
@@ -333,7 +334,7 @@ def is_silu_mlp(module: torch.nn.Module | None) -> bool:
             and module.gate_proj.weight.shape == module.up_proj.weight.shape)
 
 
-def _mlp_forward(module: torch.nn.Module, replaced: Callable, x: torch.Tensor) -> torch.Tensor:
+def _mlp_forward(module: Any, replaced: Callable, x: torch.Tensor) -> torch.Tensor:
     gate, up = module.gate_proj.weight, module.up_proj.weight
     if (getattr(_state, "kernel", None) != "native" or not _eligible(x, gate, None) or not _eligible(x, up, None)
             or x.numel() // x.shape[-1] > NATIVE_MAX_ROWS or not native.available()):

@@ -16,7 +16,7 @@ decides that per call, after the cache append, exactly as the routed module woul
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -26,7 +26,7 @@ LAYER_CLASSES = frozenset({"LlamaDecoderLayer"})
 """Decoder layers whose forward `native_layer_forward` reproduces."""
 
 
-def supports(layer: torch.nn.Module) -> bool:
+def supports(layer: Any) -> bool:
     """Whether `layer` has the structure `native_layer_forward` reproduces (checked once,
     at install)."""
     attention = getattr(layer, "self_attn", None)
@@ -41,7 +41,7 @@ def supports(layer: torch.nn.Module) -> bool:
             and isinstance(getattr(attention, "layer_idx", None), int))
 
 
-def native_layer_forward(layer: torch.nn.Module, replaced: Callable, hidden_states: torch.Tensor,
+def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Tensor,
                          attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                          cache=None, use_cache: bool | None = False,
                          position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -53,7 +53,7 @@ def native_layer_forward(layer: torch.nn.Module, replaced: Callable, hidden_stat
     `[batch or 1, new, head_dim]`; attention_mask: `[batch, 1, new, slots]` or None.
     Returns the layer's output `[batch, new, hidden]`.
     """
-    if not _applies(layer, hidden_states, position_embeddings, kwargs):
+    if position_embeddings is None or not _applies(layer, hidden_states, position_embeddings, kwargs):
         return replaced(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                         use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
     attention = layer.self_attn
@@ -72,7 +72,7 @@ def native_layer_forward(layer: torch.nn.Module, replaced: Callable, hidden_stat
     return hidden_states + _project(mlp.down_proj, gated)
 
 
-def _applies(layer, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:
+def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:
     """The native kernels in this thread, eval mode, CPU float32 tensors (weights
     included), no autograd, at most `NATIVE_MAX_ROWS` rows, rotary inputs, and no keyword
     argument that asks for anything."""
@@ -95,7 +95,7 @@ def _applies(layer, hidden_states: torch.Tensor, position_embeddings, kwargs) ->
     return all(_fits(parameter, grad) for parameter in _parameters(layer))
 
 
-def _parameters(layer) -> list[torch.Tensor | None]:
+def _parameters(layer: Any) -> list[torch.Tensor | None]:
     """Every parameter the forward reads (None for absent biases)."""
     attention, mlp = layer.self_attn, layer.mlp
     linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj,
@@ -118,5 +118,5 @@ def _heads(linear: torch.nn.Linear, x: torch.Tensor, head_dim: int) -> torch.Ten
     return _project(linear, x).view(*x.shape[:2], -1, head_dim).transpose(1, 2)
 
 
-def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     return native.rms_norm(x, norm.weight, norm.variance_epsilon)

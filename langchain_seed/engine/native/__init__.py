@@ -87,7 +87,7 @@ class _Library:
 
 def available() -> bool:
     """True when the C kernels run in this process."""
-    return _library().linear is not None
+    return getattr(_library(), "linear") is not None
 
 
 def unavailable_reason() -> str | None:
@@ -266,6 +266,8 @@ def build_dir() -> Path:
 def _build() -> Path:
     """Compile the kernels into `build_dir()` (once per sources, flags and compiler)."""
     compiler = _compiler()
+    if compiler is None:
+        raise subprocess.SubprocessError("no C compiler (set CC or install gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     key = hashlib.sha256(sources + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
