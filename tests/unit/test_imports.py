@@ -3,7 +3,7 @@ from langchain_seed import engine
 
 EXPECTED_ALL = ["ChatSeed", "SamplingParams", "SeedLLM", "SpeculativeConfig", "ToTResult", "TreeOfThoughts",
                 "__version__"]
-EXPECTED_ENGINE_ALL = ["FeatureDraftModel", "GenerationBatch", "GenerationResult", "LoadedModels", "RequestHandle", "RequestStats",
+EXPECTED_ENGINE_ALL = ["EngineStats", "FeatureDraftModel", "GenerationBatch", "GenerationResult", "LoadedModels", "RequestHandle", "RequestStats",
                        "RunStats", "SamplingParams", "SeedEngine", "SpeculativeConfig", "check_pair", "load_model",
                        "load_models"]
 
@@ -31,3 +31,15 @@ def test_unknown_names_are_an_attribute_error():
 
     with pytest.raises(AttributeError, match="NoSuchThing"):
         langchain_seed.NoSuchThing  # noqa: B018
+
+
+def test_the_package_and_its_engine_import_where_the_resource_module_does_not_exist():
+    """Windows has no `resource`: memory figures come from psutil, which picks its own
+    platform code (imported first here: on Linux it uses `resource` itself)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, psutil\nsys.modules['resource'] = None  # import resource -> ImportError\n"
+              "import langchain_seed, langchain_seed.engine\nfrom langchain_seed import SeedLLM, TreeOfThoughts\n"
+              "from langchain_seed.engine.stats import current_rss_mb\nassert current_rss_mb() > 0\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
