@@ -8,9 +8,10 @@ from langchain_seed.engine.engine import GenerationBatch, SeedEngine
 from langchain_seed.engine.feature_draft import FeatureDraftModel
 from langchain_seed.engine.models import LoadedModels, check_pair, load_model, load_models
 from langchain_seed.engine.request import GenerationResult, RequestHandle
-from langchain_seed.engine.stats import RequestStats, RunStats
+from langchain_seed.engine.stats import EngineStats, RequestStats, RunStats
 
 __all__ = [
+    "EngineStats",
     "FeatureDraftModel",
     "GenerationBatch",
     "GenerationResult",

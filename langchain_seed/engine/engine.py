@@ -24,7 +24,8 @@ from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
 from langchain_seed.engine.request import GenerationResult, Request, RequestHandle
 from langchain_seed.engine.scheduler import Scheduler
-from langchain_seed.engine.stats import RunStats
+from langchain_seed.engine.serial import SerialRunner
+from langchain_seed.engine.stats import EngineStats, RunStats
 
 
 class GenerationBatch(list):
@@ -80,7 +81,9 @@ class SeedEngine:
         self._routings = self._install_kernels()
         self._cpu_share = CpuShare()
         self.scheduler = self._new_scheduler()
-        self._closer = weakref.finalize(self, _shut_down, self.scheduler, self._routings)
+        self._serial = SerialRunner(self._scheduler_factory(), self._cpu_share)
+        self._scheduled_peaks = EngineStats()
+        self._closer = weakref.finalize(self, _shut_down, self.scheduler, self._serial, self._routings)
 
     # ----- public API ----------------------------------------------------------------
     def generate(
@@ -93,12 +96,12 @@ class SeedEngine:
         """Decode every prompt; one `GenerationResult` per prompt, in order.
 
         mode: "autoregressive" (target alone, one prompt after another), "speculative"
-        (draft + target, one prompt after another) or "scheduled" (all prompts at once on the
-        shared scheduler, verified by `config.verify`). A request that fails comes back with
-        finish_reason "error" and its exception in `.error`; the others are unaffected.
+        (draft + target, one prompt after another, on the engine's serial worker) or
+        "scheduled" (all prompts at once on the shared scheduler, verified by
+        `config.verify`). A request that fails comes back with finish_reason "error" and its
+        exception in `.error`; the others are unaffected.
         """
-        check_choice("mode", mode, DECODING_MODES)
-        requests = self._make_requests(prompt_ids, params, self._config_for(mode, config))
+        requests = self._make_requests(prompt_ids, params, mode, config)
         started = time.perf_counter()
         if mode == "scheduled":
             stats = self._run_scheduled(requests)
@@ -114,22 +117,41 @@ class SeedEngine:
         prompt_ids: list[int],
         params: SamplingParams | None = None,
         config: SpeculativeConfig | None = None,
+        mode: str = "scheduled",
     ) -> RequestHandle:
-        """Add one request to the running scheduler (thread-safe); returns its handle."""
-        [request] = self._make_requests([prompt_ids], params, self._config_for("scheduled", config))
-        self.scheduler.submit([request])
-        return request.handle
+        """Start one request without waiting (thread-safe); returns its handle.
+
+        mode "scheduled" joins the running scheduler; "autoregressive" and "speculative"
+        queue it on the engine's serial worker, which runs one request at a time. Either
+        way the handle streams, cancels and reports errors alike.
+        """
+        [handle] = self.submit_many([prompt_ids], params, config, mode)
+        return handle
 
     def submit_many(
         self,
         prompt_ids: list[list[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         config: SpeculativeConfig | None = None,
+        mode: str = "scheduled",
     ) -> list[RequestHandle]:
-        """Add several requests atomically: they are admitted in the same round."""
-        requests = self._make_requests(prompt_ids, params, self._config_for("scheduled", config))
-        self.scheduler.submit(requests)
+        """Start several requests atomically: scheduled ones are admitted in the same round,
+        serial ones run in order."""
+        requests = self._make_requests(prompt_ids, params, mode, config)
+        if mode == "scheduled":
+            self.scheduler.submit(requests)
+        else:
+            self._serial.submit(requests)
         return [request.handle for request in requests]
+
+    def stats(self) -> EngineStats:
+        """Rounds, forwards, requests and memory so far, scheduled and serial runs together,
+        and the requests active or waiting now; safe to call from any thread."""
+        scheduled = self.scheduler.snapshot()
+        peaks = self._scheduled_peaks
+        scheduled = dataclasses.replace(scheduled, peak_kv_bytes=max(scheduled.peak_kv_bytes, peaks.peak_kv_bytes),
+                                        peak_rss_mb=max(scheduled.peak_rss_mb, peaks.peak_rss_mb))
+        return scheduled + self._serial.snapshot()
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams | None = None, mode: str = "scheduled",
                       config: SpeculativeConfig | None = None, index: int = 0) -> None:
@@ -141,7 +163,8 @@ class SeedEngine:
         self._check_fits(index, prompt, params or SamplingParams(), self._config_for(mode, config))
 
     def close(self) -> None:
-        """Let the scheduler finish the requests it has, stop its thread, and take the
+        """Let the scheduler and the serial worker finish the requests they have, stop their
+        threads, and take the
         engine's kernels off its models (they run transformers' own code again). Also done
         when the engine is garbage-collected; closing twice is harmless."""
         self._closer()
@@ -154,7 +177,7 @@ class SeedEngine:
 
     @cpu_share.setter
     def cpu_share(self, cpu_share: CpuShare) -> None:
-        self._cpu_share = self.scheduler.cpu_share = cpu_share
+        self._cpu_share = self.scheduler.cpu_share = self._serial.cpu_share = cpu_share
 
     @property
     def closed(self) -> bool:
@@ -202,7 +225,9 @@ class SeedEngine:
                     f"use a chain k_config such as (1, 1, 1, 1) with mode='speculative' or 'autoregressive'"
                 )
 
-    def _make_requests(self, prompt_ids, params, config: SpeculativeConfig) -> list[Request]:
+    def _make_requests(self, prompt_ids, params, mode: str, config: SpeculativeConfig | None) -> list[Request]:
+        check_choice("mode", mode, DECODING_MODES)
+        config = self._config_for(mode, config)
         if self.closed:
             raise RuntimeError("the engine is closed")
         prompts = _check_prompts(prompt_ids)
@@ -232,6 +257,10 @@ class SeedEngine:
         """Submit together, wait for all; forwards and memory peaks are counted over the call
         (requests of concurrent callers served in the same rounds are included)."""
         before = self.scheduler.forwards()
+        self._scheduled_peaks = EngineStats(peak_kv_bytes=max(self._scheduled_peaks.peak_kv_bytes,
+                                                              self.scheduler.stats.peak_kv_bytes),
+                                            peak_rss_mb=max(self._scheduled_peaks.peak_rss_mb,
+                                                            self.scheduler.stats.peak_rss_mb))
         self.scheduler.stats.peak_kv_bytes = 0
         self.scheduler.stats.peak_rss_mb = 0.0
         self.scheduler.submit(requests)
@@ -245,24 +274,22 @@ class SeedEngine:
         return stats
 
     def _run_serially(self, requests: list[Request]) -> RunStats:
-        target_forwards = draft_forwards = 0
-        stats = RunStats()
-        for request in requests:
-            scheduler = self._new_scheduler()
-            scheduler.submit([request], start_thread=False)
-            scheduler.run_until_idle()
-            target, draft = scheduler.forwards()
-            target_forwards, draft_forwards = target_forwards + target, draft_forwards + draft
-            stats.peak_kv_bytes = max(stats.peak_kv_bytes, scheduler.stats.peak_kv_bytes)
-            stats.peak_rss_mb = max(stats.peak_rss_mb, scheduler.stats.peak_rss_mb)
-        collected = _collect(requests)
-        collected.target_forwards, collected.draft_forwards = target_forwards, draft_forwards
-        collected.peak_kv_bytes, collected.peak_rss_mb = stats.peak_kv_bytes, stats.peak_rss_mb
-        return collected
+        """One request after another on the serial worker; forwards, rounds and memory peaks
+        are this call's own."""
+        job = self._serial.submit(requests).wait()
+        stats = _collect(requests)
+        stats.target_forwards, stats.draft_forwards, stats.rounds = job.target_forwards, job.draft_forwards, job.rounds
+        stats.peak_kv_bytes, stats.peak_rss_mb = job.peak_kv_bytes, job.peak_rss_mb
+        return stats
 
     def _new_scheduler(self) -> Scheduler:
-        return Scheduler(self.target_model, self._drafter_factory(), self.eos_token_ids, kernel=self.linear_kernel,
-                         cpu_share=self._cpu_share)
+        return self._scheduler_factory()(cpu_share=self._cpu_share)
+
+    def _scheduler_factory(self) -> Callable[..., Scheduler]:
+        """What builds a scheduler (given `cpu_share=`); like `_drafter_factory`, it holds no
+        reference to the engine."""
+        return functools.partial(Scheduler, self.target_model, self._drafter_factory(), self.eos_token_ids,
+                                 kernel=self.linear_kernel)
 
     def _drafter_factory(self) -> Callable[[], ModelDrafter | FeatureDrafter]:
         """What builds a new lane's drafter. It holds no reference to the engine, so that an
@@ -276,11 +303,13 @@ def _make_drafter(draft_model, draft_head_token_ids: list[int] | None) -> ModelD
     return ModelDrafter(draft_model, draft_head_token_ids)
 
 
-def _shut_down(scheduler: Scheduler, routings: list[kernels.KernelRouting]) -> None:
-    """`SeedEngine.close`: no new requests, the queued ones finished, the thread gone (unless
-    this is that thread), then the kernels removed from the models."""
+def _shut_down(scheduler: Scheduler, serial: SerialRunner, routings: list[kernels.KernelRouting]) -> None:
+    """`SeedEngine.close`: no new requests, the queued ones finished, the threads gone (unless
+    this is one of them), then the kernels removed from the models."""
     scheduler.close()
+    serial.close()
     scheduler.join()
+    serial.join()
     for routing in routings:
         routing.remove()
 

@@ -34,7 +34,7 @@ from langchain_seed.engine.kernels import engine_kernels
 from langchain_seed.engine.native import limit_threads
 from langchain_seed.engine.prefill import BATCHED_PENDING_MAX, prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
-from langchain_seed.engine.stats import RequestStats, RunStats
+from langchain_seed.engine.stats import EngineStats, RequestStats, RunStats
 from langchain_seed.engine.tree import build_tree
 
 
@@ -198,6 +198,7 @@ class Scheduler:
         self.eos_token_ids = eos_token_ids
         self.lanes: dict[SpeculativeConfig, Lane] = {}
         self.stats = RunStats()
+        self.last_kv_bytes = 0
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -253,7 +254,8 @@ class Scheduler:
                 if lane.members:
                     self._step_lane(lane)
         self.stats.rounds += 1
-        self.stats.sample_memory(self.kv_bytes())
+        self.last_kv_bytes = self.kv_bytes()
+        self.stats.sample_memory(self.last_kv_bytes)
         self.cpu_share.sample()
 
     def run_until_idle(self) -> None:
@@ -347,6 +349,16 @@ class Scheduler:
         target = sum(lane.target_forwards for lane in lanes)
         draft = sum(lane.drafter.forwards for lane in lanes if lane.drafter is not None)
         return target, draft
+
+    def snapshot(self) -> EngineStats:
+        """Counts, queue and memory so far; safe from any thread (KV bytes as of the last round)."""
+        target, draft = self.forwards()
+        with self._lock:
+            waiting = len(self._waiting)
+        return EngineStats(rounds=self.stats.rounds, target_forwards=target, draft_forwards=draft,
+                           requests=self.stats.requests, active=self.active, waiting=waiting,
+                           kv_bytes=self.last_kv_bytes, peak_kv_bytes=self.stats.peak_kv_bytes,
+                           peak_rss_mb=self.stats.peak_rss_mb)
 
     def kv_bytes(self) -> int:
         """Bytes held by every lane's caches now."""

@@ -1,4 +1,4 @@
-"""Statistics of one request and of one run of the engine."""
+"""Statistics of one request, of one run of the engine, and of the engine so far."""
 
 from __future__ import annotations
 
@@ -110,6 +110,45 @@ class RunStats:
         data = {k: v for k, v in asdict(self).items() if k != "per_request"}
         data.update(acceptance_rate=self.acceptance_rate, tokens_per_second=self.tokens_per_second)
         return data
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine (`SeedEngine.stats()`): scheduled and serial runs together.
+
+    Attributes:
+        rounds: rounds run so far.
+        target_forwards: target model calls made so far (a batched call counts once).
+        draft_forwards: draft model calls made so far.
+        requests: requests finished so far (any reason but cancelled before admission).
+        active: requests being decoded now.
+        waiting: requests submitted and not yet admitted.
+        kv_bytes: bytes held by KV caches at the end of the last round.
+        peak_kv_bytes: most bytes held by KV caches at once.
+        peak_rss_mb: the process's peak resident memory seen by a round.
+    """
+
+    rounds: int = 0
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    requests: int = 0
+    active: int = 0
+    waiting: int = 0
+    kv_bytes: int = 0
+    peak_kv_bytes: int = 0
+    peak_rss_mb: float = 0.0
+
+    def __add__(self, other: "EngineStats") -> "EngineStats":
+        """Counts summed, peaks the larger of the two."""
+        summed = {name: getattr(self, name) + getattr(other, name) for name in _SUMMED}
+        return EngineStats(**summed, peak_kv_bytes=max(self.peak_kv_bytes, other.peak_kv_bytes),
+                           peak_rss_mb=max(self.peak_rss_mb, other.peak_rss_mb))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SUMMED = ("rounds", "target_forwards", "draft_forwards", "requests", "active", "waiting", "kv_bytes")
 
 
 def current_rss_mb() -> float:
