@@ -10,6 +10,7 @@ import torch
 
 from langchain_seed.engine import kernels, layers
 
+import numerics
 from engine_fixtures import needs_kernel
 
 pytestmark = needs_kernel
@@ -77,9 +78,16 @@ def test_native_layers_give_the_routed_layers_bits(routed, taken, batch, new, mo
 
 
 def test_native_layers_match_the_stock_model(tiny_target, routed):
+    """Native layers and the stock model both within float32 rounding of the float64 model
+    (numerics.llama_logits, itself checked against the stock model run in float64)."""
     ids, positions, mask = _masked_step(2, 0, 7)
-    stock = _forward(tiny_target, ids, mask=mask, kernel=None, position_ids=positions)
-    torch.testing.assert_close(_forward(routed, ids, mask=mask, position_ids=positions), stock, rtol=1e-5, atol=1e-5)
+    reference = numerics.llama_logits(tiny_target, ids, positions, mask)
+    in_float64 = _forward(copy.deepcopy(tiny_target).double(), ids, mask=mask.double(), kernel=None,
+                          position_ids=positions)
+    numerics.assert_within(in_float64, reference, "stock model in float64")  # rotary angles: float32 there too
+    numerics.assert_within(_forward(tiny_target, ids, mask=mask, kernel=None, position_ids=positions), reference,
+                           "stock model")
+    numerics.assert_within(_forward(routed, ids, mask=mask, position_ids=positions), reference, "native layers")
 
 
 def test_calls_it_does_not_implement_go_to_the_layers_forward(routed, taken):
