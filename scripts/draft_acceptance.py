@@ -16,7 +16,7 @@ argmax over its restricted head. Three rules: the model alone, lookup wherever i
 token, and the engine's default (`SpeculativeConfig.prompt_lookup_below`): lookup only
 where the model's top probability is below that threshold. Each rule's acceptance is
 counted two ways (`replay`): strictly, 4 drafted tokens in every round even where fewer
-are left before the sequence's end, and as `distill` counts it, only up to the end. The cost is `distill.token_costs`: one cached
+are left before the sequence's end, and as `distill` counts it, only up to the end. The cost is `training.token.token_costs`: one cached
 single-token forward of each model on the engine's kernels, medians of 5 alternating runs.
 """
 
@@ -25,12 +25,14 @@ import sys
 from pathlib import Path
 
 import torch
+from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
 from transformers import AutoModelForCausalLM
 
-from langchain_seed.defaults import ensure_default_draft, ensure_default_pair
-from langchain_seed.distill import _load_examples, teacher_forced_acceptance, token_costs
 from langchain_seed.engine import SpeculativeConfig
 from langchain_seed.engine.drafters import NGramIndex
+from langchain_seed.training.measure import teacher_forced_acceptance
+from langchain_seed.training.targets import load_examples
+from langchain_seed.training.token import token_costs
 
 
 def model_predictions(draft, head_ids, examples):
@@ -49,7 +51,7 @@ def replay(examples, predictions, lookup_min_n, lookup_below=1.0, depth=4):
     """Acceptance counted two ways: `acceptance_rate` counts `depth` drafted tokens in every
     round, also in a sequence's last rounds, where fewer tokens are left to match (the
     strict count all published figures use); `acceptance_rate_to_end` is
-    `distill.teacher_forced_acceptance`'s count, which drafts only up to the sequence's end
+    `training.measure.teacher_forced_acceptance`'s count, which drafts only up to the sequence's end
     (min(depth, tokens left)), as `distill`'s own report and the model card count."""
     accepted = drafted = drafted_to_end = agree = total = 0
     for example, (predicted, top) in zip(examples, predictions):
@@ -79,7 +81,7 @@ def main(path: str, asset_dir: str | None = None) -> None:
     draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     head_ids = torch.tensor(json.loads((Path(draft_dir) / "head_token_ids.json").read_text()))
-    examples = _load_examples(Path(path))
+    examples = load_examples(Path(path))
     below = SpeculativeConfig().prompt_lookup_below
     predictions = model_predictions(draft, head_ids, examples)
     draft_ms, target_ms = token_costs(draft, target, head_ids)

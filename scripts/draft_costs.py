@@ -3,7 +3,7 @@
     .venv/bin/python scripts/draft_costs.py [--runs 2]
 
 One cached single-token forward of each model on the engine's kernels (`feature_token_ms`
-for the feature draft, `distill.token_costs` for the token draft; each times its draft and
+for the feature draft, `training.token.token_costs` for the token draft; each times its draft and
 the target alternately 5 times and takes medians), `--runs` times, printing ratios.
 """
 
@@ -11,13 +11,14 @@ import argparse
 import json
 
 import torch
+from langchain_seed.pair.assemble import ensure_default_pair
+from langchain_seed.pair.paths import default_feature_draft_dir
+from langchain_seed.engine.models import read_head_token_ids
 from transformers import AutoModelForCausalLM
 
-from langchain_seed.defaults import default_feature_draft_dir, ensure_default_pair
-from langchain_seed.distill import token_costs
 from langchain_seed.engine.models import load_draft
-from langchain_seed.feature_distill import feature_token_ms
-from langchain_seed.llms import read_head_token_ids
+from langchain_seed.training.feature import feature_token_ms
+from langchain_seed.training.token import token_costs
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ transformers = pytest.importorskip("transformers")
 
 import tiny_llama  # noqa: E402
 
-from langchain_seed import distill  # noqa: E402
+from langchain_seed import training  # noqa: E402
+from langchain_seed.training import data as prompts  # noqa: E402
+from langchain_seed.training import device, measure, pipeline, targets, token  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -39,7 +41,7 @@ def write_gsm8k(path: Path, n: int = 12) -> Path:
 
 def test_acceptance_is_one_when_draft_equals_target():
     tokens = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-    accepted, drafted = distill.teacher_forced_acceptance(tokens, tokens, chain=4)
+    accepted, drafted = measure.teacher_forced_acceptance(tokens, tokens, chain=4)
     # rounds at 0 and 5 each accept 4; positions 4 and 9 are the target's bonus tokens
     assert accepted == drafted == 8
 
@@ -50,20 +52,20 @@ def test_acceptance_hand_made_case():
     # round at 0: drafts 4, matches [1, 2] -> accepted 2, target recovers token 3, j = 3
     # round at 3: drafts 4 (4..7), all match -> accepted 4, bonus token 8, j = 8
     # round at 8: drafts 1, mismatch -> accepted 0, j = 9
-    assert distill.teacher_forced_acceptance(draft, target, chain=4) == (6, 9)
-    assert distill.teacher_forced_acceptance([0] * 5, [1] * 5, chain=4) == (0, 4 + 4 + 3 + 2 + 1)
+    assert measure.teacher_forced_acceptance(draft, target, chain=4) == (6, 9)
+    assert measure.teacher_forced_acceptance([0] * 5, [1] * 5, chain=4) == (0, 4 + 4 + 3 + 2 + 1)
 
 
 def test_acceptance_counted_past_the_end_drafts_the_whole_chain_every_round():
     target = [1, 2, 3, 4, 5, 6, 7, 8, 9]
     draft = [1, 2, 0, 4, 5, 6, 7, 8, 0]
     # the same three rounds as the hand-made case; the last one counts 4 drafted, not 1
-    assert distill.teacher_forced_acceptance(draft, target, chain=4, count_past_end=True) == (6, 12)
+    assert measure.teacher_forced_acceptance(draft, target, chain=4, count_past_end=True) == (6, 12)
 
 
 def test_acceptance_rejects_length_mismatch():
     with pytest.raises(ValueError):
-        distill.teacher_forced_acceptance([1, 2], [1], chain=4)
+        measure.teacher_forced_acceptance([1, 2], [1], chain=4)
 
 
 # ------------------------------------------------------------------------- helpers
@@ -71,22 +73,22 @@ def test_acceptance_rejects_length_mismatch():
 
 def test_reference_steps_strip_calculator_and_final_line():
     answer = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
-    assert distill.reference_steps(answer) == ["Janet sells 16 - 3 - 4 = 9 eggs.", "She makes 9 * 2 = $18."]
-    assert distill.format_steps(["a", "b"]) == "Step 1: a\nStep 2: b\n"
+    assert prompts.reference_steps(answer) == ["Janet sells 16 - 3 - 4 = 9 eggs.", "She makes 9 * 2 = $18."]
+    assert prompts.format_steps(["a", "b"]) == "Step 1: a\nStep 2: b\n"
 
 
 def test_prompt_shapes_match_the_tot_templates():
-    assert distill.render_prompt("answer", "Q?", "") == "Question: Q?\nTherefore, the final answer (a number) is "
-    assert distill.render_prompt("sample", "Q?", "Step 1: x\n", k=3, index=2).endswith(
+    assert prompts.render_prompt("answer", "Q?", "") == "Question: Q?\nTherefore, the final answer (a number) is "
+    assert prompts.render_prompt("sample", "Q?", "Step 1: x\n", k=3, index=2).endswith(
         "Question: Q?\nStep 1: x\nNext step (option 2 of 3): ")
-    assert "Propose 4 different next steps." in distill.render_prompt("propose", "Q?", "", k=4)
-    assert distill.render_prompt("value", "Q?", "").endswith("Give a score from 0 to 10.\nScore: ")
+    assert "Propose 4 different next steps." in prompts.render_prompt("propose", "Q?", "", k=4)
+    assert prompts.render_prompt("value", "Q?", "").endswith("Give a score from 0 to 10.\nScore: ")
 
 
 def test_select_head_ids_frequency_then_lowest_fill():
-    ids = distill.select_head_ids([[50, 50, 50, 40]], [[40, 30]], head_size=5, vocab_size=100, always=[2])
+    ids = targets.select_head_ids([[50, 50, 50, 40]], [[40, 30]], head_size=5, vocab_size=100, always=[2])
     assert ids == sorted({2, 50, 40, 30, 0})
-    assert len(distill.select_head_ids([], [], head_size=300, vocab_size=100)) == 100
+    assert len(targets.select_head_ids([], [], head_size=300, vocab_size=100)) == 100
 
 
 # ----------------------------------------------------------------------- end to end
@@ -101,20 +103,20 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
             "--layers", "1", "--head-size", "64", "--steps", "3", "--heldout", "4",
             "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
             "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", prompt_weight]
-    assert distill.main(argv) == 0
+    assert training.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", distill.LAYERS_FILE, distill.HEAD_IDS_FILE, "README.md"])
-    head_ids = json.loads((out / distill.HEAD_IDS_FILE).read_text())
+        ["config.json", token.LAYERS_FILE, targets.HEAD_IDS_FILE, "README.md"])
+    head_ids = json.loads((out / targets.HEAD_IDS_FILE).read_text())
     assert len(head_ids) == 64 and 2 in head_ids and head_ids == sorted(head_ids)
     from safetensors.torch import load_file
 
-    weights = load_file(out / distill.LAYERS_FILE)
+    weights = load_file(out / token.LAYERS_FILE)
     assert not any("embed_tokens" in k or "lm_head" in k for k in weights)
     assert "model.norm.weight" in weights and "model.layers.0.self_attn.q_proj.weight" in weights
     assert all(t.dtype == torch.float16 for t in weights.values())
     card = (out / "README.md").read_text()
     assert "acceptance" in card and "langchain-seed distill --target" in card
-    report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
+    report = json.loads((tmp_path / "work" / pipeline.REPORT_FILE).read_text())
     assert report["heldout_range"] == "0..3" and report["n_train_sequences"] == 8
     assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
     assert report["device"] == "cpu" and "time on the CPU (1 threads)" in card
@@ -123,14 +125,14 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
 
 
 def test_training_device_is_checked_before_any_work():
-    assert distill.training_device("cpu").type == "cpu"
+    assert device.training_device("cpu").type == "cpu"
     with pytest.raises(SystemExit, match="'gpu0' is not a torch device"):
-        distill.training_device("gpu0")
+        device.training_device("gpu0")
     with pytest.raises(SystemExit, match="only token drafts"):
-        distill.training_device("meta", kind="feature")
+        device.training_device("meta", kind="feature")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="sees no CUDA GPU"):
-            distill.training_device("cuda")
+            device.training_device("cuda")
 
 
 def test_token_draft_continues_from_a_trained_one(tmp_path):
@@ -139,16 +141,16 @@ def test_token_draft_continues_from_a_trained_one(tmp_path):
     target_dir = make_tiny_llama(tmp_path / "target")
     token_draft = make_tiny_llama(tmp_path / "token-draft", layers=1, seed=5)
     head = list(range(32, 96))
-    (token_draft / distill.HEAD_IDS_FILE).write_text(json.dumps(head))
+    (token_draft / targets.HEAD_IDS_FILE).write_text(json.dumps(head))
     data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
     out = tmp_path / "draft"
     argv = ["distill", "--init-draft", str(token_draft), "--target", str(target_dir), "--out", str(out),
             "--data", str(data), "--layers", "1", "--head-size", "64", "--steps", "2", "--heldout", "4",
             "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
             "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", "0"]
-    assert distill.main(argv) == 0
-    assert json.loads((out / distill.HEAD_IDS_FILE).read_text()) == head
-    report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
+    assert training.main(argv) == 0
+    assert json.loads((out / targets.HEAD_IDS_FILE).read_text()) == head
+    report = json.loads((tmp_path / "work" / pipeline.REPORT_FILE).read_text())
     assert report["init_draft"] == "token-draft"
     assert "init: the trained draft `token-draft`" in (out / "README.md").read_text()
 
@@ -157,21 +159,21 @@ def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
     """`--kind feature --init-draft`: trains, measures, saves a loadable feature draft whose
     acceptance at init is the token draft's own (the projection starts at zero)."""
     from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine
-    from langchain_seed.feature_distill import features_key
+    from langchain_seed.training.feature import features_key
 
     target_dir = make_tiny_llama(tmp_path / "target")
     token_draft = make_tiny_llama(tmp_path / "token-draft", layers=1, seed=5)
-    (token_draft / distill.HEAD_IDS_FILE).write_text(json.dumps(list(range(0, 64))))
+    (token_draft / targets.HEAD_IDS_FILE).write_text(json.dumps(list(range(0, 64))))
     data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
     out = tmp_path / "feature-draft"
     argv = ["distill", "--kind", "feature", "--init-draft", str(token_draft), "--target", str(target_dir),
             "--out", str(out), "--data", str(data), "--layers", "1", "--steps", "3", "--heldout", "4",
             "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
             "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", "0.5"]
-    assert distill.main(argv) == 0
+    assert training.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["feature_draft.json", "feature_draft.safetensors", distill.HEAD_IDS_FILE, "README.md"])
-    report = json.loads((tmp_path / "work" / distill.REPORT_FILE).read_text())
+        ["feature_draft.json", "feature_draft.safetensors", targets.HEAD_IDS_FILE, "README.md"])
+    report = json.loads((tmp_path / "work" / pipeline.REPORT_FILE).read_text())
     assert report["kind"] == "feature" and report["head_size"] == 64 and report["init_draft"] == "token-draft"
     assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
     assert report["heldout_with_lookup"]["drafted"] == report["heldout_after"]["drafted"] > 0
@@ -195,7 +197,7 @@ def _training_prompts(prompt_passes: int, first_pass: int = 0) -> list:
     tokenizer = type("T", (), {"chat_template": None})()
     args = argparse.Namespace(prompt_passes=prompt_passes, first_pass=first_pass, seed=0, per_question=1,
                               chat_fraction=0.0)
-    return distill.training_prompts(records, range(30), tokenizer, args)
+    return prompts.training_prompts(records, range(30), tokenizer, args)
 
 
 def test_prompt_passes_append_fresh_draws_after_the_single_pass_set():
@@ -211,15 +213,15 @@ def test_first_pass_draws_only_the_later_passes():
 
 def test_first_pass_must_not_be_negative(capsys):
     with pytest.raises(SystemExit):
-        distill.main(["distill", "--target", "t", "--out", "o", "--first-pass", "-1"])
+        training.main(["distill", "--target", "t", "--out", "o", "--first-pass", "-1"])
     assert "--first-pass: must be an int >= 0; got -1" in capsys.readouterr().err
 
 
 def test_generation_batches_are_stable_prefixes():
-    specs = [distill.PromptSpec(i, distill.PROMPT_SHAPES[i % 4], 0, False, f"q{i}") for i in range(40)]
+    specs = [prompts.PromptSpec(i, prompts.PROMPT_SHAPES[i % 4], 0, False, f"q{i}") for i in range(40)]
     ids = [[0] * (i % 7 + 1) for i in range(40)]
-    full = distill._generation_batches(specs, ids, batch_size=4, chunk_batches=2)
-    prefix = distill._generation_batches(specs[:16], ids[:16], batch_size=4, chunk_batches=2)
+    full = targets.generation_batches(specs, ids, batch_size=4, chunk_batches=2)
+    prefix = targets.generation_batches(specs[:16], ids[:16], batch_size=4, chunk_batches=2)
     assert full[: len(prefix)] == prefix
     assert sorted(i for b in full for i in b) == list(range(40))
 
@@ -228,7 +230,7 @@ def test_init_draft_copies_target_layers(tmp_path):
     from transformers import AutoModelForCausalLM
 
     target = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tmp_path / "t"))
-    draft = distill.init_draft(target, layers=2)
+    draft = token.init_draft(target, layers=2)
     assert draft.config.num_hidden_layers == 2
     assert torch.equal(draft.model.layers[1].mlp.up_proj.weight, target.model.layers[1].mlp.up_proj.weight)
     assert torch.equal(draft.get_input_embeddings().weight, target.get_input_embeddings().weight)
@@ -243,9 +245,9 @@ def test_full_head_teacher_forcing_matches_itself(tmp_path):
     prompt = torch.tensor([[5, 6, 7, 8]])
     sequence = target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
                                do_sample=False, min_new_tokens=8)[0]
-    example = distill.Example(sequence, 4, None, None, {"shape": "x"})
-    draft = distill.init_draft(target, layers=3).eval()
-    result = distill.heldout_acceptance(draft, torch.arange(128), [example], chain=4)
+    example = targets.Example(sequence, 4, None, None, {"shape": "x"})
+    draft = token.init_draft(target, layers=3).eval()
+    result = token.heldout_acceptance(draft, torch.arange(128), [example], chain=4)
     assert result["acceptance_rate"] == 1.0 and result["token_agreement"] == 1.0
 
 
@@ -253,7 +255,7 @@ def test_feature_replay_matches_drafting_from_scratch():
     """The cached replay gives the same runs as re-running the draft on the whole text for
     every drafted token (features: the target's before the round, the draft's own after)."""
     from langchain_seed.engine import FeatureDraftModel
-    from langchain_seed.feature_distill import FeatureExample, replay_example
+    from langchain_seed.training.feature import FeatureExample, replay_example
 
     target = transformers.AutoModelForCausalLM.from_pretrained(
         make_tiny_llama(Path(__import__("tempfile").mkdtemp()) / "t", layers=1)).eval()

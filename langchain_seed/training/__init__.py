@@ -1,0 +1,14 @@
+"""Training draft models for a target by distillation (`langchain-seed distill`).
+
+- `data`: Tree-of-Thoughts prompts over GSM8K questions, from the gsm8k task's templates;
+- `targets`: the target's greedy outputs, top-k soft targets and the draft's head ids;
+- `token`, `feature`: the two kinds of draft (a small token LM; an EAGLE-style draft
+  that also reads the target's hidden states), each its init, loss, measures and saving;
+- `fit`: the one training loop; `measure`: acceptance replay and per-token cost;
+- `card`: the model card; `device`: where training runs;
+- `pipeline`: the stages in order; `command`: the command's arguments and entry point.
+"""
+
+from langchain_seed.training.command import add_arguments, main, run
+
+__all__ = ["add_arguments", "main", "run"]
