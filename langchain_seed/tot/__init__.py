@@ -4,13 +4,29 @@
 >>> tot.invoke("question")                                             # doctest: +SKIP
 """
 
-from langchain_seed.tot.chain import ToTResult, TreeOfThoughts, parse_input
+from langchain_seed.tot.chain import TreeOfThoughts
 from langchain_seed.tot.client import LLMClient, LLMReply
-from langchain_seed.tot.driver import LLMRequest, arun_plan, arun_plans, run_plan, run_plans
+from langchain_seed.tot.driver import (
+    LLMRequest,
+    arun_plan,
+    arun_plans,
+    run_plan,
+    run_plans,
+)
 from langchain_seed.tot.evaluator import Evaluation, StateEvaluator
 from langchain_seed.tot.generator import ThoughtGenerator
+from langchain_seed.tot.inputs import parse_input
 from langchain_seed.tot.prompts import ROLES, default_prompts
-from langchain_seed.tot.search import SearchResult, abfs, adfs, bfs, bfs_plan, dfs, dfs_plan
+from langchain_seed.tot.result import ToTResult
+from langchain_seed.tot.search import (
+    SearchResult,
+    abfs,
+    adfs,
+    bfs,
+    bfs_plan,
+    dfs,
+    dfs_plan,
+)
 from langchain_seed.tot.stats import ToTStats
 from langchain_seed.tot.tasks import (
     TASKS,

@@ -9,119 +9,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Union
 
-from langchain_core.messages import BaseMessage, convert_to_messages, get_buffer_string
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
-from langchain_seed.tot.client import LLMClient, llm_kind, message_text
+from langchain_seed.tot.client import LLMClient, llm_kind
 from langchain_seed.tot.driver import LLMRequest, Plan, arun_plans, run_plans
 from langchain_seed.tot.evaluator import EVALUATOR_METHODS, StateEvaluator
 from langchain_seed.tot.generator import GENERATOR_METHODS, ThoughtGenerator
+from langchain_seed.tot.inputs import parse_input
+from langchain_seed.tot.result import ToTResult
 from langchain_seed.tot.search import SearchResult, bfs_plan, dfs_plan
 from langchain_seed.tot.stats import ToTStats
 from langchain_seed.tot.tasks import Task, get_task
-from langchain_seed.tot.tree import ThoughtTree
 
 SEARCH_METHODS = ("bfs", "dfs")
-GROUND_TRUTH_KEYS = ("answer", "ground_truth")
 DEFAULT_TOOL_DESCRIPTION = (
     "Answers a question by Tree-of-Thoughts reasoning: explores several lines of "
     "reasoning, scores them and answers from the best one. Input: the question."
 )
 
 
-@dataclass
-class ToTResult:
-    """What ``tot.invoke(x, return_tree=True)`` returns."""
-
-    answer: str
-    """The final answer (what ``invoke`` returns without ``return_tree``)."""
-    tree: ThoughtTree
-    """Every state explored, with scores and kept flags."""
-    stats: ToTStats
-    """LLM calls, batches, tokens or characters, seconds, LLM-reported statistics."""
-    question: str
-    """The question asked."""
-    ground_truth: Any = None
-    """The reference answer, when the input dict carried one (``answer`` key)."""
-    trace: list[dict[str, Any]] = field(default_factory=list)
-    """The search's generation -> evaluation -> selection records."""
-    task: Task | None = field(default=None, repr=False)
-    """The task that checks answers."""
-
-    def check(self, answer: str | None = None) -> bool | None:
-        """Whether ``answer`` (default: this result's) is right; None if it can't be told."""
-        if self.task is None:
-            return None
-        return self.task.check(self.question, self.answer if answer is None else answer,
-                               self.ground_truth)
-
-    @property
-    def is_correct(self) -> bool | None:
-        """:meth:`check` of this result's answer."""
-        return self.check()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data view (JSON-ready if the ground truth is)."""
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "ground_truth": self.ground_truth,
-            "is_correct": self.is_correct,
-            "stats": self.stats.to_dict(),
-            "tree": self.tree.to_dict(),
-            "trace": self.trace,
-        }
-
-
 class ToTQuestion(BaseModel):
     """Arguments of the Tree-of-Thoughts tool."""
 
     question: str = Field(description="The question to reason about and answer.")
-
-
-def parse_input(value: Any) -> tuple[str, Any]:
-    """The question and ground truth (or None) from any accepted input.
-
-    Accepts a string; a dict with ``question`` (ground truth under ``answer`` or
-    ``ground_truth``, other keys ignored); a ``PromptValue`` (``.to_string()``); a list
-    of messages (a single message gives its text, several their buffer string).
-    """
-    if isinstance(value, dict):
-        if "question" not in value:
-            raise ValueError(
-                f"TreeOfThoughts input dict needs a 'question' key, got keys {sorted(value)}"
-            )
-        question, _ = parse_input(value["question"])
-        truth = next((value[k] for k in GROUND_TRUTH_KEYS if value.get(k) is not None), None)
-        return question, truth
-    if isinstance(value, PromptValue):
-        messages = value.to_messages()
-        return _question_text(messages if len(messages) == 1 else value.to_string()), None
-    if isinstance(value, BaseMessage):
-        return _question_text([value]), None
-    if isinstance(value, (list, tuple)):
-        return _question_text(convert_to_messages(value)), None
-    if isinstance(value, str):
-        return _question_text(value), None
-    raise ValueError(
-        "TreeOfThoughts input must be a str, a dict with 'question', a PromptValue or a "
-        f"list of messages, got {type(value).__name__}"
-    )
-
-
-def _question_text(value: str | Sequence[BaseMessage]) -> str:
-    """Text of a question; a single message gives its content alone."""
-    if not isinstance(value, str):
-        value = message_text(value[0]) if len(value) == 1 else get_buffer_string(value)
-    if not value.strip():
-        raise ValueError("TreeOfThoughts got an empty question")
-    return value.strip()
 
 
 def answer_plan(
