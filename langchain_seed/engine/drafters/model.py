@@ -1,92 +1,29 @@
-"""Drafters propose the draft tree of every active sequence; the target only verifies.
+"""The model drafter: a small causal LM drafting for every sequence of a lane at once.
 
-`Drafter` is the protocol the scheduler relies on. `ModelDrafter` runs a small causal LM
-for all sequences of a lane at once: one batched forward per tree depth, one model
-instance, one `BatchKV` whose rows are the sequences. Its LM head can be restricted to a
-subset of the vocabulary (the target's most frequent tokens), which is most of a small
-draft's per-token cost. Any distribution is lossless as a draft: candidates are drawn
-from exactly the distribution handed to the acceptance rule.
+One batched forward per tree depth, one model instance, one `BatchKV` whose rows are the
+sequences. Its LM head can be restricted to a subset of the vocabulary (the target's
+most frequent tokens), which is most of a small draft's per-token cost. Greedy nodes
+where the model is unsure take prompt lookup's token first (`ngram.PromptLookup`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 
 from langchain_seed.engine.cache import BatchKV
-from langchain_seed.engine.config import MAX_LOOKUP_NGRAM
-from langchain_seed.engine.forward import RowInput, causal_row, forward_features, forward_hidden, model_device
+from langchain_seed.engine.drafters.base import Draft
+from langchain_seed.engine.drafters.ngram import PromptLookup
+from langchain_seed.engine.forward import (
+    RowInput,
+    causal_row,
+    forward_hidden,
+    model_device,
+)
 from langchain_seed.engine.kernels import linear
 from langchain_seed.engine.prefill import prefill_prompts
 from langchain_seed.engine.request import SequenceState
 from langchain_seed.engine.tree import DraftTree, build_tree
 from langchain_seed.engine.verify import Acceptance, target_probs_from_logits
-
-
-@dataclass
-class Draft:
-    """One sequence's draft tree for a round.
-
-    Attributes:
-        node_tokens: drafted token of each tree node (breadth-first order).
-        draft_probs: `[1 + nodes, vocab]` draft distribution at the root (row 0) and at each
-            node (row 1 + i) that has children; None for greedy requests.
-        tree: the tree actually drafted, the lane's tree cut to its first levels when the
-            draft stopped early (`SpeculativeConfig.draft_confidence`); None: the lane's tree.
-    """
-
-    node_tokens: list[int]
-    draft_probs: torch.Tensor | None = None
-    tree: DraftTree | None = None
-
-    def tree_or(self, lane_tree: DraftTree) -> DraftTree:
-        """The tree this draft fills: its own cut tree, else the lane's."""
-        return self.tree if self.tree is not None else lane_tree
-
-
-class Drafter(Protocol):
-    """What the scheduler needs from a drafter. Sequences are passed in a fixed member order."""
-
-    def add(self, sequences: list[SequenceState]) -> None:
-        """Start drafting for newly admitted sequences (e.g. prefill their prompts)."""
-
-    def remove(self, sequences: list[SequenceState]) -> None:
-        """Forget sequences that finished, failed or were cancelled."""
-
-    def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
-        """The draft of every sequence given, in order."""
-
-    def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
-        """Learn which nodes the target accepted (e.g. keep their cache slots)."""
-
-
-class NGramIndex:
-    """Which token followed the last occurrence of every short n-gram of a sequence's text.
-
-    Updated incrementally as tokens are committed; a lookup is a few dict probes.
-    """
-
-    def __init__(self, max_n: int = MAX_LOOKUP_NGRAM) -> None:
-        self.max_n = max_n
-        self.next_token: dict[tuple[int, ...], int] = {}
-        self.indexed = 0
-
-    def update(self, tokens: list[int]) -> None:
-        """Index the tokens appended since the last update."""
-        for position in range(max(self.indexed, 1), len(tokens)):
-            for n in range(1, min(self.max_n, position) + 1):
-                self.next_token[tuple(tokens[position - n : position])] = tokens[position]
-        self.indexed = len(tokens)
-
-    def lookup(self, tail: list[int], min_n: int) -> int | None:
-        """The token that followed the longest (n >= min_n) earlier occurrence of `tail`'s end."""
-        for n in range(min(self.max_n, len(tail)), min_n - 1, -1):
-            token = self.next_token.get(tuple(tail[-n:]))
-            if token is not None:
-                return token
-        return None
 
 
 class ModelDrafter:
@@ -106,7 +43,7 @@ class ModelDrafter:
         self.kv = BatchKV.empty(0)
         self.rows: list[SequenceState] = []
         self._node_slots: dict[int, list[int]] = {}
-        self._ngrams: dict[int, NGramIndex] = {}
+        self.lookup = PromptLookup()
         self.forwards = 0
         self.vocab_size, self.head_ids, self.head_weight = self._head_of(model, head_token_ids)
 
@@ -140,7 +77,7 @@ class ModelDrafter:
         self.rows = [self.rows[i] for i in keep]
         for sequence in sequences:
             self._node_slots.pop(id(sequence), None)
-            self._ngrams.pop(id(sequence), None)
+            self.lookup.forget(sequence)
 
     # ----- the draft stage ---------------------------------------------------------
     def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
@@ -332,13 +269,8 @@ class ModelDrafter:
         min_n = sequence.request.config.prompt_lookup
         if min_n == 0:
             return candidates
-        index = self._ngrams.get(id(sequence))
-        if index is None:
-            index = self._ngrams[id(sequence)] = NGramIndex()
-        index.update(sequence.tokens)
         path = [draft.node_tokens[node] for node in tree.path_to(parent)] if parent >= 0 else []
-        tail = sequence.tokens[-MAX_LOOKUP_NGRAM:] + path
-        token = index.lookup(tail, min_n)
+        token = self.lookup.propose(sequence, path, min_n)
         if token is None or token == candidates[0]:
             return candidates
         return [token] + [c for c in candidates if c != token][: len(candidates) - 1]
@@ -354,89 +286,6 @@ class ModelDrafter:
 
     def _to_vocab(self, indices: torch.Tensor) -> torch.Tensor:
         return indices if self.head_ids is None else self.head_ids.to(indices.device)[indices]
-
-
-class FeatureDrafter(ModelDrafter):
-    """A `FeatureDraftModel` (EAGLE-style) serving every sequence of a lane.
-
-    The draft's cache holds one entry per committed token t_i, fed with the target's
-    feature f_{i-1} at the position before it (zeros for the first token). The target's
-    features reach each sequence (`SequenceState.target_features`) from its prefill and
-    from every verification; a round first feeds the tokens whose previous feature
-    arrived, the last of them being the pending token, whose output heads the draft.
-    Each drafted node is fed with its parent's output, the draft's guess at the target's
-    feature there. Drafted nodes never stay in the cache: the accepted ones come back
-    with the target's own features.
-
-    Args:
-        model: a `FeatureDraftModel` assembled with the lane's target.
-    """
-
-    needs_target_features = True
-    run_model = staticmethod(forward_features)
-
-    def __init__(self, model) -> None:
-        super().__init__(model)
-        self._fed: dict[int, int] = {}  # per sequence: tokens in the draft cache
-        self._outputs: list[dict[int, torch.Tensor]] = []  # per member: node (-1 root) -> output
-        self._member_index: dict[int, int] = {}
-
-    @staticmethod
-    def _head_of(model, head_token_ids: list[int] | None):
-        ids = torch.tensor(model.head_token_ids, dtype=torch.long, device=model_device(model))
-        return model.vocab_size, ids, model.head_weight
-
-    def add(self, sequences: list[SequenceState]) -> None:
-        """Rows for new sequences; their prompts are fed with their first draft."""
-        for sequence in sequences:
-            self.kv.concat(BatchKV.empty(1))
-            self.rows.append(sequence)
-            self._fed[id(sequence)] = 0
-
-    def remove(self, sequences: list[SequenceState]) -> None:
-        super().remove(sequences)
-        for sequence in sequences:
-            self._fed.pop(id(sequence), None)
-
-    def draft(self, sequences: list[SequenceState], tree: DraftTree) -> list[Draft]:
-        self._member_index = {id(s): i for i, s in enumerate(sequences)}
-        self._outputs = [{} for _ in sequences]
-        return super().draft(sequences, tree)
-
-    def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
-        """Forget every node of the round: accepted ones return with the target's features."""
-        row = self._row_of(sequence)
-        node_slots = self._node_slots.pop(id(sequence), [])
-        self.kv.valid[row, [slot for slot in node_slots if slot >= 0]] = False
-
-    def _pending_row(self, sequence: SequenceState) -> RowInput:
-        """Tokens t_fed .. t_n (the pending one) with features f_{fed-1} .. f_{n-1}."""
-        first = self._fed[id(sequence)]
-        features = sequence.take_target_features()  # [n - first (+1 after the first round), hidden]
-        width = self.head_weight.shape[-1]
-        if features is None:
-            features = self.head_weight.new_zeros(0, width)
-        if first == 0:
-            features = torch.cat([features.new_zeros(1, width), features])
-        count = len(sequence.tokens) - first
-        if features.shape[0] != count:
-            raise RuntimeError(f"feature drafter got {features.shape[0]} target features for {count} new tokens")
-        self._fed[id(sequence)] = first + count
-        row = causal_row(sequence.tokens[first:], first)
-        row.features = features
-        return row
-
-    def _level_row(self, sequence, tree: DraftTree, level: list[int], slots: list[int], draft: Draft) -> RowInput:
-        row = super()._level_row(sequence, tree, level, slots, draft)
-        outputs = self._outputs[self._member_index[id(sequence)]]
-        row.features = torch.stack([outputs[tree.parents[node]] for node in level])
-        return row
-
-    def _record_outputs(self, level: list[int], hidden: torch.Tensor, going: list[bool]) -> None:
-        for i, outputs in enumerate(self._outputs):
-            if going[i]:
-                for j, node in enumerate(level):
-                    outputs[node] = hidden[i, j]
 
 
 _EMPTY_ROW = RowInput([], [], torch.zeros(0, 0, dtype=torch.bool))
