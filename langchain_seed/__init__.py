@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ChatSeed": "langchain_seed.chat_models",
+    "ChatSeed": "langchain_seed.lc.chat_models",
     "SamplingParams": "langchain_seed.engine.config",
-    "SeedLLM": "langchain_seed.llms",
+    "SeedLLM": "langchain_seed.lc.llms",
     "SpeculativeConfig": "langchain_seed.engine.config",
     "ToTResult": "langchain_seed.tot",
     "TreeOfThoughts": "langchain_seed.tot",
@@ -28,9 +28,9 @@ _EXPORTS = {
 __all__ = ["ChatSeed", "SamplingParams", "SeedLLM", "SpeculativeConfig", "ToTResult", "TreeOfThoughts", "__version__"]
 
 if TYPE_CHECKING:
-    from langchain_seed.chat_models import ChatSeed
     from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.chat_models import ChatSeed
+    from langchain_seed.lc.llms import SeedLLM
     from langchain_seed.tot import ToTResult, TreeOfThoughts
 
 

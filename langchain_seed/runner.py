@@ -84,7 +84,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
     from langchain_seed.tot import TreeOfThoughts
 
     if not args.question.strip():

@@ -42,8 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from langchain_seed.cli import parse_k_config, positive_int
 
 if TYPE_CHECKING:
-    from langchain_seed.chat_models import ChatSeed
-    from langchain_seed.llms import SeedLLM, SeedRun
+    from langchain_seed.lc.chat_models import ChatSeed
+    from langchain_seed.lc.llms import SeedLLM
+    from langchain_seed.lc.run import SeedRun
 
 logger = logging.getLogger("langchain_seed.server")
 
@@ -201,7 +202,7 @@ class SeedService:
     """The server's logic, free of HTTP framework types: parse, check, admit, stream."""
 
     def __init__(self, llm: SeedLLM, settings: ServerSettings, chat: ChatSeed | None = None) -> None:
-        from langchain_seed.chat_models import ChatSeed
+        from langchain_seed.lc.chat_models import ChatSeed
         from langchain_seed.engine.config import tree_size
 
         self.llm = llm
@@ -330,7 +331,7 @@ class SeedService:
 
     def _fit_prompt(self, index: int, prompt: str, requested: int | None) -> tuple[int, int]:
         """(token count, max_tokens) of one completion prompt; APIError (400) if it cannot run."""
-        from langchain_seed.llms import check_text_prompt
+        from langchain_seed.lc.text import check_text_prompt
 
         try:
             count = len(self.llm.prompt_token_ids(check_text_prompt(index, prompt), index))
@@ -720,7 +721,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise SystemExit(f"`langchain-seed serve` needs the server extra: pip install 'langchain-seed[server]' "
                          f"(missing {error.name})") from None
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
 
     settings = settings_from_args(args)
     fields = dict(decoding=args.decoding, verify=args.verify, k_config=args.k_config,

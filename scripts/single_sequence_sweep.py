@@ -23,7 +23,7 @@ from langchain_seed.defaults import default_feature_draft_dir, ensure_default_pa
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 from langchain_seed.engine.kernels import ENGINE_KERNELS
 from langchain_seed.engine.models import load_draft, load_models
-from langchain_seed.llms import read_head_token_ids
+from langchain_seed.engine.models import read_head_token_ids
 from langchain_seed.tot.prompts import default_prompts
 
 TREES = ((1,), (1, 1), (2, 1), (1, 1, 1), (2, 1, 1), (1, 1, 1, 1))

@@ -40,7 +40,7 @@ class Outcome:
 
 def build_cases(llm, other_vocab_draft=None) -> list[Case]:
     """The cases, over a `SeedLLM` (its engine and tokenizer are used too)."""
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
     from langchain_seed.tot import TreeOfThoughts
 
     engine = llm.engine
@@ -157,7 +157,7 @@ def tiny_llm_for_table():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
 
     vocab = {"<unk>": 0, "<eos>": 1, **{chr(c): i + 2 for i, c in enumerate(range(32, 127))}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -140,7 +140,7 @@ def _head_ids(draft) -> list[int] | None:
     path = Path(str(draft))
     if not (path / "head_token_ids.json").is_file():
         return None
-    from langchain_seed.llms import read_head_token_ids
+    from langchain_seed.engine.models import read_head_token_ids
 
     return read_head_token_ids(path)
 

@@ -33,7 +33,7 @@ def heldout_question(index: int = 0) -> str:
 
 
 def load_default_engine(k_config: tuple[int, ...], linear_kernel: str = "native") -> SeedEngine:
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
 
     engine = SeedLLM.from_default(k_config=k_config).engine
     if linear_kernel == engine.linear_kernel:

@@ -61,7 +61,7 @@ class HFGenerateLLM(BaseLLM):
         return LLMResult(generations=generations, llm_output={"model": self._identifying_params["model"]})
 
     def _generation(self, prompt_ids: list[int], new_ids: list[int], stop: list[str] | None) -> Generation:
-        from langchain_seed._text import StreamingText
+        from langchain_seed.lc.text import StreamingText
 
         eos = eos_ids_of(self.model, self.tokenizer)
         text = StreamingText(self.tokenizer, prompt_ids, stop, eos)
@@ -125,7 +125,7 @@ def hf_generate(model, prompt_ids: Sequence[Sequence[int]], max_tokens: int, tok
 
 def _cut_at_stop(tokenizer, prompt_ids, new_ids: list[int], stop: Sequence[str], eos: frozenset[int]) -> list[int]:
     """The tokens up to the one that completed a stop string (transformers pads the rest of the row)."""
-    from langchain_seed._text import StopChecker
+    from langchain_seed.lc.text import StopChecker
 
     checker = StopChecker(tokenizer, list(prompt_ids), list(stop), eos)
     for length in range(1, len(new_ids) + 1):
@@ -139,7 +139,7 @@ def _stop_criteria(tokenizer, prompt_ids, width: int, stop: Sequence[str], eos: 
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    from langchain_seed._text import StopChecker
+    from langchain_seed.lc.text import StopChecker
 
     checkers = [StopChecker(tokenizer, ids, list(stop), eos) for ids in prompt_ids]
 

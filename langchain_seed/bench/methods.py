@@ -183,7 +183,7 @@ class SeedMethod(Method):
                            combine(steps), combine(needed))
 
     def make_llm(self, max_tokens: int):
-        from langchain_seed.llms import SeedLLM
+        from langchain_seed.lc.llms import SeedLLM
 
         return SeedLLM.from_engine(self.engine, decoding=self.mode, verify=self.verify,
                                    k_config=tuple(self.config.k_config), max_tokens=max_tokens)

@@ -7,6 +7,7 @@ opts in with `allow_pickle=True`) and `trust_remote_code=False` unless asked.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +225,16 @@ def supports_tree_mask(model) -> bool:
         return False
     same_prefix = torch.allclose(plain[0, :2], masked[0, :2], atol=1e-4)
     return bool(same_prefix and not torch.allclose(plain[0, 2], masked[0, 2], atol=1e-5))
+
+
+def read_head_token_ids(draft: str | Path) -> list[int] | None:
+    """The draft's restricted LM-head ids from `head_token_ids.json` in its directory, if present."""
+    path = Path(draft) / "head_token_ids.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        data = data.get("head_token_ids", data.get("token_ids"))
+    if not isinstance(data, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in data):
+        raise ValueError(f"{path} must hold a JSON list of token ids")
+    return data

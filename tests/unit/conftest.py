@@ -141,6 +141,6 @@ def tiny_engine():
 @pytest.fixture
 def tiny_llm(tiny_engine):
     """A `SeedLLM` over the shared tiny engine: scheduled decoding, greedy, 24 new tokens."""
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
 
     return SeedLLM.from_engine(tiny_engine, max_tokens=24, model_name="tiny-random-llama")

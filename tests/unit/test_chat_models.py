@@ -12,8 +12,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_core.runnables import RunnableBinding
 from pydantic import BaseModel, Field
 
-from langchain_seed.chat_models import ChatSeed, _input_ids, _ToolContext
-from langchain_seed.llms import SeedLLM
+from langchain_seed.lc.chat_models import ChatSeed
+from langchain_seed.lc.llms import SeedLLM
+from langchain_seed.lc.messages import ToolContext, input_ids_of
 
 CONVERSATION = [SystemMessage("Be brief."), HumanMessage("What is 12 + 30?")]
 
@@ -24,7 +25,7 @@ def chat(tiny_engine) -> ChatSeed:
 
 
 def template_ids(tokenizer, messages: list[dict], **options) -> list[int]:
-    return _input_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **options))
+    return input_ids_of(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **options))
 
 
 def greedy_reply(engine, tokenizer, ids: list[int], max_tokens: int) -> tuple[str, list[int]]:
@@ -182,10 +183,10 @@ def test_input_ids_accepts_every_shape():
     import torch
     from transformers import BatchEncoding
 
-    assert _input_ids([1, 2, 3]) == [1, 2, 3]
-    assert _input_ids([[1, 2, 3]]) == [1, 2, 3]
-    assert _input_ids(BatchEncoding({"input_ids": [1, 2], "attention_mask": [1, 1]})) == [1, 2]
-    assert _input_ids({"input_ids": torch.tensor([[4, 5]])}) == [4, 5]
+    assert input_ids_of([1, 2, 3]) == [1, 2, 3]
+    assert input_ids_of([[1, 2, 3]]) == [1, 2, 3]
+    assert input_ids_of(BatchEncoding({"input_ids": [1, 2], "attention_mask": [1, 1]})) == [1, 2]
+    assert input_ids_of({"input_ids": torch.tensor([[4, 5]])}) == [4, 5]
 
 
 # ------------------------------------------------------------------------------- tools
@@ -264,7 +265,7 @@ def test_tool_history_without_native_template_support(chat, tiny_tokenizer):
     ],
 )
 def test_tool_call_parsing(reply, prefill, content, calls, invalid):
-    parsed_content, parsed_calls, parsed_invalid = _ToolContext(["add", "Person"], prefill).parse(reply)
+    parsed_content, parsed_calls, parsed_invalid = ToolContext(["add", "Person"], prefill).parse(reply)
     assert parsed_content == content
     assert [(c["name"], c["args"]) for c in parsed_calls] == calls
     assert all(c["id"].startswith("call_") for c in parsed_calls)
@@ -302,7 +303,8 @@ def scripted(tiny_engine, tiny_tokenizer, monkeypatch):
     def script(text: str) -> None:
         ids = tiny_tokenizer.encode(text, add_special_tokens=False)
         monkeypatch.setattr(tiny_engine, "submit_many",
-                            lambda prompts, params, config=None: [ScriptedHandle(ids, len(p)) for p in prompts])
+                            lambda prompts, params, config=None, mode="scheduled": [ScriptedHandle(ids, len(p))
+                                                                                for p in prompts])
 
     return script
 

@@ -15,7 +15,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_seed.chat_models import ChatSeed
+from langchain_seed.lc.chat_models import ChatSeed
 
 PARAMS = {"model": "tiny-random-llama"}
 NO_TOOL_CALLS = (

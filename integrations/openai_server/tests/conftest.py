@@ -84,7 +84,7 @@ class LoopbackServer:
 @pytest.fixture(scope="module")
 def server_llm(tiny_engine):
     """The `SeedLLM` the server serves: greedy, 24 new tokens by default."""
-    from langchain_seed.llms import SeedLLM
+    from langchain_seed.lc.llms import SeedLLM
 
     return SeedLLM.from_engine(tiny_engine, max_tokens=24, model_name=MODEL)
 

@@ -4,51 +4,42 @@ Same engine, fields and statistics as `SeedLLM`; messages become token ids with
 `tokenizer.apply_chat_template(..., add_generation_prompt=True)`. Tool calling is best
 effort, in the Hermes / Qwen format (`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`)
 that many open chat templates use: tools go to the template when it renders them, or into
-a system message when it does not, and the reply is parsed for those blocks.
+a system message when it does not, and the reply is parsed for those blocks (`lc/messages.py`).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from langchain_seed.llms import SeedLLM, SeedModelMixin, SeedRun, check_utf8
+from langchain_seed.lc.base import SeedModelMixin
+from langchain_seed.lc.llms import SeedLLM
+from langchain_seed.lc.messages import (
+    ToolContext,
+    forced_prefix,
+    input_ids_of,
+    normalize_tool_choice,
+    to_chat_dict,
+    with_tool_system_prompt,
+)
+from langchain_seed.lc.run import SeedRun
+from langchain_seed.lc.text import check_utf8
 
 TOOL_KWARGS = ("tools", "tool_choice")
 IGNORED_KWARGS = ("stream",)
 """Passed by LangChain's streaming machinery; the answer is the same either way."""
-
-TOOL_CALL_PATTERN = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-TOOL_SYSTEM_PROMPT = (
-    "You can call these tools:\n{tools}\n\n"
-    "To call a tool, reply with one block per call, exactly like this:\n"
-    '<tool_call>\n{{"name": "tool_name", "arguments": {{"arg": "value"}}}}\n</tool_call>'
-)
-ROLES = {HumanMessage: "user", AIMessage: "assistant", SystemMessage: "system", ToolMessage: "tool",
-         FunctionMessage: "tool"}
 
 
 class ChatSeed(SeedModelMixin, BaseChatModel):
@@ -131,7 +122,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         names = [tool["function"]["name"] for tool in formatted]
-        return super().bind(tools=formatted, tool_choice=_normalize_tool_choice(tool_choice, names), **kwargs)
+        return super().bind(tools=formatted, tool_choice=normalize_tool_choice(tool_choice, names), **kwargs)
 
     # ----- prompt -------------------------------------------------------------------------
     def _prompt_ids(self, messages: list[BaseMessage], tools: list[dict] | None, tool_choice: str | None
@@ -147,7 +138,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         if not messages:
             raise ValueError("messages is empty: give the chat model at least one message")
         native_tools = bool(tools) and "tools" in str(template)
-        conversation = [_to_chat_dict(m, index, native_tools) for index, m in enumerate(messages)]
+        conversation = [to_chat_dict(m, index, native_tools) for index, m in enumerate(messages)]
         for index, entry in enumerate(conversation):
             if isinstance(entry.get("content"), str):
                 check_utf8(entry["content"], f"message {index}")
@@ -155,10 +146,10 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         if tools and native_tools:
             options["tools"] = tools
         elif tools:
-            conversation = _with_tool_system_prompt(conversation, tools)
+            conversation = with_tool_system_prompt(conversation, tools)
         encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, **options)
-        ids = _input_ids(encoded)
-        prefill = _forced_prefix(tool_choice) if tools else ""
+        ids = input_ids_of(encoded)
+        prefill = forced_prefix(tool_choice) if tools else ""
         if prefill:
             ids += list(tokenizer.encode(prefill, add_special_tokens=False))
         if not ids:
@@ -180,9 +171,9 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         return self._prepare(list(messages), stop, kwargs)[0]
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-                 streaming: bool = False) -> tuple[SeedRun, _ToolContext]:
+                 streaming: bool = False) -> tuple[SeedRun, ToolContext]:
         tools = [convert_to_openai_tool(tool) for tool in kwargs.get("tools") or []]
-        tool_choice = _normalize_tool_choice(kwargs.get("tool_choice"), [t["function"]["name"] for t in tools])
+        tool_choice = normalize_tool_choice(kwargs.get("tool_choice"), [t["function"]["name"] for t in tools])
         if tool_choice == "none":
             tools = []
         options = self._call_options(kwargs, ignored=TOOL_KWARGS + IGNORED_KWARGS)
@@ -191,7 +182,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         ids, prefill = self._prompt_ids(messages, tools, tool_choice)
         run = self._start_run([ids], options, self._stop_sequences(stop))
         names = [tool["function"]["name"] for tool in tools or []]
-        return run, _ToolContext(names, prefill)
+        return run, ToolContext(names, prefill)
 
     # ----- results ----------------------------------------------------------------------
     def _metadata(self, run: SeedRun, index: int) -> tuple[dict[str, Any], dict[str, int]]:
@@ -203,13 +194,13 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
                  "total_tokens": generation.prompt_tokens + output_tokens}
         return metadata, usage
 
-    def _message(self, run: SeedRun, index: int, tools: _ToolContext) -> AIMessage:
+    def _message(self, run: SeedRun, index: int, tools: ToolContext) -> AIMessage:
         metadata, usage = self._metadata(run, index)
         content, calls, invalid = tools.parse(run.generations[index].text.text)
         return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid,
                          response_metadata=metadata, usage_metadata=usage)  # type: ignore[arg-type]
 
-    def _result(self, run: SeedRun, tools: _ToolContext) -> ChatResult:
+    def _result(self, run: SeedRun, tools: ToolContext) -> ChatResult:
         generations = [
             ChatGeneration(message=self._message(run, i, tools), generation_info=run.generation_info(i))
             for i in range(len(run))
@@ -217,7 +208,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         return ChatResult(generations=generations,
                           llm_output={**run.run_stats().to_dict(), "model_name": self.model_name})
 
-    def _last_chunk(self, run: SeedRun, tools: _ToolContext, buffered: bool) -> ChatGenerationChunk:
+    def _last_chunk(self, run: SeedRun, tools: ToolContext, buffered: bool) -> ChatGenerationChunk:
         metadata, usage = self._metadata(run, 0)
         content, chunks = "", []
         if buffered:
@@ -259,7 +250,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         if self.streaming and run_manager is not None and not tools:
             def report(index: int, piece: str) -> None:
                 run_manager.on_llm_new_token(piece, chunk=ChatGenerationChunk(message=AIMessageChunk(content=piece)))
-        self._run_sync(run, report)
+        run.read_all(report)
         return self._result(run, tools)
 
     async def _agenerate(
@@ -276,7 +267,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
             async def report(index: int, piece: str) -> None:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
-        await self._run_async(run, report)
+        await run.aread_all(report)
         return self._result(run, tools)
 
     def _stream(
@@ -326,150 +317,6 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-class _ToolContext:
-    """The tools of one call: their names, the forced reply prefix, and reply parsing."""
-
-    def __init__(self, names: list[str], prefill: str) -> None:
-        self.names = names
-        self.prefill = prefill
-
-    def __bool__(self) -> bool:
-        return bool(self.names)
-
-    def parse(self, text: str) -> tuple[str, list, list]:
-        """(content, tool_calls, invalid_tool_calls) of a reply."""
-        if not self.names:
-            return text, [], []
-        text = self.prefill + text
-        calls, invalid = [], []
-        for match in TOOL_CALL_PATTERN.finditer(text):
-            _parse_call(match.group(1), calls, invalid)
-        content = TOOL_CALL_PATTERN.sub("", text).strip()
-        if not calls and not invalid and content.startswith("{"):
-            parsed = _json_object(content)
-            if parsed is not None and parsed.get("name") in self.names:
-                _parse_call(content, calls, invalid)
-                content = ""
-        return content, calls, invalid
-
-
-def _parse_call(raw: str, calls: list, invalid: list) -> None:
-    call_id = f"call_{uuid.uuid4().hex[:24]}"
-    parsed = _json_object(raw)
-    if parsed is None or not isinstance(parsed.get("name"), str):
-        invalid.append(invalid_tool_call(name=None, args=raw, id=call_id, error="not a JSON tool call"))
-        return
-    args = parsed.get("arguments", parsed.get("parameters", {}))
-    if isinstance(args, str):
-        args = _json_object(args)
-    if not isinstance(args, dict):
-        invalid.append(invalid_tool_call(name=parsed["name"], args=raw, id=call_id, error="arguments not an object"))
-        return
-    calls.append(tool_call(name=parsed["name"], args=args, id=call_id))
-
-
-def _json_object(text: str) -> dict | None:
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _normalize_tool_choice(tool_choice: Any, names: list[str]) -> str | None:
-    """None (auto), "none", "required", or a tool name."""
-    if tool_choice in (None, "auto"):
-        return None
-    if tool_choice in (False, "none"):
-        return "none"
-    if tool_choice in (True, "any", "required"):
-        return "required"
-    if isinstance(tool_choice, Mapping):
-        tool_choice = tool_choice.get("function", {}).get("name", tool_choice.get("name"))
-    if isinstance(tool_choice, str) and tool_choice in names:
-        return tool_choice
-    raise ValueError(
-        f"tool_choice must be None, 'auto', 'none', 'any', 'required', True, False or one of the bound tool "
-        f"names {names}; got {tool_choice!r}"
-    )
-
-
-def _forced_prefix(tool_choice: str | None) -> str:
-    if tool_choice in (None, "none"):
-        return ""
-    if tool_choice == "required":
-        return "<tool_call>\n"
-    return f'<tool_call>\n{{"name": {json.dumps(tool_choice)}, "arguments": '
-
-
-def _with_tool_system_prompt(conversation: list[dict], tools: list[dict]) -> list[dict]:
-    described = "\n".join(json.dumps(tool["function"]) for tool in tools)
-    instructions = TOOL_SYSTEM_PROMPT.format(tools=described)
-    if conversation and conversation[0]["role"] == "system":
-        first = {**conversation[0], "content": f"{conversation[0]['content']}\n\n{instructions}"}
-        return [first, *conversation[1:]]
-    return [{"role": "system", "content": instructions}, *conversation]
-
-
-def _text_content(message: BaseMessage, index: int) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call", "reasoning", "thinking"):
-            continue
-        else:
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise ValueError(f"message {index} has a {kind!r} content block; ChatSeed reads text only")
-    return "".join(parts)
-
-
-def _to_chat_dict(message: BaseMessage, index: int, native_tools: bool) -> dict[str, Any]:
-    """A LangChain message as the {"role", "content"} dict chat templates take."""
-    if isinstance(message, ChatMessage):
-        role = message.role
-    else:
-        role = next((r for cls, r in ROLES.items() if isinstance(message, cls)), None)
-    if role is None:
-        raise ValueError(f"message {index} has unsupported type {type(message).__name__}")
-    content = _text_content(message, index)
-    if isinstance(message, AIMessage) and message.tool_calls:
-        if native_tools:
-            calls = [{"type": "function", "id": c.get("id"),
-                      "function": {"name": c["name"], "arguments": c["args"]}} for c in message.tool_calls]
-            return {"role": "assistant", "content": content, "tool_calls": calls}
-        blocks = "\n".join(
-            f"<tool_call>\n{json.dumps({'name': c['name'], 'arguments': c['args']})}\n</tool_call>"
-            for c in message.tool_calls
-        )
-        return {"role": "assistant", "content": f"{content}\n{blocks}".strip()}
-    if role == "tool":
-        if native_tools:
-            return {"role": "tool", "content": content, "tool_call_id": getattr(message, "tool_call_id", None)}
-        return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
-    return {"role": role, "content": content}
-
-
-def _input_ids(encoded: Any) -> list[int]:
-    """`apply_chat_template(tokenize=True)` output (a list, or a BatchEncoding in transformers 5) as ids."""
-    if isinstance(encoded, Mapping) or hasattr(encoded, "keys"):
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    encoded = list(encoded)
-    if encoded and isinstance(encoded[0], (list, tuple)):
-        encoded = list(encoded[0])
-    return [int(token) for token in encoded]
 
 
 __all__ = ["ChatSeed"]

@@ -4,7 +4,8 @@ Nothing here touches a model. `IncrementalDetokenizer` turns a growing list of n
 ids into text pieces that never change once released; `StopSequences` finds stop strings
 and says how much of a text could still be the start of one; `StreamingText` combines
 them into what one generation streams; `StopChecker` is the engine-side twin that tells
-the engine to end a request as soon as a stop string appears.
+the engine to end a request as soon as a stop string appears. The checks at the end refuse
+prompts that are not text, naming the bad one.
 """
 
 from __future__ import annotations
@@ -219,3 +220,41 @@ class StopChecker:
         hit = self._stops.find(text, max(0, self._searched - self._stops.longest + 1))
         self._searched = len(text) - _unstable_tail(text, strip_whitespace=True)
         return hit >= 0
+
+
+# ------------------------------------------------------------------------------ input checks
+
+
+def check_text_prompts(prompts: Sequence[Any]) -> list[str]:
+    """Refuse prompts that are not non-empty strings, naming the first bad one."""
+    return [check_text_prompt(index, prompt) for index, prompt in enumerate(prompts)]
+
+
+def check_text_prompt(index: int, prompt: Any) -> str:
+    """Refuse a prompt that is not a non-empty UTF-8 string, naming it by `index`."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt {index} must be a string; got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError(f"prompt {index} is empty: give the model some text to continue")
+    check_utf8(prompt, f"prompt {index}")
+    return prompt
+
+
+def check_utf8(text: str, what: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates from a bad decode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: {error.reason} at position {error.start} "
+            f"(decode your bytes with errors='replace' first)"
+        ) from None
+
+
+def refuse_bytes(value: Any) -> None:
+    """LangChain would read bytes as a list of ints; say what is wrong instead."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"prompt must be str, not {type(value).__name__}: decode it first, e.g. data.decode('utf-8', "
+            f"errors='replace')"
+        )
