@@ -475,9 +475,9 @@ class SeedService:
         return {"object": "list", "data": [entry]}
 
     def health(self) -> dict[str, Any]:
-        scheduler = self.llm.engine.scheduler
-        return {"status": "ok", "model": self.model_name, "active_sequences": scheduler.active,
-                "rounds": scheduler.stats.rounds, **vars(self.metrics)}
+        stats = self.llm.engine.stats()
+        return {"status": "ok", "model": self.model_name, "active_sequences": stats.active,
+                "rounds": stats.rounds, **vars(self.metrics)}
 
     # ----- logging (no text unless log_prompts) -----------------------------------------
     def _log_start(self, job: _Job, params: _GenerationParams) -> None:

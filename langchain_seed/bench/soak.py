@@ -101,8 +101,8 @@ def run_soak(requests: int = 300, clients: int = 12, minutes: float = 2.0, cance
     report.seconds = time.perf_counter() - started
     engine.close()
     gc.collect()
-    report.active_after = engine.scheduler.active
-    report.kv_bytes_after = engine.scheduler.kv_bytes()
+    after = engine.stats()
+    report.active_after, report.kv_bytes_after = after.active, after.kv_bytes
     report.rss_after_mb = current_rss_mb()
     return report
 
