@@ -4,9 +4,10 @@
   tot-full);
 - `methods`: the decoding methods compared (transformers serial / batched / assisted,
   and the SeeD engine's speculative, rounds and batched modes);
-- `harness`: interleaved, repeated, timed runs with forward counts, peak memory and
-  token-for-token comparison with the target's greedy output; the per-round profile;
-- `report`: rows, table, JSON and plot; `cli`: the subcommand.
+- `protocol`: interleaved, repeated, timed runs, compared token for token with the
+  target's greedy output; `probes`: forward counts and peak memory; `records`: what a
+  run records; `profile`: where a seed method's time goes per round;
+- `report`: rows, table, JSON and plot. The subcommand is `langchain_seed.cli.bench`.
 
 Names are imported lazily; torch and transformers only when a benchmark runs.
 """
@@ -17,9 +18,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BenchRun": "harness",
-    "run_benchmark": "harness",
-    "run_tot_full": "harness",
+    "BenchRun": "records",
+    "run_benchmark": "protocol",
+    "run_tot_full": "protocol",
     "METHODS": "methods",
     "BenchModels": "methods",
     "make_method": "methods",

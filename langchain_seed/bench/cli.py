@@ -168,7 +168,7 @@ def reference_cache_path(args: argparse.Namespace, models) -> Path | None:
     """Where the target's greedy outputs are kept between runs (None with --no-reference-cache)."""
     if not args.reference_cache:
         return None
-    from langchain_seed.bench.harness import model_fingerprint
+    from langchain_seed.bench.protocol import model_fingerprint
     from langchain_seed.defaults import cache_dir
 
     return cache_dir() / "bench-reference" / f"{model_fingerprint(models.target)}.json"
@@ -190,7 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from langchain_seed.bench import harness, report
+    from langchain_seed.bench import profile, protocol, report
     from langchain_seed.bench.methods import make_method, reference_outputs
 
     transformers.logging.set_verbosity_error()
@@ -202,19 +202,19 @@ def run_bench(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     models = load_bench_models(args)
-    reference = harness.CachedReference(reference_outputs(models), reference_cache_path(args, models))
+    reference = protocol.CachedReference(reference_outputs(models), reference_cache_path(args, models))
     workload = build_workload(args, models, questions, reference)
     methods = [make_method(name, models) for name in args.methods]
     try:
         if args.workload == "tot-full":
-            run = harness.run_tot_full(workload, methods, models, reps, args.warmup, args.progress)
+            run = protocol.run_tot_full(workload, methods, models, reps, args.warmup, args.progress)
         else:
-            run = harness.run_benchmark(workload, methods, models, reference, reps, args.warmup, args.progress)
+            run = protocol.run_benchmark(workload, methods, models, reference, reps, args.warmup, args.progress)
     finally:
         for method in methods:
             method.close()
     if args.profile and args.workload != "tot-full" and models.engine_draft is not None:
-        run.profile = harness.profile_seed(workload, models, "seed_batched")
+        run.profile = profile.profile_seed(workload, models, "seed_batched")
     machine["torch_threads"] = torch.get_num_threads()
     document = report.to_document(run, machine, model_pair_info(models),
                                   {"quick": args.quick, "warmup": args.warmup, "methods": args.methods})

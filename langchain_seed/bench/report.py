@@ -28,7 +28,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from langchain_seed.bench.harness import BenchRun, MethodRecord
+from langchain_seed.bench.records import BenchRun, MethodRecord
 
 COLUMNS = (
     ("method", "method", "{}"),

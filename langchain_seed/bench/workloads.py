@@ -62,6 +62,10 @@ class PromptGroup:
     prompt_ids: tuple[tuple[int, ...], ...]
     max_tokens: int
 
+    def id_lists(self) -> list[list[int]]:
+        """The prompts' token ids as the lists a method takes."""
+        return [list(ids) for ids in self.prompt_ids]
+
 
 @dataclass
 class Workload:

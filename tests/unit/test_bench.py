@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from langchain_seed.bench import harness, report, workloads
+from langchain_seed.bench import probes, profile, protocol, report, workloads
 from langchain_seed.bench.methods import METHODS, SEED_METHODS, BenchModels, make_method, parse_methods, \
     reference_outputs
 
@@ -26,7 +26,7 @@ def models(tiny_target, tiny_draft, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def reference(models):
-    return harness.CachedReference(reference_outputs(models))
+    return protocol.CachedReference(reference_outputs(models))
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,11 @@ def tot_step(models, reference):
 def bench_run(models, reference, tot_step):
     methods = [make_method(name, models) for name in METHODS]
     try:
-        run = harness.run_benchmark(tot_step, methods, models, reference, reps=2, progress=False)
+        run = protocol.run_benchmark(tot_step, methods, models, reference, reps=2, progress=False)
     finally:
         for method in methods:
             method.close()
-    run.profile = harness.profile_seed(tot_step, models, "seed_batched")
+    run.profile = profile.profile_seed(tot_step, models, "seed_batched")
     return run
 
 
@@ -137,7 +137,7 @@ def test_single_workload(models, reference):
     workload = workloads.build_single(QUESTIONS[:1], models.tokenizer, max_tokens=6)
     methods = [make_method(name, models) for name in ("hf_ar_serial", "hf_ar_batched", "seed_batched")]
     try:
-        run = harness.run_benchmark(workload, methods, models, reference, reps=1, warmup=False, progress=False)
+        run = protocol.run_benchmark(workload, methods, models, reference, reps=1, warmup=False, progress=False)
     finally:
         for method in methods:
             method.close()
@@ -149,7 +149,7 @@ def test_tot_full_workload(models):
     workload = workloads.build_tot_full(QUESTIONS[:1], max_tokens=6)
     methods = [make_method(name, models) for name in ("hf_ar_batched", "seed_batched", "seed_sd_serial")]
     try:
-        run = harness.run_tot_full(workload, methods, models, reps=1, warmup=False, progress=False)
+        run = protocol.run_tot_full(workload, methods, models, reps=1, warmup=False, progress=False)
     finally:
         for method in methods:
             method.close()
@@ -239,15 +239,15 @@ def test_reference_outputs_persist_per_model(models, tmp_path):
         calls.append(len(prompt_ids))
         return [ids[-1:] * max_tokens for ids in prompt_ids]
 
-    path = tmp_path / f"{harness.model_fingerprint(models.target)}.json"
-    first = harness.CachedReference(generate, path)
+    path = tmp_path / f"{protocol.model_fingerprint(models.target)}.json"
+    first = protocol.CachedReference(generate, path)
     assert first([[1, 2], [3]], 2) == [[2, 2], [3, 3]]
     assert first([[3], [4]], 2) == [[3, 3], [4, 4]] and calls == [2, 1]
-    again = harness.CachedReference(generate, path)
+    again = protocol.CachedReference(generate, path)
     assert again([[4], [1, 2], [3]], 2) == [[4, 4], [2, 2], [3, 3]]
     assert again([[4]], 3) == [[4, 4, 4]] and calls == [2, 1, 1]  # max_tokens is part of the key
-    assert harness.model_fingerprint(models.target) != harness.model_fingerprint(models.draft)
-    assert harness.model_fingerprint(models.target) == harness.model_fingerprint(models.target)
+    assert protocol.model_fingerprint(models.target) != protocol.model_fingerprint(models.draft)
+    assert protocol.model_fingerprint(models.target) == protocol.model_fingerprint(models.target)
 
 
 def _has_matplotlib() -> bool:
@@ -284,7 +284,7 @@ def test_seed_methods_run_their_own_feature_draft(models, reference, tot_step):
     try:
         assert all(m.engine.draft_model is feature for m in methods[1:])
         assert methods[0].assistant is models.draft
-        run = harness.run_benchmark(tot_step, methods, with_feature, reference, reps=1, warmup=False,
+        run = protocol.run_benchmark(tot_step, methods, with_feature, reference, reps=1, warmup=False,
                                     progress=False)
     finally:
         for method in methods:
@@ -332,7 +332,7 @@ def test_target_calls_count_prefills_that_skip_the_lm_head(models, monkeypatch, 
 
     method = make_method("seed_batched", models)
     method.engine.generate(siblings[:1], SamplingParams(max_tokens=2))  # the engine's one-off checks
-    counter = harness.ForwardCounter(models.target, models.draft)
+    counter = probes.ForwardCounter(models.target, models.draft)
     try:
         batch = method.engine.generate(siblings, SamplingParams(max_tokens=6))
     finally:
