@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_seed.training.card import write_model_card
 from langchain_seed.training.data import (
+    PromptSpec,
     build_prompts,
     load_jsonl,
     shape_counts,
@@ -29,6 +30,7 @@ from langchain_seed.training.feature import FeatureDraft
 from langchain_seed.training.fit import fit, round_trip
 from langchain_seed.training.measure import alternating_costs
 from langchain_seed.training.targets import (
+    Example,
     cached_examples,
     eos_ids,
     head_ids_of,
@@ -59,22 +61,10 @@ def distill(args: argparse.Namespace) -> dict:
     heldout_specs = build_prompts(records, range(heldout), tokenizer, args.seed + 1, 1, args.chat_fraction)
     # 2. target outputs
     started = time.perf_counter()
-    cache = Path(args.work) / "target-outputs" if args.work else None
-    gen = (target, tokenizer)
-    heldout_examples = cached_examples(cache and cache.with_name("heldout"), *gen, heldout_specs,
-                                       args.gen_batch, args.max_new_tokens, args.top_k, args.progress)
-    train_examples = cached_examples(cache and cache.with_name("train"), *gen, train_specs, args.gen_batch,
-                                     args.train_max_new_tokens or args.max_new_tokens, args.top_k, args.progress,
-                                     prompt_topk=args.prompt_weight > 0 and args.kind == "token")
+    train_examples, heldout_examples = _target_outputs(args, target, tokenizer, train_specs, heldout_specs)
     seconds_generate = time.perf_counter() - started
     # 3. head ids
-    texts = [tokenizer(records[i]["question"] + "\n" + strip_calculator(records[i].get("answer", "")),
-                       add_special_tokens=False).input_ids for i in train_indices]
-    outputs = [e.ids[e.n_prompt :].tolist() for e in train_examples]
-    head_list = select_head_ids(outputs, texts, args.head_size, target.config.vocab_size,
-                                always=sorted(eos_ids(target, tokenizer)))
-    if args.init_draft:  # the draft continues from a trained one: keep the head it learnt
-        head_list = head_ids_of(Path(args.init_draft)) or head_list
+    head_list = _head_ids(args, target, tokenizer, [records[i] for i in train_indices], train_examples)
     data = {
         "name": Path(args.out).name, "target_name": Path(args.target).resolve().name,
         "data": Path(args.data).name, "n_questions": len(records), "heldout": heldout,
@@ -93,6 +83,33 @@ def distill(args: argparse.Namespace) -> dict:
     }
     strategy = STRATEGIES[args.kind](args, target, head_list, train_examples, heldout_examples)
     return _finish(args, train_draft(strategy, args, target, device, data))
+
+
+def _target_outputs(args: argparse.Namespace, target: Any, tokenizer: Any, train_specs: Sequence[PromptSpec],
+                    heldout_specs: Sequence[PromptSpec]) -> tuple[list[Example], list[Example]]:
+    """The target's outputs for the training and held-out prompts (cached in --work)."""
+    cache = Path(args.work) / "target-outputs" if args.work else None
+    gen = (target, tokenizer)
+    heldout = cached_examples(cache and cache.with_name("heldout"), *gen, heldout_specs,
+                              args.gen_batch, args.max_new_tokens, args.top_k, args.progress)
+    train = cached_examples(cache and cache.with_name("train"), *gen, train_specs, args.gen_batch,
+                            args.train_max_new_tokens or args.max_new_tokens, args.top_k, args.progress,
+                            prompt_topk=args.prompt_weight > 0 and args.kind == "token")
+    return train, heldout
+
+
+def _head_ids(args: argparse.Namespace, target: Any, tokenizer: Any, train_records: Sequence[dict],
+              train_examples: Sequence[Example]) -> list[int]:
+    """The draft's head: the ids most used by the target's outputs and the training texts,
+    or the head of the draft it continues from (--init-draft)."""
+    texts = [tokenizer(record["question"] + "\n" + strip_calculator(record.get("answer", "")),
+                       add_special_tokens=False).input_ids for record in train_records]
+    outputs = [e.ids[e.n_prompt :].tolist() for e in train_examples]
+    head_list = select_head_ids(outputs, texts, args.head_size, target.config.vocab_size,
+                                always=sorted(eos_ids(target, tokenizer)))
+    if args.init_draft:  # the draft continues from a trained one: keep the head it learnt
+        head_list = head_ids_of(Path(args.init_draft)) or head_list
+    return head_list
 
 
 def train_draft(strategy: Any, args: argparse.Namespace, target: Any, device: Any, data: dict) -> dict:
