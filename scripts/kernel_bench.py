@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from langchain_seed.defaults import ensure_default_target
+from langchain_seed.pair.fetch import ensure_default_target
 from langchain_seed.engine import kernels, native
 from langchain_seed.engine.models import load_model
 

@@ -26,7 +26,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 GSM8K_JSONL="${GSM8K_JSONL:-/work/shared/data/gsm8k_test.jsonl}"
 WORK_DIR="${WORK_DIR:-${LANGCHAIN_SEED_HOME:-$HOME/.cache/langchain-seed}/distill-work}"
 
-TARGET="$("$PYTHON" -c 'from langchain_seed.defaults import ensure_default_target; print(ensure_default_target())')"
+TARGET="$("$PYTHON" -c 'from langchain_seed.pair.fetch import ensure_default_target; print(ensure_default_target())')"
 
 # The token draft's settings, common to both of its stages; the stage's own flags follow.
 distill_token_draft() {
@@ -42,7 +42,7 @@ distill_token_draft() {
 
 # The shipped token draft assembled in the cache (rebuilt whenever the asset changed).
 assembled_token_draft() {
-  "$PYTHON" -c 'import sys; from langchain_seed.defaults import ensure_default_draft; print(ensure_default_draft(sys.argv[1]))' "$TARGET"
+  "$PYTHON" -c 'import sys; from langchain_seed.pair.assemble import ensure_default_draft; print(ensure_default_draft(sys.argv[1]))' "$TARGET"
 }
 
 distill_token_draft --steps 1200 --lr 1e-3

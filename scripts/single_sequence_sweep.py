@@ -19,7 +19,8 @@ import statistics
 import time
 
 from langchain_seed.bench.engine_modes import heldout_question
-from langchain_seed.defaults import default_feature_draft_dir, ensure_default_pair
+from langchain_seed.pair.assemble import ensure_default_pair
+from langchain_seed.pair.paths import default_feature_draft_dir
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 from langchain_seed.engine.kernels import ENGINE_KERNELS
 from langchain_seed.engine.models import load_draft, load_models

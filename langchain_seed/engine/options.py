@@ -8,6 +8,7 @@ a bad value gets the same message (a ValueError naming the option) wherever it w
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -207,6 +208,23 @@ def _int_list_text(text: str) -> tuple[int, ...] | str:
 
 def _bool_text(text: str) -> bool | str:
     return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower(), text)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that is no option (questions, steps, ...): an int >= 1."""
+    return _int_at_least(text, 1, "a positive int")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int_at_least(text, 0, "an int >= 0")
+
+
+def _int_at_least(text: str, lowest: int, what: str) -> int:
+    value = _int_text(text)
+    if not is_int(value) or value < lowest:  # type: ignore[operator]
+        raise argparse.ArgumentTypeError(f"must be {what}; got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------- the options

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def default_pair():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from langchain_seed.defaults import ensure_default_pair
+    from langchain_seed.pair.assemble import ensure_default_pair
 
     target_dir, draft_dir = ensure_default_pair(progress=False)
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True).eval()
@@ -61,7 +61,7 @@ def test_every_mode_is_the_targets_greedy_output(default_pair, heldout_prompts):
 
 
 def test_feature_draft_gives_the_targets_greedy_output(default_pair, heldout_prompts):
-    from langchain_seed.defaults import default_feature_draft_dir
+    from langchain_seed.pair.paths import default_feature_draft_dir
     from langchain_seed.engine.models import load_draft
 
     target, _, tokenizer, _ = default_pair

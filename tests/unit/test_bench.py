@@ -187,7 +187,7 @@ def _parse(argv):
 
 
 def test_cli_quick_parsing():
-    from langchain_seed.bench import cli
+    from langchain_seed.cli import bench as cli
 
     args = _parse(["bench", "--quick"])
     assert args.quick and args.workload == "tot-step" and args.func is cli.run_bench

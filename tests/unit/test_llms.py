@@ -465,7 +465,8 @@ def _save_pair(tmp_path, target, draft, tokenizer):
 
 
 def test_from_pretrained_and_from_default(tmp_path, tiny_target, tiny_draft, tiny_tokenizer, monkeypatch):
-    import langchain_seed.defaults
+    import langchain_seed.pair.assemble
+    import langchain_seed.pair.paths
 
     target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
     reference = SeedLLM.from_models(tiny_target, tiny_draft, tiny_tokenizer, max_tokens=8)
@@ -474,8 +475,8 @@ def test_from_pretrained_and_from_default(tmp_path, tiny_target, tiny_draft, tin
     assert llm.engine.draft_head_token_ids == list(range(len(tiny_tokenizer)))
     assert llm.invoke(PROMPTS[0]) == reference.invoke(PROMPTS[0])
 
-    monkeypatch.setattr(langchain_seed.defaults, "ensure_default_pair", lambda *a, **k: (target_dir, draft_dir))
-    monkeypatch.setattr(langchain_seed.defaults, "default_seed_draft_dir", lambda: None)
+    monkeypatch.setattr(langchain_seed.pair.assemble, "ensure_default_pair", lambda *a, **k: (target_dir, draft_dir))
+    monkeypatch.setattr(langchain_seed.pair.paths, "default_seed_draft_dir", lambda: None)
     default = SeedLLM.from_default(max_tokens=8, k_config=(2, 1))
     assert default.model_name == "SmolLM2-135M-Instruct" and default.k_config == (2, 1)
     assert default.engine.draft_head_token_ids == list(range(len(tiny_tokenizer)))

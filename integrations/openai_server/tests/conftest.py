@@ -92,7 +92,7 @@ def server_llm(tiny_engine):
 @pytest.fixture(scope="module")
 def server(server_llm):
     """A running server with an API key and small limits (so that refusals are cheap to test)."""
-    from langchain_seed.server import ServerSettings, create_app
+    from langchain_seed.serving import ServerSettings, create_app
 
     settings = ServerSettings(api_key=API_KEY, max_body_bytes=32_768, max_tokens_limit=2_000, max_n=4,
                               max_prompts=8)

@@ -365,10 +365,10 @@ def test_client_disconnecting_from_a_non_streamed_request_frees_it(server, serve
 
 
 def test_prompts_are_not_logged_unless_asked(server, client, server_llm, caplog):
-    from langchain_seed.server import ServerSettings, create_app
+    from langchain_seed.serving import ServerSettings, create_app
 
     secret = "my secret prompt 7141"
-    with caplog.at_level("INFO", logger="langchain_seed.server"):
+    with caplog.at_level("INFO", logger="langchain_seed.serving"):
         client.completions.create(model=server.model, prompt=secret, max_tokens=3)
         client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": secret}],
                                        max_tokens=3)
@@ -385,7 +385,7 @@ def test_prompts_are_not_logged_unless_asked(server, client, server_llm, caplog)
                                                                 "max_tokens": 3})
             return response.status_code
 
-    with caplog.at_level("INFO", logger="langchain_seed.server"):
+    with caplog.at_level("INFO", logger="langchain_seed.serving"):
         assert asyncio.run(call()) == 200
     assert secret in caplog.text
 
@@ -396,7 +396,7 @@ def test_prompts_are_not_logged_unless_asked(server, client, server_llm, caplog)
 def test_serve_command_options_become_settings(monkeypatch):
     import argparse
 
-    from langchain_seed.server import add_parser, settings_from_args
+    from langchain_seed.cli.serve import add_parser, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
@@ -425,7 +425,7 @@ def test_serve_command_starts_a_loopback_server_from_model_directories(tmp_path,
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    launcher = ("import argparse, sys; from langchain_seed.server import add_parser; "
+    launcher = ("import argparse, sys; from langchain_seed.cli.serve import add_parser; "
                 "parser = argparse.ArgumentParser(); add_parser(parser.add_subparsers()); "
                 "args = parser.parse_args(sys.argv[1:]); sys.exit(args.func(args))")
     command = [sys.executable, "-c", launcher, "serve", "--target", str(tmp_path / "target"), "--draft",

@@ -1,8 +1,8 @@
 """`langchain-seed run "question"`: Tree-of-Thoughts on the default model pair.
 
-Loads (fetching and caching on first use) the embedded default pair, builds a
-`TreeOfThoughts` over `SeedLLM`, and prints the tree, the answer and the speed. Progress
-goes to stderr while it works; the result goes to stdout.
+Loads (fetching and caching on first use) the embedded default pair, or the `--target` /
+`--draft` pair, builds a `TreeOfThoughts` over `SeedLLM`, and prints the tree, the answer
+and the speed. Progress goes to stderr while it works; the result goes to stdout.
 """
 
 from __future__ import annotations
@@ -14,8 +14,13 @@ import time
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_seed.cli import DRAFT_CONFIDENCE_HELP, draft_confidence, parse_k_config, positive_int
-from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
+from langchain_seed.cli.common import (
+    decoding_parent,
+    load_llm,
+    model_parent,
+    positive_int,
+)
+from langchain_seed.tot import TreeOfThoughts
 
 SAMPLE_QUESTION = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -62,39 +67,28 @@ class ProgressPrinter(BaseCallbackHandler):
         self._open = max(0, self._open - 1)
 
 
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("run", help="Tree-of-Thoughts on the default model pair; prints tree, answer, speed.")
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("run", parents=[model_parent(), decoding_parent(max_tokens=64)],
+                                   help="Tree-of-Thoughts on the default model pair; prints tree, answer, speed.")
     parser.add_argument("question", nargs="?", default=SAMPLE_QUESTION, help="the question (default: a GSM8K sample)")
-    parser.add_argument("--breadth", type=positive_int, default=3, help="thoughts per state (default 3)")
-    parser.add_argument("--depth", type=positive_int, default=2, help="tree depth (default 2)")
-    parser.add_argument("--generator", choices=("propose", "sample"), default="sample")
-    parser.add_argument("--evaluator", choices=("value", "vote"), default="value")
-    parser.add_argument("--search", choices=("bfs", "dfs"), default="bfs")
-    parser.add_argument("--decoding", choices=("autoregressive", "speculative", "scheduled"), default="scheduled")
-    parser.add_argument("--verify", choices=("rounds", "batched"), default="batched")
-    parser.add_argument("--k-config", type=parse_k_config, default=None,
-                        help="draft tree per depth, e.g. 1,1,1,1 or 2,2,1 (default: the pair's measured best, "
-                             f"{','.join(map(str, DEFAULT_PAIR_K_CONFIG))})")
-    parser.add_argument("--draft-confidence", type=draft_confidence, default=None,
-                        help=f"{DRAFT_CONFIDENCE_HELP} (default {DEFAULT_PAIR_DRAFT_CONFIDENCE})")
-    parser.add_argument("--max-tokens", type=positive_int, default=64,
-                        help="most tokens per LLM completion (default 64)")
+    tree = parser.add_argument_group("tree of thoughts")
+    tree.add_argument("--breadth", type=positive_int, default=3, help="thoughts per state (default 3)")
+    tree.add_argument("--depth", type=positive_int, default=2, help="tree depth (default 2)")
+    tree.add_argument("--generator", choices=("propose", "sample"), default="sample")
+    tree.add_argument("--evaluator", choices=("value", "vote"), default="value")
+    tree.add_argument("--search", choices=("bfs", "dfs"), default="bfs")
     parser.add_argument("--json", metavar="PATH", help="also write the tree and statistics as JSON")
     parser.set_defaults(func=run_command)
+    return parser
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from langchain_seed.lc.llms import SeedLLM
-    from langchain_seed.tot import TreeOfThoughts
-
     if not args.question.strip():
         raise SystemExit("the question is empty")
-    print("Loading the default model pair (first use fetches and converts it) ...", file=sys.stderr, flush=True)
+    pair = "the default model pair (first use fetches and converts it)" if args.target is None else args.target
+    print(f"Loading {pair} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    options = {"k_config": args.k_config} if args.k_config else {}
-    if args.draft_confidence is not None:
-        options["draft_confidence"] = args.draft_confidence
-    llm = SeedLLM.from_default(decoding=args.decoding, verify=args.verify, max_tokens=args.max_tokens, **options)
+    llm = load_llm(args)
     print(f"Loaded in {time.perf_counter() - started:.1f} s. Building the tree ...", file=sys.stderr, flush=True)
     tot = TreeOfThoughts(llm=llm, task="gsm8k", breadth=args.breadth, depth=args.depth,
                          generator=args.generator, evaluator=args.evaluator, search=args.search)

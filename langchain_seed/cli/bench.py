@@ -18,11 +18,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from langchain_seed.bench.methods import DRAFT_METHODS, METHODS, SEED_METHODS
-from langchain_seed.cli import DRAFT_CONFIDENCE_HELP, draft_confidence, parse_k_config, positive_int
-from langchain_seed.defaults import DEFAULT_PAIR_DRAFT_CONFIDENCE, DEFAULT_PAIR_K_CONFIG
-from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
+import torch
+import transformers
+
+from langchain_seed.bench import profile, protocol, report, workloads
+from langchain_seed.bench.methods import (
+    DRAFT_METHODS,
+    METHODS,
+    SEED_METHODS,
+    BenchModels,
+    make_method,
+    parse_methods,
+    reference_outputs,
+)
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
+from langchain_seed.cli.common import (
+    decoding_fields,
+    decoding_parent,
+    model_parent,
+    positive_int,
+)
+from langchain_seed.engine.feature_draft import is_feature_draft_dir
+from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
+from langchain_seed.engine.models import load_draft, load_models, read_head_token_ids
+from langchain_seed.engine.options import OPTIONS
+from langchain_seed.pair.assemble import ensure_default_pair
+from langchain_seed.pair.paths import cache_dir, default_seed_draft_dir
 
 FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
 """Questions and repetitions of the default (full) run per workload."""
@@ -31,8 +52,6 @@ QUICK = {"tot-step": (3, 2), "single": (6, 2), "tot-full": (1, 1)}
 
 
 def _methods(text: str) -> list[str]:
-    from langchain_seed.bench.methods import parse_methods
-
     try:
         return parse_methods(text)
     except ValueError as error:
@@ -41,8 +60,9 @@ def _methods(text: str) -> list[str]:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``langchain-seed`` command."""
+    decoding = decoding_parent(("k_config", "draft_confidence", "max_tokens"), max_tokens=THOUGHT_TOKENS)
     parser = subparsers.add_parser(
-        "bench", help="compare transformers and SeeD decoding on a ToT workload",
+        "bench", parents=[model_parent(), decoding], help="compare transformers and SeeD decoding on a ToT workload",
         description="Run every decoding method on the same models and prompts, interleaved, with warm-up "
                     "and repetitions; print a table of medians (and write JSON / a plot).")
     parser.add_argument("--workload", choices=WORKLOADS, default="tot-step",
@@ -56,24 +76,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"timed repetitions (default {FULL['tot-step'][1]}, --quick {QUICK['tot-step'][1]})")
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated subset of: {','.join(METHODS)}")
-    parser.add_argument("--k-config", type=parse_k_config, default=DEFAULT_PAIR_K_CONFIG,
-                        help="seed methods' draft tree, e.g. 1,1,1,1 (chain of 4) or 2,2,1 (default: the default pair's, "
-                             f"{','.join(map(str, DEFAULT_PAIR_K_CONFIG))})")
-    parser.add_argument("--draft-confidence", type=draft_confidence, default=DEFAULT_PAIR_DRAFT_CONFIDENCE,
-                        help=f"seed methods' {DRAFT_CONFIDENCE_HELP} (default {DEFAULT_PAIR_DRAFT_CONFIDENCE})")
-    parser.add_argument("--max-tokens", type=positive_int, default=THOUGHT_TOKENS,
-                        help=f"new tokens per thought / single prompt (default {THOUGHT_TOKENS})")
     parser.add_argument("--value-tokens", type=positive_int, default=VALUE_TOKENS,
                         help=f"new tokens per value evaluation in tot-step (default {VALUE_TOKENS})")
-    parser.add_argument("--target", default=None, help="target model dir or hub id (default: the default pair)")
-    parser.add_argument("--draft", default=None, help="draft model dir or hub id (default: the default pair)")
     parser.add_argument("--seed-draft", default=None,
                         help="the seed methods' own draft, e.g. a feature draft dir, which transformers' "
                              "assisted generation cannot use (default: the default pair's, else --draft)")
     parser.add_argument("--data", default=None, help="JSON lines with a 'question' field (default: packaged "
                                                     "held-out GSM8K questions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default="native",
                         help="the seed methods' CPU float32 matmuls: native (default: the engine's C kernel "
                              "for decoding sizes, oneDNN where it cannot be built), onednn, or torch "
@@ -102,17 +112,9 @@ def resolve_counts(args: argparse.Namespace) -> tuple[int, int]:
 
 def load_bench_models(args: argparse.Namespace):
     """Load the pair named by the flags (or the default pair) onto the device."""
-    import torch
-
-    from langchain_seed.bench.methods import BenchModels
-    from langchain_seed.engine.feature_draft import is_feature_draft_dir
-    from langchain_seed.engine.models import load_draft, load_models
-
     needs_draft = any(m in DRAFT_METHODS for m in args.methods)
     target, draft, seed_draft = args.target, args.draft, args.seed_draft
     if target is None:
-        from langchain_seed.defaults import default_seed_draft_dir, ensure_default_pair
-
         default_target, default_draft = ensure_default_pair(progress=args.progress)
         target, draft = default_target, draft or default_draft
         seed_draft = seed_draft or default_seed_draft_dir()
@@ -131,17 +133,23 @@ def load_bench_models(args: argparse.Namespace):
     if needs_draft and seed_draft is not None and any(m in SEED_METHODS for m in args.methods):
         seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
     head_ids = _head_ids(draft) if needs_draft else None
-    return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tuple(args.k_config),
+    tree = _seed_tree(args)
+    return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tree["k_config"],
                        str(target), str(draft) if needs_draft else "-", args.linear_kernel,
-                       args.draft_confidence, seed_model, str(seed_draft) if seed_model is not None else None)
+                       tree["draft_confidence"], seed_model, str(seed_draft) if seed_model is not None else None)
+
+
+def _seed_tree(args: argparse.Namespace) -> dict:
+    """The seed methods' k_config and draft_confidence: given, else the default pair's tuned ones
+    (on the default pair) or the options' defaults."""
+    fields = decoding_fields(args, default_pair=args.target is None)
+    return {name: fields.get(name, OPTIONS[name].default) for name in ("k_config", "draft_confidence")}
 
 
 def _head_ids(draft) -> list[int] | None:
     path = Path(str(draft))
     if not (path / "head_token_ids.json").is_file():
         return None
-    from langchain_seed.engine.models import read_head_token_ids
-
     return read_head_token_ids(path)
 
 
@@ -168,15 +176,10 @@ def reference_cache_path(args: argparse.Namespace, models) -> Path | None:
     """Where the target's greedy outputs are kept between runs (None with --no-reference-cache)."""
     if not args.reference_cache:
         return None
-    from langchain_seed.bench.protocol import model_fingerprint
-    from langchain_seed.defaults import cache_dir
-
-    return cache_dir() / "bench-reference" / f"{model_fingerprint(models.target)}.json"
+    return cache_dir() / "bench-reference" / f"{protocol.model_fingerprint(models.target)}.json"
 
 
 def build_workload(args: argparse.Namespace, models, questions: int, reference):
-    from langchain_seed.bench import workloads
-
     texts = workloads.load_questions(questions, args.data)
     if args.workload == "tot-step":
         return workloads.build_tot_step(texts, models.tokenizer, reference, args.max_tokens, args.value_tokens)
@@ -187,12 +190,6 @@ def build_workload(args: argparse.Namespace, models, questions: int, reference):
 
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` subcommand."""
-    import torch
-    import transformers
-
-    from langchain_seed.bench import profile, protocol, report
-    from langchain_seed.bench.methods import make_method, reference_outputs
-
     transformers.logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
