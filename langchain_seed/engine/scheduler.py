@@ -19,7 +19,6 @@ Every active sequence is verified exactly once per round. Requests join between 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections import deque
 
@@ -36,6 +35,7 @@ from langchain_seed.engine.prefill import BATCHED_PENDING_MAX, prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
 from langchain_seed.engine.stats import EngineStats, RequestStats, RunStats
 from langchain_seed.engine.tree import build_tree
+from langchain_seed.engine.worker import Worker
 
 
 class TargetBatch:
@@ -176,7 +176,7 @@ class Lane:
         return total + (self.drafter.nbytes() if self.drafter is not None else 0)
 
 
-class Scheduler:
+class Scheduler(Worker):
     """Runs rounds over every lane; requests come in through `submit` from any thread.
 
     Args:
@@ -189,8 +189,11 @@ class Scheduler:
             native kernels (one thread while other processes hold the CPUs).
     """
 
+    thread_name = "langchain-seed-scheduler"
+
     def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], kernel: str = "torch",
                  cpu_share: CpuShare | None = None) -> None:
+        super().__init__()
         self.target_model = target_model
         self.kernel = kernel
         self.cpu_share = cpu_share or CpuShare()
@@ -200,9 +203,6 @@ class Scheduler:
         self.stats = RunStats()
         self.last_kv_bytes = 0
         self._waiting: deque[Request] = deque()
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
     # ----- submission (any thread) ---------------------------------------------------
     def submit(self, requests: list[Request], start_thread: bool = True) -> None:
@@ -211,25 +211,11 @@ class Scheduler:
         With `start_thread=False` nothing runs them until `run_until_idle` is called.
         """
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the engine is closed")
+            self._check_open()
             self._waiting.extend(requests)
             self._lock.notify_all()
-            if start_thread and (self._thread is None or not self._thread.is_alive()):
-                self._thread = threading.Thread(target=self._serve, name="langchain-seed-scheduler", daemon=True)
-                self._thread.start()
-
-    def close(self) -> None:
-        """Accept no more requests; the thread stops once the queued ones are done."""
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-
-    def join(self) -> None:
-        """Wait for the thread to stop (after `close`); a no-op from the thread itself."""
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            if start_thread:
+                self._start_thread()
 
     @property
     def active(self) -> int:

@@ -18,6 +18,7 @@ from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.request import GenerationResult, Request
 from langchain_seed.engine.scheduler import Scheduler
 from langchain_seed.engine.stats import EngineStats, RequestStats, RunStats
+from langchain_seed.engine.worker import Worker
 
 
 @dataclass(eq=False)
@@ -44,7 +45,7 @@ class SerialJob:
             self._done.set()
 
 
-class SerialRunner:
+class SerialRunner(Worker):
     """Runs requests one after another on a worker thread, each on its own `Scheduler`.
 
     Args:
@@ -52,13 +53,13 @@ class SerialRunner:
         cpu_share: passed to every scheduler; the engine replaces it when its own changes.
     """
 
+    thread_name = "langchain-seed-serial"
+
     def __init__(self, make_scheduler: Callable[..., Scheduler], cpu_share: CpuShare) -> None:
+        super().__init__()
         self.make_scheduler = make_scheduler
         self.cpu_share = cpu_share
         self._waiting: deque[tuple[Request, SerialJob]] = deque()
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
         self._current: Scheduler | None = None
         self._finished = EngineStats()
 
@@ -68,26 +69,11 @@ class SerialRunner:
         if not requests:
             job._done.set()
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the engine is closed")
+            self._check_open()
             self._waiting.extend((request, job) for request in requests)
             self._lock.notify_all()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="langchain-seed-serial", daemon=True)
-                self._thread.start()
+            self._start_thread()
         return job
-
-    def close(self) -> None:
-        """Accept no more requests; the worker stops once the queued ones are done."""
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-
-    def join(self) -> None:
-        """Wait for the worker to stop (after `close`); a no-op from the worker itself."""
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
 
     def snapshot(self) -> EngineStats:
         """What the serial runs have done so far, the running request included; any thread."""

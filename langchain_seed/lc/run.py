@@ -10,6 +10,7 @@ scheduler, serial ones run one at a time on the engine's worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -50,40 +51,37 @@ class SeedRun:
     def iter_text(self, index: int) -> Iterator[str]:
         """Text pieces of generation `index` as its tokens are committed (blocking)."""
         generation = self.generations[index]
-        try:
+        with self._timeout_errors():
             for token_ids in generation.handle:
-                piece = generation.text.push(token_ids)
-                if piece:
-                    yield piece
-        except Exception:
-            self._raise_if_timed_out()
-            raise
-        piece = generation.text.finish()
-        if piece:
-            yield piece
-        self._finish(generation)
+                yield from _piece(generation.text.push(token_ids))
+        yield from self._finish(generation)
 
     async def aiter_text(self, index: int) -> AsyncIterator[str]:
         """Text pieces of generation `index`, without ever blocking the event loop."""
         generation = self.generations[index]
-        try:
+        with self._timeout_errors():
             async for token_ids in generation.handle:
-                piece = generation.text.push(token_ids)
-                if piece:
+                for piece in _piece(generation.text.push(token_ids)):
                     yield piece
-        except Exception:
-            self._raise_if_timed_out()
-            raise
-        piece = generation.text.finish()
-        if piece:
+        for piece in self._finish(generation):
             yield piece
-        self._finish(generation)
 
-    def _finish(self, generation: Generation) -> None:
+    def _finish(self, generation: Generation) -> Iterator[str]:
+        """The text's last piece, then the request's error (or the timeout), if any."""
+        yield from _piece(generation.text.finish())
         generation.result = generation.handle.wait()
         self._raise_if_timed_out()
         if generation.result.error is not None:
             raise generation.result.error
+
+    @contextlib.contextmanager
+    def _timeout_errors(self) -> Iterator[None]:
+        """A request that failed because the run timed out raises `TimeoutError` instead."""
+        try:
+            yield
+        except Exception:
+            self._raise_if_timed_out()
+            raise
 
     def _raise_if_timed_out(self) -> None:
         if self.timed_out:
@@ -179,6 +177,11 @@ class SeedRun:
         stats.rounds = now.rounds - before.rounds
         stats.peak_kv_bytes, stats.peak_rss_mb = now.peak_kv_bytes, now.peak_rss_mb
         return stats
+
+
+def _piece(text: str) -> tuple[str, ...]:
+    """A text piece to yield, or none for the empty string."""
+    return (text,) if text else ()
 
 
 def start_run(engine: SeedEngine, tokenizer: Any, prompt_ids: list[list[int]], options: CallOptions,
