@@ -188,7 +188,8 @@ class SeedModelMixin(BaseModel):
         and built once into the cache (see `langchain-seed models`); `k_config` and
         `draft_confidence` default to those measured best for that draft
         (`pair.paths.DEFAULT_PAIR_OPTIONS`)."""
-        from langchain_seed.pair.assemble import ensure_default_pair  # the pair is fetched only when asked for
+        # pair/ is a sibling layer (fetching and assembling files), needed only by this factory
+        from langchain_seed.pair.assemble import ensure_default_pair
         from langchain_seed.pair.paths import DEFAULT_PAIR_OPTIONS, default_seed_draft_dir
 
         target_dir, draft_dir = ensure_default_pair()
