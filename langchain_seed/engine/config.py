@@ -10,14 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from langchain_seed.engine.options import (
-    DECODING_MODES,
-    MAX_LOOKUP_NGRAM,
     OPTIONS,
     SAMPLING_OPTIONS,
     SPECULATIVE_OPTIONS,
-    check_choice,
-    check_draft_confidence,
-    normalize_k_config,
     require,
     tree_size,
 )
@@ -25,10 +20,6 @@ from langchain_seed.engine.options import (
 AcceptanceRule = Literal["auto", "greedy", "speculative", "mcsd", "mcsd_without_replacement"]
 VerifyPolicy = Literal["rounds", "batched"]
 DecodingMode = Literal["autoregressive", "speculative", "scheduled"]
-
-# Also read from here by the engine's other modules (the checks themselves live in options.py).
-__all__ = ["DECODING_MODES", "MAX_LOOKUP_NGRAM", "SamplingParams", "SpeculativeConfig", "StopCallback",
-           "check_choice", "check_draft_confidence", "normalize_k_config", "tree_size"]
 
 
 def _check_fields(config: Any, names: tuple[str, ...]) -> None:

@@ -10,12 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from langchain_seed.engine.config import (
-    DECODING_MODES,
-    SamplingParams,
-    SpeculativeConfig,
-    check_choice,
-)
+from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
+from langchain_seed.engine.options import DECODING_MODES, check_choice
 from langchain_seed.engine import kernels, native
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter

@@ -4,7 +4,7 @@ earlier occurrence of the text's last few tokens (in the prompt or the output so
 
 from __future__ import annotations
 
-from langchain_seed.engine.config import MAX_LOOKUP_NGRAM
+from langchain_seed.engine.options import MAX_LOOKUP_NGRAM
 from langchain_seed.engine.request import SequenceState
 
 

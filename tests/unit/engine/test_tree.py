@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from langchain_seed.engine.config import SpeculativeConfig, normalize_k_config, tree_size
+from langchain_seed.engine.config import SpeculativeConfig
+from langchain_seed.engine.options import normalize_k_config, tree_size
 from langchain_seed.engine.tree import build_tree
 
 
