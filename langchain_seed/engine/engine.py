@@ -78,7 +78,6 @@ class SeedEngine:
         self._cpu_share = CpuShare()
         self.scheduler = self._new_scheduler()
         self._serial = SerialRunner(self._scheduler_factory(), self._cpu_share)
-        self._scheduled_peaks = EngineStats()
         self._closer = weakref.finalize(self, _shut_down, self.scheduler, self._serial, self._routings)
 
     # ----- public API ----------------------------------------------------------------
@@ -143,11 +142,7 @@ class SeedEngine:
     def stats(self) -> EngineStats:
         """Rounds, forwards, requests and memory so far, scheduled and serial runs together,
         and the requests active or waiting now; safe to call from any thread."""
-        scheduled = self.scheduler.snapshot()
-        peaks = self._scheduled_peaks
-        scheduled = dataclasses.replace(scheduled, peak_kv_bytes=max(scheduled.peak_kv_bytes, peaks.peak_kv_bytes),
-                                        peak_rss_mb=max(scheduled.peak_rss_mb, peaks.peak_rss_mb))
-        return scheduled + self._serial.snapshot()
+        return self.scheduler.snapshot() + self._serial.snapshot()
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams | None = None, mode: str = "scheduled",
                       config: SpeculativeConfig | None = None, index: int = 0) -> None:
@@ -160,9 +155,8 @@ class SeedEngine:
 
     def close(self) -> None:
         """Let the scheduler and the serial worker finish the requests they have, stop their
-        threads, and take the
-        engine's kernels off its models (they run transformers' own code again). Also done
-        when the engine is garbage-collected; closing twice is harmless."""
+        threads, and take the engine's kernels off its models (they run transformers' own code
+        again). Also done when the engine is garbage-collected; closing twice is harmless."""
         self._closer()
 
     @property
@@ -253,20 +247,14 @@ class SeedEngine:
         """Submit together, wait for all; forwards and memory peaks are counted over the call
         (requests of concurrent callers served in the same rounds are included)."""
         before = self.scheduler.forwards()
-        self._scheduled_peaks = EngineStats(peak_kv_bytes=max(self._scheduled_peaks.peak_kv_bytes,
-                                                              self.scheduler.stats.peak_kv_bytes),
-                                            peak_rss_mb=max(self._scheduled_peaks.peak_rss_mb,
-                                                            self.scheduler.stats.peak_rss_mb))
-        self.scheduler.stats.peak_kv_bytes = 0
-        self.scheduler.stats.peak_rss_mb = 0.0
+        self.scheduler.call_peaks = peaks = RunStats()
         self.scheduler.submit(requests)
         for request in requests:
             request.handle.wait()
         after = self.scheduler.forwards()
         stats = _collect(requests)
         stats.target_forwards, stats.draft_forwards = after[0] - before[0], after[1] - before[1]
-        stats.peak_kv_bytes = self.scheduler.stats.peak_kv_bytes
-        stats.peak_rss_mb = self.scheduler.stats.peak_rss_mb
+        stats.peak_kv_bytes, stats.peak_rss_mb = peaks.peak_kv_bytes, peaks.peak_rss_mb
         return stats
 
     def _run_serially(self, requests: list[Request]) -> RunStats:

@@ -33,7 +33,7 @@ from langchain_seed.engine.kernels import engine_kernels
 from langchain_seed.engine.native import limit_threads
 from langchain_seed.engine.prefill import BATCHED_PENDING_MAX, prefill_prompts
 from langchain_seed.engine.request import GenerationResult, Request, SequenceState
-from langchain_seed.engine.stats import EngineStats, RequestStats, RunStats
+from langchain_seed.engine.stats import EngineStats, RequestStats, RunStats, current_rss_mb
 from langchain_seed.engine.tree import build_tree
 from langchain_seed.engine.worker import Worker
 
@@ -201,6 +201,8 @@ class Scheduler(Worker):
         self.eos_token_ids = eos_token_ids
         self.lanes: dict[SpeculativeConfig, Lane] = {}
         self.stats = RunStats()
+        self.call_peaks = RunStats()
+        """Memory peaks since a caller last replaced it (`SeedEngine.generate` does, per call)."""
         self.last_kv_bytes = 0
         self._waiting: deque[Request] = deque()
 
@@ -241,7 +243,9 @@ class Scheduler(Worker):
                     self._step_lane(lane)
         self.stats.rounds += 1
         self.last_kv_bytes = self.kv_bytes()
-        self.stats.sample_memory(self.last_kv_bytes)
+        rss_mb = current_rss_mb()
+        self.stats.sample_memory(self.last_kv_bytes, rss_mb)
+        self.call_peaks.sample_memory(self.last_kv_bytes, rss_mb)
         self.cpu_share.sample()
 
     def run_until_idle(self) -> None:

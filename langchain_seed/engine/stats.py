@@ -102,9 +102,10 @@ class RunStats:
         self.accepted += stats.accepted
         self.per_request.append(stats)
 
-    def sample_memory(self, kv_bytes: int) -> None:
+    def sample_memory(self, kv_bytes: int, rss_mb: float | None = None) -> None:
+        """Raise the peaks to `kv_bytes` and the resident memory (`rss_mb`, or measured now)."""
         self.peak_kv_bytes = max(self.peak_kv_bytes, kv_bytes)
-        self.peak_rss_mb = max(self.peak_rss_mb, current_rss_mb())
+        self.peak_rss_mb = max(self.peak_rss_mb, current_rss_mb() if rss_mb is None else rss_mb)
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k != "per_request"}
