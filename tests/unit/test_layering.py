@@ -28,7 +28,7 @@ def test_an_engine_module_importing_the_langchain_face_breaks_the_contract(tmp_p
     shutil.copytree(ROOT / "langchain_seed", tmp_path / "langchain_seed",
                     ignore=shutil.ignore_patterns("assets", "__pycache__", "*.c", "*.h", "data"))
     stats = tmp_path / "langchain_seed" / "engine" / "stats.py"
-    stats.write_text(stats.read_text() + "\nfrom langchain_seed import defaults  # a deliberate violation\n")
+    stats.write_text(stats.read_text() + "\nfrom langchain_seed.pair import paths  # a deliberate violation\n")
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
-    assert "BROKEN" in result.stdout and "langchain_seed.engine.stats -> langchain_seed.defaults" in result.stdout
+    assert "BROKEN" in result.stdout and "langchain_seed.engine.stats -> langchain_seed.pair.paths" in result.stdout
