@@ -10,9 +10,10 @@ from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine,
 from langchain_seed.engine import drafters
 
 from engine_fixtures import PROMPTS, VOCAB, build_model, hf_greedy
-from test_sampling import PROMPT, SAMPLES, chi_square, critical_value, joint_two_tokens, small_model
+from test_sampling import PROMPT, chi_square, critical_value, exact_joint, prefix_logits, small_model
 
 MODES = [("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")]
+SAMPLES = 4000
 
 
 def feature_draft(target, layers: int = 1, feature_scale: float = 0.0, head=range(VOCAB)) -> FeatureDraftModel:
@@ -104,7 +105,7 @@ def test_sampled_tokens_follow_target_distribution(k_config, acceptance):
     params = [SamplingParams(temperature=1.0, max_tokens=2, seed=seed) for seed in range(SAMPLES)]
     results = engine.generate([PROMPT] * SAMPLES, params, mode="scheduled")
     counts = Counter(tuple(r.token_ids[:2]) for r in results)
-    statistic, dof = chi_square(counts, joint_two_tokens(target, 1.0), SAMPLES)
+    statistic, dof = chi_square(counts, exact_joint(prefix_logits(target, 2), 1.0, 1.0, tokens=2), SAMPLES)
     assert statistic < critical_value(dof), f"chi2={statistic:.1f} dof={dof}: not the target's distribution"
     assert 0 < results.stats.acceptance_rate < 1
 
