@@ -53,9 +53,7 @@ class SpeculativeConfig:
         prompt_lookup_below: prompt lookup overrides the draft model's best candidate only
             where the model's top probability is below this; 1.0 lets every lookup hit
             override it. A good draft that is sure is more often right than an n-gram
-            match: on the default pair's held-out replay, lookup everywhere gives a
-            chain-of-4 acceptance of 0.535 and lookup below 0.7 gives 0.605 (the draft
-            alone 0.480; docs/BENCHMARKS.md).
+            match (measured on the default pair's held-out replay: docs/BENCHMARKS.md).
         draft_confidence: adaptive draft length. A sequence stops drafting deeper once the
             draft's probability of its best candidate at the deepest level falls below this
             (that level is still verified; a prompt-lookup hit counts as confident), so
