@@ -1,9 +1,10 @@
 """Requests, their handles, and their results.
 
-A `RequestHandle` is what `SeedEngine.submit` gives back: it can be waited on
-(`result()`, `await handle`), iterated for the new tokens as they are committed (sync
-and async), and cancelled. The engine thread writes to it; any other thread or event
-loop reads from it. Nothing here touches a model.
+A `RequestHandle` is what `SeedEngine.submit` gives back, in every decoding mode: it can
+be waited on (`result()`, `await handle`), iterated for the new tokens as they are
+committed (sync and async), and cancelled. The engine's thread (the scheduler's or the
+serial worker's) writes to it; any other thread or event loop reads from it. Nothing here
+touches a model.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """`SeedEngine.submit` in every mode (serial ones on the engine's worker) and `engine.stats()`."""
 
 import asyncio
+import gc
 import threading
+import weakref
 
 import pytest
 
@@ -105,6 +107,19 @@ def test_close_joins_the_serial_worker(llama_pair):
     assert handle.done  # the queued request was finished first
     assert not any(t.name == "langchain-seed-serial" and t.is_alive() for t in threading.enumerate()
                    if t is engine._serial._thread)
+
+
+def test_an_engine_whose_serial_worker_ran_is_still_collected_and_its_worker_stopped(llama_pair):
+    target, draft = llama_pair
+    engine = SeedEngine(target, draft)
+    engine.generate([PROMPTS[0]], SamplingParams(max_tokens=4), mode="speculative")
+    worker, collected = engine._serial._thread, weakref.ref(engine)
+    assert worker.is_alive()
+    del engine
+    gc.collect()
+    assert collected() is None
+    worker.join(timeout=30)
+    assert not worker.is_alive()
 
 
 def test_stats_count_scheduled_and_serial_runs(engine):
