@@ -18,7 +18,7 @@ from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
-from langchain_seed.engine.request import GenerationResult, Request, RequestHandle
+from langchain_seed.engine.request import Request, RequestHandle
 from langchain_seed.engine.scheduler import Scheduler
 from langchain_seed.engine.serial import SerialRunner
 from langchain_seed.engine.stats import EngineStats, RunStats

@@ -36,14 +36,13 @@ async def test_a_cancelled_astream_cancels_its_request_and_leaks_no_thread(tiny_
     await tiny_llm.ainvoke(PROMPT, decoding=mode, max_tokens=2)  # the engine's threads have started
     threads = threading.active_count()
     handles = _spy_handles(tiny_engine, monkeypatch)
+    async def consume(started: asyncio.Event) -> None:
+        async for _chunk in tiny_llm.astream(PROMPT, decoding=mode, max_tokens=1000, k_config=(1,)):
+            started.set()
+
     for _ in range(3):
         started = asyncio.Event()
-
-        async def consume() -> None:
-            async for _chunk in tiny_llm.astream(PROMPT, decoding=mode, max_tokens=1000, k_config=(1,)):
-                started.set()
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(consume(started))
         await asyncio.wait_for(started.wait(), 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
