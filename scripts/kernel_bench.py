@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from langchain_seed.pair.fetch import ensure_default_target
-from langchain_seed.engine import kernels, native
+from langchain_seed.engine import kernels, native, routing
 from langchain_seed.engine.models import load_model
 
 FORWARD_SHAPES = ((1, 1), (1, 6), (3, 6), (3, 10))
@@ -154,7 +154,7 @@ def main() -> None:
     if not native.available():
         raise SystemExit(f"the native kernel is unavailable here: {native.unavailable_reason()}")
     model = load_model(ensure_default_target(progress=False)).eval()
-    kernels.install(model)  # for this script's whole process
+    routing.install(model)  # for this script's whole process
     print(f"torch threads: {torch.get_num_threads()}")
     linears_table(model, [int(r) for r in args.rows.split(",")], args.reps)
     layer_ops_table(model, args.reps)

@@ -12,7 +12,7 @@ import torch
 
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.options import DECODING_MODES, check_choice
-from langchain_seed.engine import kernels, native
+from langchain_seed.engine import kernels, native, routing
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
@@ -174,11 +174,11 @@ class SeedEngine:
         """Whether `close` has run: no new request is accepted."""
         return not self._closer.alive
 
-    def _install_kernels(self) -> list[kernels.KernelRouting]:
-        """Route the engine's own model instances to its kernels (`kernels.install`)."""
+    def _install_kernels(self) -> list[routing.KernelRouting]:
+        """Route the engine's own model instances to its kernels (`routing.install`)."""
         if self.linear_kernel not in kernels.ENGINE_KERNELS:
             return []
-        routings = [kernels.install(model) for model in (self.target_model, self.draft_model) if model is not None]
+        routings = [routing.install(model) for model in (self.target_model, self.draft_model) if model is not None]
         if any(routing.linears for routing in routings) and self.linear_kernel == "native":
             native.available()  # build (or find) the C kernel now rather than in the first round
         return routings
@@ -287,7 +287,7 @@ def _make_drafter(draft_model, draft_head_token_ids: list[int] | None) -> ModelD
     return ModelDrafter(draft_model, draft_head_token_ids)
 
 
-def _shut_down(scheduler: Scheduler, serial: SerialRunner, routings: list[kernels.KernelRouting]) -> None:
+def _shut_down(scheduler: Scheduler, serial: SerialRunner, routings: list[routing.KernelRouting]) -> None:
     """`SeedEngine.close`: no new requests, the queued ones finished, the threads gone (unless
     this is one of them), then the kernels removed from the models."""
     scheduler.close()

@@ -12,8 +12,8 @@ spend most of a call on dispatch. The engine therefore runs its forwards on:
   keys (where the C kernels cannot be built, `native` runs as this);
 - `torch`: torch's and transformers' own code.
 
-`install(model)` routes one model instance (`KernelRouting`); `remove()` undoes it. The
-routed forwards act only inside `engine_kernels()` in the calling thread, so anyone else
+`engine.routing.install(model)` puts these on one model instance; the routed forwards
+here act only inside `engine_kernels()` in the calling thread, so anyone else
 calling the same model (a user's own `generate`, the benchmark's transformers baselines)
 runs transformers' code, before, during and after. The measurements behind the routing
 thresholds are in docs/BENCHMARKS.md ("The native kernels", "Thresholds on other CPUs").
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import weakref
 from typing import Any, Callable, Iterator
 
 import torch
@@ -45,7 +44,7 @@ LINEAR_KERNELS = ("native", "onednn", "torch")
 """The engine's CPU float32 matmuls. `native`: its C kernel for decoding sizes (where it
 builds; else as `onednn`); `onednn`: oneDNN and weight-major MKL; `torch`: torch's default."""
 ENGINE_KERNELS = ("native", "onednn")
-"""The kernels `install` routes to (`torch` installs nothing)."""
+"""The kernels `routing.install` routes to (`torch` installs nothing)."""
 
 _state = threading.local()
 
@@ -122,133 +121,6 @@ RMS_NORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", 
 MLP_CLASSES = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
 """MLPs computing `down_proj(act_fn(gate_proj(x)) * up_proj(x))`: with a SiLU activation and
 no biases, `native.gate_up_silu` does the part before `down_proj` in one call."""
-ATTENTION_IMPLEMENTATION = "langchain_seed"
-"""The name `engine_attention` is registered under in transformers' `AttentionInterface`
-while an engine's models use it (their "sdpa" configs point at it until the routing is removed)."""
-
-
-class KernelRouting:
-    """The engine's kernels installed on one model instance; `remove()` puts back exactly
-    what was there (also a context manager).
-
-    Routed: every eligible `nn.Linear` (through `linear`), Llama-family RMS norms, SiLU MLPs
-    and decoder layers (`engine.layers`), each by an instance-level `forward` on that module
-    only, and the model's "sdpa" attention by pointing its config at
-    `ATTENTION_IMPLEMENTATION`. Nothing module-level of torch or transformers is rebound, and
-    every routed forward acts only inside `engine_kernels()` in the calling thread: elsewhere
-    it calls the forward it replaced.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.linears = 0
-        self._forwards: list[tuple[torch.nn.Module, Callable | None]] = []
-        self._configs: list[Any] = []
-        self._users = 0
-
-    def remove(self) -> None:
-        """Undo the routing once its last user (`install` call) has removed it."""
-        self._users -= 1
-        if self._users > 0:
-            return
-        for module, previous in reversed(self._forwards):
-            if previous is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
-        for config in self._configs:
-            config._attn_implementation_internal = "sdpa"
-        self._forwards, self._configs = [], []
-        _routings.pop(self.model, None)
-        if not _routings:
-            _unregister_attention()
-
-    def __enter__(self) -> "KernelRouting":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.remove()
-
-    def _route(self, module: torch.nn.Module, forward: Callable) -> None:
-        self._forwards.append((module, module.__dict__.get("forward")))
-        module.forward = forward
-
-
-_routings: "weakref.WeakKeyDictionary[torch.nn.Module, KernelRouting]" = weakref.WeakKeyDictionary()
-"""The routing of every model with the engine's kernels installed (one per model, shared by
-the engines on it)."""
-
-
-def install(model: torch.nn.Module) -> KernelRouting:
-    """Route the model's linears, RMS norms, SiLU MLPs, decoder layers and attention to the
-    engine's kernels (see `KernelRouting`); `.linears` says how many linears were routed.
-
-    Installing on a model that already has the routing returns the same routing (each
-    install is undone by one `remove()`). A model that is not float32 on the CPU gets
-    nothing routed but its attention.
-    """
-    routing = _routings.get(model)
-    if routing is None:
-        routing = _routings[model] = KernelRouting(model)
-        _route_modules(routing, model)
-        _route_attention(routing, model)
-    routing._users += 1
-    return routing
-
-
-def _route_modules(routing: KernelRouting, model: torch.nn.Module) -> None:
-    from langchain_seed.engine import layers  # it builds on this module
-
-    for module in model.modules():
-        if type(module) is torch.nn.Linear and _eligible_weight(module.weight):
-            routing._route(module, functools.partial(_linear_forward, module))
-            routing.linears += 1
-        elif type(module).__name__ in RMS_NORM_CLASSES:
-            routing._route(module, functools.partial(_rms_norm_forward, module, module.forward))
-        elif is_silu_mlp(module):
-            routing._route(module, functools.partial(_mlp_forward, module, module.forward))
-        elif layers.supports(module):
-            routing._route(module, functools.partial(layers.native_layer_forward, module, module.forward))
-
-
-def _route_attention(routing: KernelRouting, model: torch.nn.Module) -> None:
-    """Point the model's "sdpa" configs at `engine_attention` (registered under
-    `ATTENTION_IMPLEMENTATION`); models on other attention keep theirs."""
-    configs: dict[int, Any] = {id(m.config): m.config for m in model.modules()
-                               if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    sdpa = [config for config in configs.values() if getattr(config, "_attn_implementation_internal", None) == "sdpa"]
-    if not sdpa or not _register_attention():
-        return
-    for config in sdpa:
-        config._attn_implementation_internal = ATTENTION_IMPLEMENTATION
-    routing._configs = sdpa
-
-
-def _register_attention() -> bool:
-    """Register `engine_attention` (and sdpa's mask function) under `ATTENTION_IMPLEMENTATION`
-    in transformers' interfaces; False when this transformers has none."""
-    try:
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-        from transformers.modeling_utils import AttentionInterface
-    except ImportError:
-        return False
-    AttentionInterface.register(ATTENTION_IMPLEMENTATION, engine_attention)
-    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
-    return True
-
-
-def _unregister_attention() -> None:
-    """Take `ATTENTION_IMPLEMENTATION` out of transformers' interfaces again (once no model
-    uses it), so the registries are as they were before any engine."""
-    try:
-        from transformers.masking_utils import AttentionMaskInterface
-        from transformers.modeling_utils import AttentionInterface
-    except ImportError:
-        return
-    for interface in (AttentionInterface, AttentionMaskInterface):
-        interface._global_mapping.pop(ATTENTION_IMPLEMENTATION, None)
-
-
 def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs) -> tuple[torch.Tensor, None]:
@@ -310,11 +182,13 @@ _EXOTIC_ATTENTION_KWARGS = ("softcap", "position_bias", "s_aux")
 """Arguments the grouped path does not implement: such calls go to transformers' function."""
 
 
-def _linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def linear_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A routed `nn.Linear`'s forward: `linear` on its weight and bias."""
     return linear(x, module.weight, module.bias)
 
 
-def _rms_norm_forward(module: Any, replaced: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
+def rms_norm_forward(module: Any, replaced: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
+    """A routed RMS norm's forward: the native norm or `F.rms_norm` inside the block, else `replaced`."""
     kernel, weight = getattr(_state, "kernel", None), module.weight
     if (kernel is None or not (hidden_states.is_cpu and weight.is_cpu) or hidden_states.dtype is not torch.float32
             or weight.dtype is not torch.float32 or weight.shape != hidden_states.shape[-1:]):
@@ -334,7 +208,8 @@ def is_silu_mlp(module: Any) -> bool:
             and module.gate_proj.weight.shape == module.up_proj.weight.shape)
 
 
-def _mlp_forward(module: Any, replaced: Callable, x: torch.Tensor) -> torch.Tensor:
+def mlp_forward(module: Any, replaced: Callable, x: torch.Tensor) -> torch.Tensor:
+    """A routed SiLU MLP's forward: its first half on `native.gate_up_silu` where it applies, else `replaced`."""
     gate, up = module.gate_proj.weight, module.up_proj.weight
     if (getattr(_state, "kernel", None) != "native" or not _eligible(x, gate, None) or not _eligible(x, up, None)
             or x.numel() // x.shape[-1] > NATIVE_MAX_ROWS or not native.available()):
@@ -342,14 +217,15 @@ def _mlp_forward(module: Any, replaced: Callable, x: torch.Tensor) -> torch.Tens
     return module.down_proj(native.gate_up_silu(x, gate, up))
 
 
-def _eligible_weight(weight: torch.Tensor) -> bool:
+def eligible_weight(weight: torch.Tensor) -> bool:
+    """A weight the engine's matmuls take: a contiguous 2-D float32 tensor on the CPU."""
     return weight.is_cpu and weight.dtype is torch.float32 and weight.dim() == 2 and weight.is_contiguous()
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """CPU float32 tensors, no autograd (the engine's kernels have no backward). Called for
     every linear of every forward, so it sticks to the cheapest checks."""
-    if not (x.is_cpu and x.dtype is torch.float32 and _eligible_weight(weight) and x.dim() >= 2
+    if not (x.is_cpu and x.dtype is torch.float32 and eligible_weight(weight) and x.dim() >= 2
             and x.shape[-1] == weight.shape[1] and x.numel() > 0):
         return False
     if bias is not None and not (bias.is_cpu and bias.dtype is torch.float32 and bias.is_contiguous()

@@ -4,7 +4,7 @@ Inside `engine_kernels("native")`, every installed `LlamaDecoderLayer` runs
 `native_layer_forward`: transformers' computation (norm, q/k/v projections, rotary
 embedding, cache append, grouped-query attention, output projection, residual, norm,
 SiLU MLP, residual), step for step, on `engine.native`'s kernels. Routing each module
-separately (`kernels.install`) already runs the same kernels; what this removes is the
+separately (`routing.install`) already runs the same kernels; what this removes is the
 Python between them: twelve module calls, keyword plumbing and a routing check per op,
 about 150 us a layer, or 4-5 ms of a 30-layer forward at decoding sizes.
 

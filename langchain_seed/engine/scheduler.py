@@ -183,7 +183,7 @@ class Scheduler(Worker):
         target_model: the model whose output is reproduced.
         make_drafter: builds the drafter (`ModelDrafter` or `FeatureDrafter`) of a new lane.
         kernel: run each round inside `kernels.engine_kernels(kernel)`: "native" or
-            "onednn" (the models' linears must have been routed with `kernels.install`),
+            "onednn" (the models' linears must have been routed with `routing.install`),
             or "torch" (torch's kernels).
         cpu_share: sampled once a round; its thread limit applies to the next round's
             native kernels (one thread while other processes hold the CPUs).

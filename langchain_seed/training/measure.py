@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from langchain_seed.engine import kernels
+from langchain_seed.engine import kernels, routing
 from langchain_seed.engine.kernels import linear
 
 
@@ -82,7 +82,7 @@ def alternating_costs(draft: Any, target: Any, draft_step_ms: Callable[[], float
     models' linears run on the engine's kernels (`engine.kernels`: the native C kernel where it builds).
     """
     draft_times, target_times = [], []
-    with kernels.install(draft), kernels.install(target), kernels.engine_kernels():
+    with routing.install(draft), routing.install(target), kernels.engine_kernels():
         for _ in range(repeats):
             draft_times.append(draft_step_ms())
             target_times.append(step_ms(target))

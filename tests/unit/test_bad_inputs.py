@@ -1,7 +1,7 @@
 """Every bad input is refused at once with a message naming the problem, and a good
 request served by the same engine meanwhile is untouched."""
 
-from langchain_seed.bench.bad_inputs import build_cases, run_cases, tiny_llm_for_table
+from langchain_seed.cli.bad_inputs import build_cases, run_cases, tiny_llm_for_table
 from langchain_seed.engine import SamplingParams
 
 

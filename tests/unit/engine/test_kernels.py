@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from langchain_seed.engine import kernels, native
+from langchain_seed.engine import kernels, native, routing
 
 import numerics
 from engine_fixtures import needs_kernel
@@ -26,7 +26,7 @@ def _mlp(seed: int = 0) -> torch.nn.Module:
 @pytest.mark.parametrize("rows", [1, 3, 5, 16, 40])
 def test_installed_linears_match_torch_inside_the_block(rows, kernel):
     model, reference = _mlp(), _mlp()
-    assert kernels.install(model).linears == 2
+    assert routing.install(model).linears == 2
     x = torch.randn(2, rows, 16)
     with torch.inference_mode():
         expected = reference(x)
@@ -40,8 +40,8 @@ def test_installed_linears_match_torch_inside_the_block(rows, kernel):
 
 def test_outside_the_block_installed_linears_are_torch_bit_for_bit(monkeypatch):
     model, reference = _mlp(), _mlp()
-    kernels.install(model)
-    kernels.install(model)  # twice is harmless
+    routing.install(model)
+    routing.install(model)  # twice is harmless
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(kernels.torch.ops.mkldnn, "_linear_pointwise",
@@ -87,13 +87,13 @@ def test_the_block_is_per_thread_and_nests():
 
 def test_autograd_and_other_dtypes_fall_back_to_torch():
     model = _mlp()
-    kernels.install(model)
+    routing.install(model)
     x = torch.randn(4, 16, requires_grad=True)
     with kernels.engine_kernels():
         model(x).sum().backward()  # the engine's kernels have no backward: torch's is used
     assert x.grad is not None and x.grad.shape == (4, 16)
     half = _mlp().to(torch.bfloat16)
-    assert kernels.install(half).linears == 0
+    assert routing.install(half).linears == 0
 
 
 def test_engine_rejects_an_unknown_kernel(tiny_target):
@@ -187,8 +187,8 @@ def test_routed_rms_norms_match_the_modules_inside_the_block_only(kernel, monkey
     norm.weight.data.normal_()
     reference.load_state_dict(norm.state_dict())
     model = torch.nn.Sequential(norm)
-    kernels.install(model)
-    kernels.install(model)  # twice is harmless
+    routing.install(model)
+    routing.install(model)  # twice is harmless
     fused = []
     for owner, name in ((kernels.F, "rms_norm"), (native, "rms_norm")):
         original = getattr(owner, name)
@@ -218,7 +218,7 @@ def test_silu_mlps_run_their_first_half_natively_inside_the_native_block(monkeyp
     torch.manual_seed(5)
     mlp, reference = LlamaMLP(config), LlamaMLP(config)
     reference.load_state_dict(mlp.state_dict())
-    kernels.install(mlp)
+    routing.install(mlp)
     fused = []
     gate_up_silu = native.gate_up_silu
     monkeypatch.setattr(native, "gate_up_silu", lambda *a: fused.append(1) or gate_up_silu(*a))
@@ -237,7 +237,7 @@ def test_silu_mlps_run_their_first_half_natively_inside_the_native_block(monkeyp
     numerics.assert_within(reference(x), in_float64, "eager")
     gelu = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=72, num_attention_heads=4, num_key_value_heads=2,
                                 hidden_act="gelu"))
-    kernels.install(gelu)
+    routing.install(gelu)
     with torch.inference_mode(), kernels.engine_kernels("native"):
         gelu(x)
     assert fused == [1]  # only SiLU MLPs are routed
@@ -253,7 +253,7 @@ def test_an_installed_llama_layer_runs_rotary_natively_without_rebinding_transfo
     natives = []
     rotary = native.rotary
     monkeypatch.setattr(native, "rotary", lambda *a: natives.append(1) or rotary(*a))
-    with kernels.install(tiny_target), torch.inference_mode():
+    with routing.install(tiny_target), torch.inference_mode():
         assert modeling_llama.apply_rotary_pos_emb is stock
         tiny_target(torch.tensor([[1, 2, 3]]))
         assert natives == []  # outside the block: transformers' own layer
@@ -304,7 +304,7 @@ def test_a_masked_forward_of_a_routed_model_matches_the_stock_one(tiny_target, e
             return forward_logits(tiny_target, kv, rows)
 
     stock = logits("torch")
-    with kernels.install(tiny_target):
+    with routing.install(tiny_target):
         routed = logits(engine_kernel)
     # each row against the float64 model on its whole sequence (the cache groups the sums
     # differently, within the same bound); row 0's fourth position is padding, not compared

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from langchain_seed.engine import kernels, layers
+from langchain_seed.engine import kernels, layers, routing
 
 import numerics
 from engine_fixtures import needs_kernel
@@ -20,7 +20,7 @@ pytestmark = needs_kernel
 def routed(tiny_target):
     """A private copy of the tiny target with the engine's kernels installed."""
     model = copy.deepcopy(tiny_target)
-    with kernels.install(model):
+    with routing.install(model):
         yield model
 
 

@@ -2,17 +2,20 @@
 
 Each case must be refused at once with an error that names the problem, and none may
 disturb a good request that the same engine is serving meanwhile. `run_cases(llm)`
-returns the outcomes; `python -m langchain_seed.bench.bad_inputs` prints them as the
+returns the outcomes; `python -m langchain_seed.cli.bad_inputs` prints them as the
 Markdown table of docs/RELIABILITY.md (on a tiny random model: no downloads).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from langchain_seed.cli import build_parser
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 
 
@@ -103,11 +106,6 @@ def build_cases(llm, other_vocab_draft=None) -> list[Case]:
 
 def _cli(argv: list[str]) -> None:
     """Parse CLI flags the way `langchain-seed` does (argparse exits: turned into ValueError)."""
-    import contextlib
-    import io
-
-    from langchain_seed.cli import build_parser
-
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
