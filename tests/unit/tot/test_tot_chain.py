@@ -175,11 +175,17 @@ def test_llm_errors_propagate():
         TreeOfThoughts(llm=ScriptedLLM(reply=broken)).invoke(QUESTION)
 
 
-def test_dfs_and_vote_through_the_runnable(scripted_llm):
-    tot = TreeOfThoughts(llm=scripted_llm, search="dfs", evaluator="value", value_threshold=8)
+def test_dfs_and_vote_through_the_runnable():
+    def votes_for_the_third(prompt: str, sample: int = 0) -> str:
+        # The votes pick the option the value scores rank last (VALUES: 5 and 4 against 9 and 10).
+        return "3" if prompt.endswith("Best choice: ") else gsm8k_reply(prompt, sample)
+
+    llm = ScriptedLLM(reply=votes_for_the_third)
+    tot = TreeOfThoughts(llm=llm, search="dfs", evaluator="vote", value_threshold=8)
     result = tot.invoke(QUESTION, return_tree=True)
     assert result.tree.search == "dfs" and result.answer == "10"
-    assert result.tree.best.steps == (LEVEL1[0], LEVEL2[0])
+    assert roles_of_calls(llm.calls) == ["propose", "vote", "propose", "vote", "answer"]
+    assert result.tree.best.steps == (LEVEL1[2], LEVEL2[2])
 
 
 def test_sample_generator_with_n(scripted_llm):
@@ -269,4 +275,7 @@ def test_defaults_come_from_the_task(scripted_llm):
     assert TreeOfThoughts(llm=scripted_llm, task="game24").resolved_depth == 3
     assert TreeOfThoughts(llm=scripted_llm, task="game24").resolved_threshold == 1.0
     assert TreeOfThoughts(llm=scripted_llm, value_threshold=7).resolved_threshold == 7
-    assert TreeOfThoughts(llm=scripted_llm).input_schema is not None
+    tot = TreeOfThoughts(llm=scripted_llm)
+    accepted = tot.input_schema.model_json_schema()["anyOf"]
+    assert {"type": "string"} in accepted and {"items": {}, "type": "array"} in accepted  # text, messages
+    assert tot.output_schema.model_json_schema()["type"] == "string"
