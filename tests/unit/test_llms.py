@@ -156,15 +156,63 @@ def test_streaming_field_reports_chunks_from_invoke(tiny_engine):
     assert "".join(counter.tokens) == text
 
 
-def test_stream_stops_the_engine_when_the_consumer_leaves(tiny_engine):
+def _spy_handles(engine, monkeypatch) -> list:
+    """The request handles of every `submit_many` call on `engine`, in order."""
+    handles: list = []
+    submit_many = engine.submit_many
+
+    def spy(*args, **kwargs):
+        new = submit_many(*args, **kwargs)
+        handles.extend(new)
+        return new
+
+    monkeypatch.setattr(engine, "submit_many", spy)
+    return handles
+
+
+def _emitted(handle) -> int:
+    """Tokens the engine has handed to `handle` so far."""
+    return sum(len(chunk) for chunk in list(handle._chunks))
+
+
+MAX_TOKENS_PER_ROUND = 2
+"""k_config=(1,): one drafted token and the recovered/bonus token."""
+
+
+def test_stream_stops_the_engine_when_the_consumer_leaves(tiny_engine, monkeypatch):
+    handles = _spy_handles(tiny_engine, monkeypatch)
     llm = SeedLLM.from_engine(tiny_engine, max_tokens=400, k_config=(1,))
     stream = llm.stream(PROMPTS[0])
     next(stream)
     stream.close()  # GeneratorExit in _stream: the request is cancelled
-    deadline = time.monotonic() + 10
-    while tiny_engine.scheduler.active and time.monotonic() < deadline:
-        time.sleep(0.01)
+    [handle] = handles
+    at_cancel = _emitted(handle)
+    result = handle.wait(timeout=120)  # an outer limit only: without the cancel it ends at 400 tokens
+    assert result.finish_reason == "cancelled"
+    # The round under way when the consumer left may still commit; nothing after it.
+    assert len(result.token_ids) <= at_cancel + MAX_TOKENS_PER_ROUND < 400
     assert tiny_engine.scheduler.active == 0
+
+
+async def test_cancelling_an_astream_consumer_stops_the_engine(tiny_engine, monkeypatch):
+    handles = _spy_handles(tiny_engine, monkeypatch)
+    llm = SeedLLM.from_engine(tiny_engine, max_tokens=400, k_config=(1,))
+    first_chunk = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in llm.astream(PROMPTS[0]):
+            first_chunk.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first_chunk.wait(), timeout=120)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [handle] = handles
+    at_cancel = _emitted(handle)
+    result = await asyncio.wait_for(handle, timeout=120)  # outer limit only
+    assert result.finish_reason == "cancelled"
+    assert len(result.token_ids) <= at_cancel + MAX_TOKENS_PER_ROUND < 400
 
 
 # ---------------------------------------------------------------------------------- stop
@@ -326,7 +374,9 @@ def test_generation_info_and_llm_output(tiny_llm):
     assert output["model_name"] == "tiny-random-llama"
     assert output["requests"] == 2 and output["new_tokens"] == 48
     assert 1 <= output["target_forwards"] and output["draft_forwards"] >= 1
-    assert 0 <= output["acceptance_rate"] <= 1
+    infos = [generation.generation_info for [generation] in result.generations]
+    assert output["acceptance_rate"] == pytest.approx(
+        sum(i["accepted"] for i in infos) / sum(i["drafted"] for i in infos))
 
 
 def test_autoregressive_statistics(tiny_llm):
