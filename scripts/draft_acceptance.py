@@ -25,11 +25,11 @@ import sys
 from pathlib import Path
 
 import torch
-from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
 from transformers import AutoModelForCausalLM
 
 from langchain_seed.engine import SpeculativeConfig
 from langchain_seed.engine.drafters import NGramIndex
+from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
 from langchain_seed.training.measure import teacher_forced_acceptance
 from langchain_seed.training.targets import load_examples
 from langchain_seed.training.token import token_costs

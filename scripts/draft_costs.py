@@ -11,12 +11,11 @@ import argparse
 import json
 
 import torch
-from langchain_seed.pair.assemble import ensure_default_pair
-from langchain_seed.pair.paths import default_feature_draft_dir
-from langchain_seed.engine.models import read_head_token_ids
 from transformers import AutoModelForCausalLM
 
-from langchain_seed.engine.models import load_draft
+from langchain_seed.engine.models import load_draft, read_head_token_ids
+from langchain_seed.pair.assemble import ensure_default_pair
+from langchain_seed.pair.paths import default_feature_draft_dir
 from langchain_seed.training.feature import feature_token_ms
 from langchain_seed.training.token import token_costs
 

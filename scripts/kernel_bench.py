@@ -28,9 +28,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from langchain_seed.pair.fetch import ensure_default_target
 from langchain_seed.engine import kernels, native, routing
 from langchain_seed.engine.models import load_model
+from langchain_seed.pair.fetch import ensure_default_target
 
 FORWARD_SHAPES = ((1, 1), (1, 6), (3, 6), (3, 10))
 

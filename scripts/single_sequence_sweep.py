@@ -19,12 +19,11 @@ import statistics
 import time
 
 from langchain_seed.bench.engine_modes import heldout_question
-from langchain_seed.pair.assemble import ensure_default_pair
-from langchain_seed.pair.paths import default_feature_draft_dir
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 from langchain_seed.engine.kernels import ENGINE_KERNELS
-from langchain_seed.engine.models import load_draft, load_models
-from langchain_seed.engine.models import read_head_token_ids
+from langchain_seed.engine.models import load_draft, load_models, read_head_token_ids
+from langchain_seed.pair.assemble import ensure_default_pair
+from langchain_seed.pair.paths import default_feature_draft_dir
 from langchain_seed.tot.prompts import default_prompts
 
 TREES = ((1,), (1, 1), (2, 1), (1, 1, 1), (2, 1, 1), (1, 1, 1, 1))

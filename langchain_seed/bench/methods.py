@@ -23,10 +23,10 @@ The seed methods use `k_config` and the draft's restricted head (`draft_head_tok
 from __future__ import annotations
 
 import abc
-
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from langchain_seed.bench.hf_llm import HFGenerateLLM, eos_ids_of, hf_generate
 

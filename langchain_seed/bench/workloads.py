@@ -27,10 +27,10 @@ tokens (a score and a few tokens of explanation).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
 
 WORKLOADS = ("tot-step", "tot-full", "single")
 DATA_FILE = "gsm8k_heldout.jsonl"

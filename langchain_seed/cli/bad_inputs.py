@@ -12,8 +12,9 @@ import argparse
 import contextlib
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from langchain_seed.cli import build_parser
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
@@ -48,7 +49,7 @@ def build_cases(llm, other_vocab_draft=None) -> list[Case]:
 
     engine = llm.engine
     window = engine.context_window or 10**6
-    new_llm = lambda **fields: SeedLLM.from_engine(engine, **fields)  # noqa: E731
+    new_llm = lambda **fields: SeedLLM.from_engine(engine, **fields)
     cases = [
         Case("SeedLLM field", "temperature=-1", lambda: new_llm(temperature=-1), "temperature"),
         Case("SeedLLM field", "temperature='hot'", lambda: new_llm(temperature="hot"), "temperature"),
@@ -123,7 +124,7 @@ def run_cases(cases: list[Case]) -> list[Outcome]:
         started = time.perf_counter()
         try:
             case.attempt()
-        except BaseException as error:  # noqa: BLE001 - the point is to see what comes out
+        except BaseException as error:
             if isinstance(error, KeyboardInterrupt):
                 raise
             outcomes.append(Outcome(case, True, type(error).__name__, _one_line(error), time.perf_counter() - started))

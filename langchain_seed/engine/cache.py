@@ -28,7 +28,7 @@ class BatchKV:
         self.valid = valid
 
     @classmethod
-    def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> "BatchKV":
+    def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> BatchKV:
         from transformers import DynamicCache
 
         return cls(DynamicCache(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
@@ -120,7 +120,7 @@ class BatchKV:
                 layer.values = layer.values.index_select(0, layer_index)
         self.valid = self.valid.index_select(0, index)
 
-    def repeat_rows(self, times: int) -> "BatchKV":
+    def repeat_rows(self, times: int) -> BatchKV:
         """A new batch with every row repeated `times` times (shared prompt prefill)."""
         from transformers import DynamicCache
 
@@ -129,7 +129,7 @@ class BatchKV:
             clone._copy_layers_from(self, lambda t: t.repeat_interleave(times, dim=0))
         return clone
 
-    def split_rows(self) -> list["BatchKV"]:
+    def split_rows(self) -> list[BatchKV]:
         """One single-row batch per row (views of this batch's tensors, no copy)."""
         from transformers import DynamicCache
 
@@ -141,7 +141,7 @@ class BatchKV:
             rows.append(single)
         return rows
 
-    def concat(self, other: "BatchKV") -> None:
+    def concat(self, other: BatchKV) -> None:
         """Append the rows of `other` below this batch's rows (slots padded as invalid)."""
         if other.batch_size == 0:
             return
@@ -175,14 +175,14 @@ class BatchKV:
         padding = torch.zeros(self.batch_size, extra, dtype=torch.bool, device=self.valid.device)
         self.valid = torch.cat([self.valid, padding], dim=1)
 
-    def _materialize_like(self, template: "BatchKV") -> None:
+    def _materialize_like(self, template: BatchKV) -> None:
         """Give a cache that never saw a token (rows with no slots) empty layers shaped like `template`'s."""
         for layer_index, layer in enumerate(_layers(template.cache)):
             keys_shape = (self.batch_size, layer.keys.shape[1], self.num_slots, layer.keys.shape[3])
             values_shape = (self.batch_size, layer.values.shape[1], self.num_slots, layer.values.shape[3])
             self.cache.update(layer.keys.new_zeros(keys_shape), layer.values.new_zeros(values_shape), layer_index)
 
-    def _copy_layers_from(self, source: "BatchKV", transform) -> None:
+    def _copy_layers_from(self, source: BatchKV, transform) -> None:
         for layer_index, layer in enumerate(_layers(source.cache)):
             self.cache.update(transform(layer.keys), transform(layer.values), layer_index)
 

@@ -6,8 +6,9 @@ fails where the user wrote it, with a message naming the field, never deep in a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from langchain_seed.engine.options import (
     OPTIONS,

@@ -119,7 +119,7 @@ def commit_tokens(sequence: SequenceState, tokens: list[int]) -> list[int]:
         try:
             if callback(sequence.output_ids):
                 sequence.finish_reason = "stop"
-        except Exception as error:  # noqa: BLE001 - the callback's failure is the request's failure
+        except Exception as error:
             sequence.finish_reason = "error"
             sequence.error = error
     return committed

@@ -6,18 +6,18 @@ import dataclasses
 import functools
 import time
 import weakref
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
-from langchain_seed.engine.options import DECODING_MODES, check_choice
 from langchain_seed.engine import kernels, native, routing
+from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
+from langchain_seed.engine.options import DECODING_MODES, check_choice
 from langchain_seed.engine.request import Request, RequestHandle
 from langchain_seed.engine.scheduler import Scheduler
 from langchain_seed.engine.serial import SerialRunner

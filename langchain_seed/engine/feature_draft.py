@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ class FeatureDraftModel(nn.Module):
         self.vocab_size = int(embed_weight.shape[0])
 
     @classmethod
-    def from_target(cls, target, layers: int, head_token_ids: Sequence[int]) -> "FeatureDraftModel":
+    def from_target(cls, target, layers: int, head_token_ids: Sequence[int]) -> FeatureDraftModel:
         """A draft for `target`: its embedding and head rows, its first layers and final norm,
         the feature projection at zero (a token draft to start from)."""
         ids = torch.tensor(sorted(set(int(t) for t in head_token_ids)), dtype=torch.long)
@@ -144,7 +145,7 @@ class FeatureDraftModel(nn.Module):
         return sum((out / name).stat().st_size for name in (WEIGHTS_FILE, CONFIG_FILE, HEAD_IDS_FILE))
 
     @classmethod
-    def load(cls, path: str | Path, target) -> "FeatureDraftModel":
+    def load(cls, path: str | Path, target) -> FeatureDraftModel:
         """A saved feature draft, assembled with `target`'s embedding and head rows (float32)."""
         from safetensors.torch import load_file
 

@@ -11,8 +11,8 @@ keep with `BatchKV.commit_new_slots`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

@@ -16,7 +16,8 @@ decides that per call, after the cache append, exactly as the routed module woul
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -13,8 +13,9 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Literal
+from typing import Literal
 
 import torch
 
@@ -171,7 +172,7 @@ class Request:
     submitted_at: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def create(cls, prompt_ids: list[int], params: SamplingParams, config: SpeculativeConfig) -> "Request":
+    def create(cls, prompt_ids: list[int], params: SamplingParams, config: SpeculativeConfig) -> Request:
         return cls(list(prompt_ids), params, config, RequestHandle(next(_request_ids)))
 
 

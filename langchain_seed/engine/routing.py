@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -20,11 +21,11 @@ from langchain_seed.engine import layers
 from langchain_seed.engine.kernels import (
     RMS_NORM_CLASSES,
     eligible_weight,
+    engine_attention,
+    is_silu_mlp,
     linear_forward,
     mlp_forward,
     rms_norm_forward,
-    engine_attention,
-    is_silu_mlp,
 )
 
 ATTENTION_IMPLEMENTATION = "langchain_seed"
@@ -68,7 +69,7 @@ class KernelRouting:
         if not _routings:
             _unregister_attention()
 
-    def __enter__(self) -> "KernelRouting":
+    def __enter__(self) -> KernelRouting:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -79,7 +80,7 @@ class KernelRouting:
         module.forward = forward
 
 
-_routings: "weakref.WeakKeyDictionary[torch.nn.Module, KernelRouting]" = weakref.WeakKeyDictionary()
+_routings: weakref.WeakKeyDictionary[torch.nn.Module, KernelRouting] = weakref.WeakKeyDictionary()
 """The routing of every model with the engine's kernels installed (one per model, shared by
 the engines on it)."""
 

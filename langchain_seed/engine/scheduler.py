@@ -267,7 +267,7 @@ class Scheduler(Worker):
             lane = self._lane(config)
             try:
                 lane.admit(sequences)
-            except Exception as error:  # noqa: BLE001 - a failed prefill fails these requests only
+            except Exception as error:
                 lane.remove([s for s in sequences if s in lane.members])
                 self._fail(sequences, error)
 
@@ -299,7 +299,7 @@ class Scheduler(Worker):
     def _step_lane(self, lane: Lane) -> None:
         try:
             committed = lane.step()
-        except Exception as error:  # noqa: BLE001 - a failed forward fails this lane's requests, not the engine
+        except Exception as error:
             members = list(lane.members)
             lane.remove(members)
             self._fail(members, error)

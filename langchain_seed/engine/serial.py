@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.request import GenerationResult, Request
@@ -101,6 +101,6 @@ class SerialRunner(Worker):
         scheduler.submit([request], start_thread=False)
         try:
             scheduler.run_until_idle()
-        except Exception as error:  # noqa: BLE001 - fails this request, not the worker
+        except Exception as error:
             stats = RequestStats(prompt_tokens=len(request.prompt_ids))
             request.handle._finish(GenerationResult([], "error", stats, error))

@@ -139,7 +139,7 @@ class EngineStats:
     peak_kv_bytes: int = 0
     peak_rss_mb: float = 0.0
 
-    def __add__(self, other: "EngineStats") -> "EngineStats":
+    def __add__(self, other: EngineStats) -> EngineStats:
         """Counts summed, peaks the larger of the two."""
         summed = {name: getattr(self, name) + getattr(other, name) for name in _SUMMED}
         return EngineStats(**summed, peak_kv_bytes=max(self.peak_kv_bytes, other.peak_kv_bytes),

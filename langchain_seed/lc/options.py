@@ -7,8 +7,9 @@ command line. Only `stop` is the LangChain face's: stop strings are text, not to
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.options import OPTIONS

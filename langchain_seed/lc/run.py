@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from langchain_seed.engine import EngineStats, GenerationResult, RequestHandle, RunStats, SeedEngine
 from langchain_seed.lc.options import CallOptions

@@ -112,7 +112,7 @@ def create_app(llm: SeedLLM, settings: ServerSettings | None = None, *, chat: Ch
         except ClientDisconnected:
             service.note_disconnect(job)
             return JSONResponse({"error": "client disconnected"}, status_code=499)
-        except Exception as error:  # noqa: BLE001 - answered as an OpenAI-style 500
+        except Exception as error:
             service.metrics.failed += 1
             logger.error("%s failed: %s", job.request_id, type(error).__name__)
             return JSONResponse(APIError(500, f"generation failed: {error}", type="server_error").body(),

@@ -241,7 +241,7 @@ class SeedService:
                 async for piece in job.run.aiter_text(index):
                     queue.put_nowait((index, piece, None))
                 queue.put_nowait((index, None, None))
-            except Exception as error:  # noqa: BLE001 - handed to the response
+            except Exception as error:
                 queue.put_nowait((index, None, error))
 
         readers = [asyncio.create_task(read(index)) for index in range(len(job.run))]
@@ -294,7 +294,7 @@ class SeedService:
                 yield self._sse(job, [], usage=self.usage(job))
             finished = True
             self._log_end(job, texts)
-        except Exception as error:  # noqa: BLE001 - the status line is gone: report in the stream
+        except Exception as error:
             self.metrics.failed += 1
             logger.error("%s failed while streaming: %s", job.request_id, type(error).__name__)
             yield sse_data(APIError(500, f"generation failed: {error}", type="server_error").body())

@@ -207,12 +207,12 @@ class TreeOfThoughts(RunnableSerializable[Any, Any]):
         return self._task.value_threshold if self.value_threshold is None else self.value_threshold
 
     @property
-    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+    def InputType(self) -> Any:
         """Accepted inputs."""
         return Union[str, dict[str, Any], PromptValue, list[Any]]
 
     @property
-    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
+    def OutputType(self) -> Any:
         """The answer string (a ``ToTResult`` with ``return_tree=True``)."""
         return str
 

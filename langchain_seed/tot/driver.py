@@ -122,7 +122,7 @@ class _Lockstep:
                 completions = []
         except StopIteration as done:
             self.results[index] = done.value
-        except Exception as error:  # noqa: BLE001 - reported per input, like Runnable.batch
+        except Exception as error:
             self.results[index] = error
 
     def groups(self) -> list[list[int]]:
@@ -172,7 +172,7 @@ def _call(group: list[int], lockstep: _Lockstep) -> LLMReply | Exception:
         return request.client.generate(
             prompts, stop=request.stop, n=request.n, callbacks=callbacks
         )
-    except Exception as error:  # noqa: BLE001 - delivered to the plans that asked
+    except Exception as error:
         return error
 
 
@@ -183,7 +183,7 @@ async def _acall(group: list[int], lockstep: _Lockstep) -> LLMReply | Exception:
         return await request.client.agenerate(
             prompts, stop=request.stop, n=request.n, callbacks=callbacks
         )
-    except Exception as error:  # noqa: BLE001 - delivered to the plans that asked
+    except Exception as error:
         return error
 
 

@@ -8,10 +8,11 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core.base.llms.types import ChatMessage, CompletionResponse  # noqa: E402
-from llama_index.core.llms import CustomLLM  # noqa: E402
-from llama_index.core.prompts import PromptTemplate  # noqa: E402
-from seed_llamaindex import SeedLlamaIndexLLM  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage, CompletionResponse
+from llama_index.core.llms import CustomLLM
+from llama_index.core.prompts import PromptTemplate
+
+from seed_llamaindex import SeedLlamaIndexLLM
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -270,7 +270,7 @@ def test_oversized_body_is_refused_with_413_naming_the_limit(server):
 
 
 def test_malformed_requests_get_openai_style_errors(server):
-    post = lambda path, **kw: httpx.post(f"{server.base_url}/{path}", headers=auth(server), **kw)  # noqa: E731
+    post = lambda path, **kw: httpx.post(f"{server.base_url}/{path}", headers=auth(server), **kw)
     assert post("completions", content=b"{not json").status_code == 400
     assert post("completions", json=[1, 2]).status_code == 400
     response = post("chat/completions", json={"model": server.model, "messages": [{"content": "no role"}]})

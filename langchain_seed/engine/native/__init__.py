@@ -37,8 +37,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -87,7 +87,7 @@ class _Library:
 
 def available() -> bool:
     """True when the C kernels run in this process."""
-    return getattr(_library(), "linear") is not None
+    return _library().linear is not None
 
 
 def unavailable_reason() -> str | None:
