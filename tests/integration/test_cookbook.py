@@ -14,6 +14,7 @@ Run one notebook and save its outputs back into the file (to refresh what reader
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -88,18 +89,32 @@ def png(outputs: list[dict]) -> None:
     assert has_png(outputs), "no image/png output"
 
 
+def number_at_least(pattern: str, minimum: float) -> Callable[[list[dict]], None]:
+    """A check that the number captured by ``pattern``'s first group is at least ``minimum``."""
+
+    def check(outputs: list[dict]) -> None:
+        text = output_text(outputs)
+        found = re.search(pattern, text, re.MULTILINE)
+        assert found, f"no match for {pattern!r} in:\n{text[:3000]}"
+        assert float(found.group(1)) >= minimum, f"{found.group(0)!r}: below {minimum}"
+
+    return check
+
+
 EXPECTED: dict[str, dict[str, list[Callable[[list[dict]], None]]]] = {
     "01_quickstart.ipynb": {
-        "swap": [matches(r"\S")],
+        # Greedy decoding of the pinned default pair: the answer is deterministic.
+        "swap": [contains("Paris")],
         "stream": [matches(r"chunks? streamed")],
         "batch": [matches(r"3 answers from one scheduled run")],
         "stats-table": [contains("| prompt |", "acceptance_rate", "drafted", "accepted", "target_calls",
                                  mime="text/markdown")],
         "totals-table": [contains("target_forwards", "draft_forwards", "tokens_per_second",
                                   mime="text/markdown")],
-        # True or False: an exact tie between two tokens may be broken differently by a batched
-        # forward; greedy identity itself is asserted in test_default_pair.py, not here.
-        "lossless": [matches(r"identical to the target's own greedy output: (True|False)")],
+        # Greedy identity on the real pair (test_default_pair.py asserts it too); a batched forward
+        # can break an exact tie between two logits differently, which the default pair's prompts
+        # here do not have.
+        "lossless": [contains("identical to the target's own greedy output: True")],
     },
     "02_tree_reasoning_gsm8k.ipynb": {
         "tree-render": [contains("[0] (root)", "Answer:")],
@@ -107,12 +122,14 @@ EXPECTED: dict[str, dict[str, list[Callable[[list[dict]], None]]]] = {
         "mermaid-text": [contains("flowchart TD", "-->", "classDef best")],
         "comparison-table": [contains("Tree of Thoughts, SeeD", "Tree of Thoughts, target alone",
                                       "Chain of thought", "tokens/s", "correct", mime="text/markdown"),
-                             contains("SeeD built the same trees as the target alone:")],
+                             contains("SeeD built the same trees as the target alone: True")],
     },
     "03_agent_tool.ipynb": {
         "tool": [contains("math_tree_reasoner", "question")],
         "agent": [contains("Tool Calls:", "math_tree_reasoner", "Tool Message", "Ai Message")],
-        "tool-stats": [matches(r"acceptance rate [0-9.]+")],
+        # The distilled draft's acceptance on this workload is about 0.5; near 0 it is not drafting.
+        "tool-stats": [matches(r"\d+ completions from SeedLLM: [1-9]\d* new tokens"),
+                       number_at_least(r"draft acceptance rate ([0-9.]+)", 0.2)],
     },
     "04_benchmark.ipynb": {
         "bench-table": [contains("method", "hf_ar_serial", "seed_batched")],
@@ -181,6 +198,41 @@ def notebook_names() -> list[str]:
 def test_every_notebook_is_checked():
     """A new notebook must say here what it is expected to show."""
     assert notebook_names() == sorted(EXPECTED)
+
+
+def _saved(name: str):
+    import nbformat
+
+    return nbformat.read(COOKBOOK / name, as_version=4)
+
+
+def _doctored(notebook, tag: str, old: str, new: str):
+    """A copy of `notebook` whose outputs of the cells tagged `tag` have `old` replaced by `new`."""
+    notebook = copy.deepcopy(notebook)
+    replaced = 0
+    for output in tagged_outputs(notebook, tag):
+        if "text" in output:
+            replaced += output["text"].count(old)
+            output["text"] = output["text"].replace(old, new)
+    assert replaced, f"{old!r} is not in the saved output of {tag!r}"
+    return notebook
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_checks_accept_the_saved_outputs(name):
+    """The notebooks as saved (executed on the default pair) pass their own checks."""
+    check_outputs(name, _saved(name))
+
+
+@pytest.mark.parametrize("name,tag,old,new", [
+    ("01_quickstart.ipynb", "lossless", "greedy output: True", "greedy output: False"),
+    ("01_quickstart.ipynb", "swap", "Paris", "Lyon"),
+    ("02_tree_reasoning_gsm8k.ipynb", "comparison-table", "target alone: True", "target alone: False"),
+    ("03_agent_tool.ipynb", "tool-stats", "acceptance rate 0.", "acceptance rate 0.0"),
+])
+def test_checks_reject_wrong_outputs(name, tag, old, new):
+    with pytest.raises(AssertionError, match=tag):
+        check_outputs(name, _doctored(_saved(name), tag, old, new))
 
 
 @pytest.mark.integration
