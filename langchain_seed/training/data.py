@@ -117,6 +117,21 @@ def shape_counts(specs: Sequence[PromptSpec]) -> dict:
 
 
 def load_jsonl(path: Path) -> list[dict]:
-    """The records of a jsonl file (GSM8K: question, answer)."""
+    """The records of a jsonl file (GSM8K: one {"question": ..., "answer": ...} object a line).
+
+    A line that is not such an object is refused with a ValueError naming the file and line.
+    """
+    records = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
+            if not (isinstance(record, dict) and isinstance(record.get("question"), str)
+                    and isinstance(record.get("answer"), str)):
+                raise ValueError(f"{path}, line {number}: expected an object with 'question' and 'answer' strings")
+            records.append(record)
+    return records

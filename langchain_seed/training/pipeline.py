@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from langchain_seed.engine.models import resolve_model_source
 from langchain_seed.training.card import write_model_card
 from langchain_seed.training.data import (
     PromptSpec,
@@ -47,6 +48,7 @@ def distill(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = training_device(args.device, args.kind)
+    resolve_model_source(args.target, "--target")  # a missing target is refused before any work
     records = load_jsonl(Path(args.data))
     heldout = min(args.heldout, len(records))
     train_indices = list(range(heldout, len(records)))[: args.max_train_questions or None]
