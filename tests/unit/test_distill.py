@@ -27,6 +27,18 @@ def make_tiny_llama(path: Path, layers: int = 3, seed: int = 0) -> Path:
     return tiny_llama.make_tiny_llama(path, layers, seed, chat_template=CHAT_TEMPLATE)
 
 
+def make_target(path: Path) -> Path:
+    """The tiny Llama with an LM head of its own. With tied embeddings a random model mostly repeats
+    its last token, which any draft guesses, so there is nothing for training to improve."""
+    target = make_tiny_llama(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(target)
+    model.config.tie_word_embeddings = False
+    generator = torch.Generator().manual_seed(11)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=generator) * 0.3)
+    model.save_pretrained(target)
+    return target
+
+
 def write_gsm8k(path: Path, n: int = 12) -> Path:
     with open(path, "w") as handle:
         for i in range(n):
@@ -96,11 +108,11 @@ def test_select_head_ids_frequency_then_lowest_fill():
 
 @pytest.mark.parametrize("prompt_weight", ["0.2", "0"])
 def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
-    target_dir = make_tiny_llama(tmp_path / "target")
+    target_dir = make_target(tmp_path / "target")
     data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
     out = tmp_path / "draft"
     argv = ["distill", "--target", str(target_dir), "--out", str(out), "--data", str(data),
-            "--layers", "1", "--head-size", "64", "--steps", "3", "--heldout", "4",
+            "--layers", "1", "--head-size", "64", "--steps", "10", "--lr", "0.01", "--heldout", "4",
             "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
             "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", prompt_weight]
     assert training.main(argv) == 0
@@ -118,7 +130,8 @@ def test_distill_end_to_end_on_tiny_target(tmp_path, prompt_weight):
     assert "acceptance" in card and "langchain-seed distill --target" in card
     report = json.loads((tmp_path / "work" / pipeline.REPORT_FILE).read_text())
     assert report["heldout_range"] == "0..3" and report["n_train_sequences"] == 8
-    assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
+    before, after = report["heldout_before"], report["heldout_after"]
+    assert after["acceptance_rate"] > before["acceptance_rate"] + 0.1, "training did not raise acceptance"
     assert report["device"] == "cpu" and "time on the CPU (1 threads)" in card
     assert list((tmp_path / "work").glob("train-*.pt")), "target outputs are cached for reruns"
     assert list((tmp_path / "work" / "train-batches").glob("batch-*.pt")), "finished batches are kept"
@@ -161,13 +174,13 @@ def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
     from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine
     from langchain_seed.training.feature import features_key
 
-    target_dir = make_tiny_llama(tmp_path / "target")
+    target_dir = make_target(tmp_path / "target")
     token_draft = make_tiny_llama(tmp_path / "token-draft", layers=1, seed=5)
     (token_draft / targets.HEAD_IDS_FILE).write_text(json.dumps(list(range(0, 64))))
     data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
     out = tmp_path / "feature-draft"
     argv = ["distill", "--kind", "feature", "--init-draft", str(token_draft), "--target", str(target_dir),
-            "--out", str(out), "--data", str(data), "--layers", "1", "--steps", "3", "--heldout", "4",
+            "--out", str(out), "--data", str(data), "--layers", "1", "--steps", "3", "--lr", "0.01", "--heldout", "4",
             "--max-new-tokens", "6", "--gen-batch", "4", "--batch-size", "4", "--threads", "1",
             "--work", str(tmp_path / "work"), "--no-progress", "--prompt-weight", "0.5"]
     assert training.main(argv) == 0
@@ -175,8 +188,10 @@ def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
         ["feature_draft.json", "feature_draft.safetensors", targets.HEAD_IDS_FILE, "README.md"])
     report = json.loads((tmp_path / "work" / pipeline.REPORT_FILE).read_text())
     assert report["kind"] == "feature" and report["head_size"] == 64 and report["init_draft"] == "token-draft"
-    assert 0.0 <= report["heldout_after"]["acceptance_rate"] <= 1.0
-    assert report["heldout_with_lookup"]["drafted"] == report["heldout_after"]["drafted"] > 0
+    before, after = report["heldout_before"], report["heldout_after"]
+    assert after["acceptance_rate"] > before["acceptance_rate"], "training did not raise acceptance"
+    lookup = report["heldout_with_lookup"]  # the same held-out prompts (the drafts, so the rounds, differ)
+    assert lookup["acceptance_by_shape"].keys() == after["acceptance_by_shape"].keys() and lookup["drafted"] > 0
     assert len(list((tmp_path / "work").glob("train-features-*.pt"))) == 1, "target features are cached"
     card = (out / "README.md").read_text()
     assert "feature draft" in card and "--kind feature" in card
@@ -284,3 +299,42 @@ def test_feature_replay_matches_drafting_from_scratch():
         runs = replay_example(draft, example, chain=4)
     assert runs == expected
     assert sum(runs) > 5, "the draft must be mostly right for the comparison to reach deep drafts"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _distill_argv(target: Path, data: Path, tmp_path: Path) -> list[str]:
+    return ["distill", "--target", str(target), "--out", str(tmp_path / "draft"), "--data", str(data),
+            "--layers", "1", "--steps", "1", "--heldout", "1", "--threads", "1", "--no-progress",
+            "--work", str(tmp_path / "work")]
+
+
+def test_missing_target_is_refused_before_any_work(tmp_path):
+    data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=4)
+    missing = tmp_path / "no-such-target"
+    with pytest.raises(FileNotFoundError, match="--target .*no-such-target.* does not exist"):
+        training.main(_distill_argv(missing, data, tmp_path))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "draft").exists()
+
+
+def test_missing_data_file_is_refused_naming_it(tmp_path):
+    target = make_tiny_llama(tmp_path / "target", layers=1)
+    with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
+        training.main(_distill_argv(target, tmp_path / "nothing.jsonl", tmp_path))
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("not json", "line 4: not JSON"),
+    ('{"question": "Q?"}', "line 4: expected an object with 'question' and 'answer'"),
+    ('["Q?", "#### 1"]', "line 4: expected an object with 'question' and 'answer'"),
+])
+def test_malformed_data_file_is_refused_naming_file_and_line(tmp_path, line, problem):
+    target = make_tiny_llama(tmp_path / "target", layers=1)
+    data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=2)
+    with open(data, "a") as handle:
+        handle.write("\n" + line + "\n")  # line 4: after two records and a blank line
+    with pytest.raises(ValueError, match=f"gsm8k.jsonl, {problem}"):
+        training.main(_distill_argv(target, data, tmp_path))
+    assert not (tmp_path / "work").exists()
