@@ -95,8 +95,12 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
 
     @classmethod
     def from_llm(cls, llm: SeedLLM, **overrides: Any) -> ChatSeed:
-        """A chat model over `llm`'s engine, with its fields (overridden by `overrides`)."""
-        fields = {name: getattr(llm, name) for name in SeedModelMixin.model_fields}
+        """A chat model over `llm`'s engine, with its fields (overridden by `overrides`).
+
+        Only the fields set on `llm` are passed on (the rest are the same defaults): a
+        `streaming=False` passed explicitly would turn `stream()` into one message.
+        """
+        fields = {name: getattr(llm, name) for name in SeedModelMixin.model_fields if name in llm.model_fields_set}
         return cls(engine=llm.engine, **{**fields, **overrides})
 
     @property
