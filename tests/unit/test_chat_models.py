@@ -157,6 +157,22 @@ def test_from_llm_shares_the_engine_and_fields(tiny_engine):
     assert params["ls_provider"] == "langchain-seed" and params["ls_model_type"] == "chat"
 
 
+async def test_from_llm_streams_with_the_llms_settings(tiny_engine, tiny_tokenizer):
+    llm = SeedLLM.from_engine(tiny_engine, max_tokens=9, k_config=(2, 1), model="tiny")
+    chat = ChatSeed.from_llm(llm)
+    ids = template_ids(tiny_tokenizer, [{"role": "user", "content": "Hello"}])
+    expected, tokens = greedy_reply(tiny_engine, tiny_tokenizer, ids, 9)
+    for chunks in (list(chat.stream("Hello")), [c async for c in chat.astream("Hello")]):
+        assert all(isinstance(c, AIMessageChunk) for c in chunks) and len([c for c in chunks if c.content]) > 1
+        full = chunks[0]
+        for chunk in chunks[1:]:
+            full = full + chunk
+        assert full.content == expected  # the llm's greedy reply to the chat template's text
+        assert full.usage_metadata["output_tokens"] == len(tokens) == 9  # the llm's max_tokens
+        assert full.response_metadata["model_name"] == "tiny"
+        assert full.response_metadata["drafted"] > 0  # drafted: the llm's k_config, not autoregressive
+
+
 # ---------------------------------------------------------------------------- refusals
 
 

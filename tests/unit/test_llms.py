@@ -493,6 +493,25 @@ def _save_pair(tmp_path, target, draft, tokenizer):
     return target_dir, draft_dir
 
 
+def test_from_pretrained_refuses_an_unknown_dtype(tmp_path, tiny_target, tiny_draft, tiny_tokenizer):
+    target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
+    with pytest.raises(ValueError, match="dtype must be one of float32, float16, bfloat16; got 'float64'"):
+        SeedLLM.from_pretrained(target_dir, draft_dir, dtype="float64")
+    with pytest.raises(ValueError, match="dtype must be one of .*got 'fp16'"):
+        SeedLLM.from_pretrained(target_dir, dtype="fp16")
+
+
+def test_from_pretrained_refuses_a_draft_with_another_tokenizer(tmp_path, tiny_target, tiny_draft, tiny_tokenizer):
+    target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
+    other = copy.deepcopy(tiny_tokenizer)
+    other.add_tokens(["<|draft-only|>"])  # the models still have the same vocabulary size
+    other.save_pretrained(draft_dir)
+    with pytest.raises(ValueError, match=r"draft and target tokenizers differ \(\d+ vs \d+ tokens\).*draft-only"):
+        SeedLLM.from_pretrained(target_dir, draft_dir)
+    tiny_tokenizer.save_pretrained(draft_dir)  # the same pair with matching tokenizers loads
+    assert SeedLLM.from_pretrained(target_dir, draft_dir, max_tokens=4).invoke(PROMPTS[0])
+
+
 def test_from_pretrained_and_from_default(tmp_path, tiny_target, tiny_draft, tiny_tokenizer, monkeypatch):
     import langchain_seed.pair.assemble
     import langchain_seed.pair.paths
