@@ -23,12 +23,18 @@ def tiny_dirs(tmp_path):
     return pickled, safe
 
 
+def _same_weights(a, b) -> bool:
+    a, b = a.state_dict(), b.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_pickled_weights_are_refused_unless_allowed(tiny_dirs):
     pickled, safe = tiny_dirs
-    assert load_model(safe) is not None
+    from_safetensors = load_model(safe)
+    assert isinstance(from_safetensors, LlamaForCausalLM)
     with pytest.raises(OSError, match="refuses pickled weights"):
         load_model(pickled)
-    assert load_model(pickled, allow_pickle=True) is not None
+    assert _same_weights(load_model(pickled, allow_pickle=True), from_safetensors)  # the same saved model
 
 
 def test_remote_code_is_off_by_default(tiny_dirs, monkeypatch):

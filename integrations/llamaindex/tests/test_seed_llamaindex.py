@@ -43,7 +43,9 @@ def test_complete_is_seed_llms_text_with_its_statistics(llm, tiny_llm):
     assert response.text == tiny_llm.invoke(PROMPT)
     assert response.additional_kwargs["new_tokens"] == 24
     assert response.additional_kwargs["finish_reason"] == "length"
-    assert 0.0 <= response.additional_kwargs["acceptance_rate"] <= 1.0
+    info = tiny_llm.generate([PROMPT]).generations[0][0].generation_info  # the same greedy run
+    assert response.additional_kwargs["acceptance_rate"] == info["acceptance_rate"] > 0
+    assert response.additional_kwargs["accepted"] == info["accepted"]
 
 
 def test_num_output_and_call_options(llm, tiny_llm):
