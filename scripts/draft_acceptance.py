@@ -16,8 +16,9 @@ argmax over its restricted head. Three rules: the model alone, lookup wherever i
 token, and the engine's default (`SpeculativeConfig.prompt_lookup_below`): lookup only
 where the model's top probability is below that threshold. Each rule's acceptance is
 counted two ways (`replay`): strictly, 4 drafted tokens in every round even where fewer
-are left before the sequence's end, and as `distill` counts it, only up to the end. The cost is `training.token.token_costs`: one cached
-single-token forward of each model on the engine's kernels, medians of 5 alternating runs.
+are left before the sequence's end, and as `distill` counts it, only up to the end. The cost
+is `training.token.token_costs`: one cached single-token forward of each model on the engine's
+kernels, medians of 5 alternating runs.
 """
 
 import json

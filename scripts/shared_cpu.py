@@ -30,7 +30,8 @@ def _busy() -> None:
 
 def _cpu_model() -> str:
     lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), platform.processor())
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
+    return next(names, platform.processor())
 
 
 def _run(engine: SeedEngine, prompt_ids: list[list[int]], tokens: int, mode: str) -> tuple[float, int]:

@@ -10,8 +10,9 @@ feature draft (`langchain_seed.engine.feature_draft`).
 
 One process, every variant over the same held-out GSM8K sample prompts, interleaved in an
 order rotated each repetition, the first repetition a warm-up, medians. Autoregressive
-runs on torch's kernels and on the engine's (`--linear-kernel`, default native); speculative on the engine's. Ratios are against autoregressive on
-torch's kernels (plain decoding as a user would run it). Outputs are checked identical.
+runs on torch's kernels and on the engine's (`--linear-kernel`, default native); speculative
+on the engine's. Ratios are against autoregressive on torch's kernels (plain decoding as a user
+would run it). Outputs are checked identical.
 """
 
 import argparse

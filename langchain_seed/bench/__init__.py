@@ -31,7 +31,20 @@ _EXPORTS = {
     "build_tot_step": "workloads",
 }
 
-__all__ = sorted(_EXPORTS)
+# Spelled out (sorted) so static tools see the exports; the names are `_EXPORTS`'s keys.
+__all__ = [
+    "BenchModels",
+    "BenchRun",
+    "METHODS",
+    "WORKLOADS",
+    "Workload",
+    "build_single",
+    "build_tot_full",
+    "build_tot_step",
+    "make_method",
+    "run_benchmark",
+    "run_tot_full",
+]
 
 
 def __getattr__(name: str) -> Any:

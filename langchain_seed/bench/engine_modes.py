@@ -17,9 +17,10 @@ import time
 from importlib import resources
 
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
+from langchain_seed.engine.config import VerifyPolicy
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 
-MODES = (
+MODES: tuple[tuple[str, str, VerifyPolicy], ...] = (
     ("autoregressive", "autoregressive", "rounds"),
     ("speculative", "speculative", "rounds"),
     ("scheduled_rounds", "scheduled", "rounds"),
@@ -43,13 +44,14 @@ def load_default_engine(k_config: tuple[int, ...], linear_kernel: str = "native"
 
 
 def run_once(engine: SeedEngine, prompt: list[int], k: int, temperature: float, max_tokens: int, mode: str,
-             verify: str, k_config: tuple[int, ...], rep: int) -> dict:
+             verify: VerifyPolicy, k_config: tuple[int, ...], rep: int) -> dict:
     params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=1000 * rep + i) for i in range(k)]
     config = SpeculativeConfig(k_config=k_config, verify=verify)
     started = time.perf_counter()
     results = engine.generate([prompt] * k, params, mode=mode, config=config)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "new_tokens": results.stats.new_tokens, "target_forwards": results.stats.target_forwards,
+    return {"seconds": seconds, "new_tokens": results.stats.new_tokens,
+            "target_forwards": results.stats.target_forwards,
             "acceptance_rate": results.stats.acceptance_rate, "tokens": [r.token_ids for r in results]}
 
 

@@ -26,9 +26,12 @@ import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_seed.bench.hf_llm import HFGenerateLLM, eos_ids_of, hf_generate
+
+if TYPE_CHECKING:  # the engine (torch) is imported when a seed method is built
+    from langchain_seed.engine.config import VerifyPolicy
 
 METHODS = ("hf_ar_serial", "hf_ar_batched", "hf_assisted_serial", "seed_sd_serial", "seed_rounds", "seed_batched")
 SEED_METHODS = ("seed_sd_serial", "seed_rounds", "seed_batched")
@@ -108,7 +111,7 @@ class Method(abc.ABC):
     def make_llm(self, max_tokens: int):
         """A LangChain LLM decoding the same way (for ``tot-full``)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: methods without threads or engines keep the no-op
         """Release threads or engines."""
 
 
@@ -141,7 +144,7 @@ class SeedMethod(Method):
 
     uses_draft = True
 
-    def __init__(self, name: str, models: BenchModels, mode: str, verify: str, engine_class=None) -> None:
+    def __init__(self, name: str, models: BenchModels, mode: str, verify: VerifyPolicy, engine_class=None) -> None:
         from langchain_seed.engine import SeedEngine, SpeculativeConfig
 
         if models.engine_draft is None:

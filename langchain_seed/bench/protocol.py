@@ -127,7 +127,9 @@ def _interleaved(methods: list[Method], items: Sequence[Any], labels: Sequence[s
     return [records[m.name] for m in methods]
 
 
-def _timed(call: Callable[[], Any], counter: ForwardCounter, sampler: RssSampler) -> tuple[Any, float, int, int, MemoryPeak]:
+def _timed(
+    call: Callable[[], Any], counter: ForwardCounter, sampler: RssSampler
+) -> tuple[Any, float, int, int, MemoryPeak]:
     """(result, seconds, target forwards, draft forwards, memory peak) of one call."""
     target_before, draft_before = counter.snapshot()
     with sampler.measure() as memory:
@@ -176,7 +178,7 @@ def _measure_group(method: Method, group: PromptGroup, expected: list[list[int]]
         drafted, accepted = assisted_acceptance(draft_calls, target_calls, new_tokens)
     totals.add_optional("drafted", drafted)
     totals.add_optional("accepted", accepted)
-    if output.rounds:
+    if output.rounds and output.rounds_all_accepted is not None:  # seed methods set both
         totals.add_optional("bound_seconds", seconds * output.rounds_all_accepted / output.rounds)
     if outputs != expected:
         record.mismatch(group.name)

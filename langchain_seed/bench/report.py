@@ -123,7 +123,7 @@ def _acceptance(record: MethodRecord) -> float | None:
 
 def build_rows(run: BenchRun) -> list[dict[str, Any]]:
     """One dict per method (see the module docstring for the fields)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for record in run.records:
         seconds = record.median("seconds")
         new_tokens = record.median("new_tokens")
@@ -132,7 +132,7 @@ def build_rows(run: BenchRun) -> list[dict[str, Any]]:
             "seconds": seconds,
             "seconds_reps": [rep.seconds for rep in record.reps],
             "new_tokens": new_tokens,
-            "tokens_per_s": new_tokens / seconds if seconds else None,
+            "tokens_per_s": new_tokens / seconds if seconds and new_tokens is not None else None,
             "target_calls": record.median("target_calls"),
             "draft_calls": record.median("draft_calls"),
             "acceptance_rate": _acceptance(record),

@@ -76,9 +76,13 @@ def build_cases(llm, other_vocab_draft=None) -> list[Case]:
         Case("stop", "stop=[1, 2]", lambda: llm.invoke("hi", stop=[1, 2]), "stop"),
         Case("stop", "stop=['']", lambda: llm.invoke("hi", stop=[""]), "stop"),
         Case("stop", "stop=[['a']]", lambda: llm.invoke("hi", stop=[["a"]]), "stop"),
-        Case("SamplingParams", "stop_token_ids=[-1]", lambda: SamplingParams(stop_token_ids=[-1]), "stop_token_ids"),
-        Case("SamplingParams", "max_tokens=2.5", lambda: SamplingParams(max_tokens=2.5), "max_tokens"),
-        Case("SpeculativeConfig", "acceptance='yolo'", lambda: SpeculativeConfig(acceptance="yolo"), "acceptance"),
+        # the wrong types below are the point: each case checks the value is refused at run time
+        Case("SamplingParams", "stop_token_ids=[-1]",
+             lambda: SamplingParams(stop_token_ids=[-1]), "stop_token_ids"),  # type: ignore[arg-type]
+        Case("SamplingParams", "max_tokens=2.5",
+             lambda: SamplingParams(max_tokens=2.5), "max_tokens"),  # type: ignore[arg-type]
+        Case("SpeculativeConfig", "acceptance='yolo'",
+             lambda: SpeculativeConfig(acceptance="yolo"), "acceptance"),  # type: ignore[arg-type]
         Case("SpeculativeConfig", "draft_confidence=1.5",
              lambda: SpeculativeConfig(draft_confidence=1.5), "draft_confidence"),
         Case("SpeculativeConfig", "prompt_lookup_below=0",

@@ -55,7 +55,7 @@ def _methods(text: str) -> list[str]:
     try:
         return parse_methods(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error))
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -76,7 +76,8 @@ def decoding_parent(names: Sequence[str] = DECODING_OPTIONS, **defaults: Any) ->
     group = parser.add_argument_group("decoding")
     for name in names:
         option, default = OPTIONS[name], defaults.get(name)
-        group.add_argument(f"--{name.replace('_', '-')}", type=None if option.choices else option_type(option),
+        typed: dict[str, Any] = {} if option.choices else {"type": option_type(option)}  # argparse's default: None
+        group.add_argument(f"--{name.replace('_', '-')}", **typed,
                            choices=option.choices, default=default, metavar=option.metavar,
                            help=f"{option.help} ({_default_help(name, default)})")
     return parser

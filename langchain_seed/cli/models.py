@@ -25,8 +25,9 @@ def models_command(args: argparse.Namespace) -> int:
     draft = ensure_default_draft(target, progress=args.progress)
     print(f"cache: {cache_dir()}")
     roles = [("target", target), ("draft", draft)]
-    if default_seed_draft_dir() is not None:
-        roles.append(("feature draft (the engine's)", default_seed_draft_dir()))
+    seed_draft = default_seed_draft_dir()
+    if seed_draft is not None:
+        roles.append(("feature draft (the engine's)", seed_draft))
     for role, path in roles:
         print(f"{role}: {path} ({_dir_size(path) / 1e6:.1f} MB)")
     return 0

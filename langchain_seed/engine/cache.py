@@ -195,7 +195,9 @@ def _has_layers(cache) -> bool:
 def _layers(cache):
     layers = getattr(cache, "layers", None)
     if layers is None:
-        raise TypeError(f"{type(cache).__name__} has no per-layer key/value tensors; langchain-seed needs a DynamicCache")
+        raise TypeError(
+            f"{type(cache).__name__} has no per-layer key/value tensors; langchain-seed needs a DynamicCache"
+        )
     for layer in layers:
         if not getattr(layer, "is_initialized", False) or layer.keys is None:
             raise ValueError("cannot merge a cache with an uninitialised layer: prefill every row first")

@@ -75,7 +75,11 @@ def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, ro
     if params.greedy:
         return accept_greedy(tree, node_tokens, row_logits)
     target_probs = target_probs_from_logits(row_logits, params.temperature, params.top_p).cpu()
-    draft_probs = draft.draft_probs if draft is not None else torch.zeros(1, target_probs.shape[-1])
+    if draft is None:
+        draft_probs = torch.zeros(1, target_probs.shape[-1])
+    else:
+        assert draft.draft_probs is not None, "a sampled request's draft carries its distributions"
+        draft_probs = draft.draft_probs
     without_replacement = rule == "mcsd_without_replacement"
     return accept_sampling(tree, node_tokens, draft_probs, target_probs, sequence.generator, without_replacement)
 

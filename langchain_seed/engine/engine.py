@@ -294,8 +294,8 @@ def _shut_down(scheduler: Scheduler, serial: SerialRunner, routings: list[routin
     serial.close()
     scheduler.join()
     serial.join()
-    for routing in routings:
-        routing.remove()
+    for kernel_routing in routings:
+        kernel_routing.remove()
 
 
 def _collect(requests: list[Request]) -> RunStats:

@@ -71,6 +71,9 @@ class FeatureDraftModel(nn.Module):
         head_weight: `[head, hidden]` the target's LM-head rows of those ids (shared).
     """
 
+    embed_weight: torch.Tensor  # registered as buffers in __init__
+    head_weight: torch.Tensor
+
     def __init__(self, target_config: Any, layers: int, embed_weight: torch.Tensor,
                  head_token_ids: Sequence[int], head_weight: torch.Tensor) -> None:
         from transformers import AutoModel

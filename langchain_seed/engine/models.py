@@ -73,7 +73,8 @@ def load_models(
 
     target = resolve_model_source(target, "target")
     draft = None if draft is None else resolve_model_source(draft, "draft")
-    options = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    options: dict[str, Any] = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                                   allow_pickle=allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     target_model = load_model(target, role="target", **options)
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
@@ -92,7 +93,9 @@ def load_draft(draft: str | Path, target_model, tokenizer=None, **options):
         weight = next(target_model.parameters())
         return FeatureDraftModel.load(draft, target_model).to(weight.device, weight.dtype)
     draft_model = load_model(draft, role="draft", **options)
-    draft_tokenizer = AutoTokenizer.from_pretrained(str(draft), trust_remote_code=options.get("trust_remote_code", False))
+    draft_tokenizer = AutoTokenizer.from_pretrained(
+        str(draft), trust_remote_code=options.get("trust_remote_code", False)
+    )
     check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
     return draft_model
 

@@ -85,11 +85,11 @@ def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
     (`Prefilled.unfilled`; a lone list gets an empty cache). With `with_features` the
     model's features at every cached token come back too.
     """
-    done = Prefilled([None] * len(token_lists), 0, [0] * len(token_lists),
-                     [None] * len(token_lists) if with_features else None)
+    caches: list[BatchKV | None] = [None] * len(token_lists)
+    done = Prefilled([], 0, [0] * len(token_lists), [None] * len(token_lists) if with_features else None)
     for length, members in cluster_by_prefix(token_lists):
         if len(members) == 1 and len(token_lists[members[0]]) <= pending_up_to:
-            done.caches[members[0]] = BatchKV.empty(1)
+            caches[members[0]] = BatchKV.empty(1)
             done.unfilled[members[0]] = len(token_lists[members[0]])
             continue
         prefix = token_lists[members[0]][:length]
@@ -107,16 +107,18 @@ def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
             kv.commit_new_slots(_suffix_validity(suffixes))
             done.forwards += 1
         for row, (member, row_kv) in enumerate(zip(members, kv.split_rows())):
-            done.caches[member] = row_kv
-            if with_features:
+            caches[member] = row_kv
+            if done.features is not None:
                 own = suffix_features[row, : len(suffixes[row])] if suffix_features is not None else None
                 done.features[member] = _join([prefix_features, own])
+    # the clusters partition the lists, so every one got its cache
+    done.caches = [kv for kv in caches if kv is not None]
     return done
 
 
 def _join(chunks: list[torch.Tensor | None]) -> torch.Tensor | None:
-    chunks = [c for c in chunks if c is not None and c.shape[0]]
-    return torch.cat(chunks) if chunks else None
+    present = [c for c in chunks if c is not None and c.shape[0]]
+    return torch.cat(present) if present else None
 
 
 def _suffix_validity(suffixes: list[list[int]]):

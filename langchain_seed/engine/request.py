@@ -10,6 +10,7 @@ touches a model.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 import time
@@ -95,7 +96,8 @@ class RequestHandle:
     def wait(self, timeout: float | None = None) -> GenerationResult:
         """Block until the request ends and return its result, failed or not."""
         with self._condition:
-            if not self._condition.wait_for(lambda: self._result is not None, timeout):
+            self._condition.wait_for(lambda: self._result is not None, timeout)
+            if self._result is None:
                 raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
             return self._result
 
@@ -106,12 +108,16 @@ class RequestHandle:
             raise result.error
         return result
 
+    def _has_news(self, seen: int) -> bool:
+        """Whether chunks past the first `seen` arrived or the request ended (under the condition)."""
+        return len(self._chunks) > seen or self._result is not None
+
     def __iter__(self) -> Iterator[list[int]]:
         """New token ids as they are committed, chunk by chunk; re-raises a failure at the end."""
         index = 0
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: len(self._chunks) > index or self._result is not None)
+                self._condition.wait_for(functools.partial(self._has_news, index))
                 chunks = self._chunks[index:]
                 finished = self._result
             index += len(chunks)

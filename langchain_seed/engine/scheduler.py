@@ -67,7 +67,9 @@ class Lane:
         self.members: list[SequenceState] = []
         self.batches: list[TargetBatch] = []
         self.target_forwards = 0
-        self.capacity = 1 if config.verify == "rounds" else max(1, config.max_batch_tokens // config.tokens_per_sequence)
+        self.capacity = (
+            1 if config.verify == "rounds" else max(1, config.max_batch_tokens // config.tokens_per_sequence)
+        )
         self.keeps_features = bool(getattr(self.drafter, "needs_target_features", False))
 
     # ----- 1. schedule -------------------------------------------------------------
@@ -87,8 +89,9 @@ class Lane:
         self.target_forwards += done.forwards
         for index, (sequence, kv) in enumerate(zip(sequences, done.caches)):
             sequence.target_pending = 1 + done.unfilled[index]
-            if done.features is not None and done.features[index] is not None:
-                sequence.target_features.append(done.features[index])
+            features = done.features[index] if done.features is not None else None
+            if features is not None:
+                sequence.target_features.append(features)
             if kv.num_slots:
                 sequence.stats.target_calls += 1
             self._place(kv, sequence)

@@ -123,7 +123,8 @@ class SeedModelMixin(BaseModel):
 
     def _convert_input(self, model_input: Any):
         refuse_bytes(model_input)
-        return super()._convert_input(model_input)
+        # a cooperative mixin: BaseLanguageModel, which defines it, follows in the concrete class's MRO
+        return super()._convert_input(model_input)  # type: ignore[misc]
 
     # ----- engine -----------------------------------------------------------------------
     @property

@@ -101,7 +101,8 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         `streaming=False` passed explicitly would turn `stream()` into one message.
         """
         fields = {name: getattr(llm, name) for name in SeedModelMixin.model_fields if name in llm.model_fields_set}
-        return cls(engine=llm.engine, **{**fields, **overrides})
+        # pydantic's synthesized __init__ (dataclass_transform) hides SeedModelMixin.__init__'s `engine`
+        return cls(engine=llm.engine, **{**fields, **overrides})  # type: ignore[call-arg]
 
     @property
     def _llm_type(self) -> str:
@@ -202,7 +203,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         metadata, usage = self._metadata(run, index)
         content, calls, invalid = tools.parse(run.generations[index].text.text)
         return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid,
-                         response_metadata=metadata, usage_metadata=usage)  # type: ignore[arg-type]
+                         response_metadata=metadata, usage_metadata=usage)
 
     def _result(self, run: SeedRun, tools: ToolContext) -> ChatResult:
         generations = [

@@ -23,7 +23,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.messages.tool import invalid_tool_call, tool_call
+from langchain_core.messages.tool import InvalidToolCall, ToolCall, invalid_tool_call, tool_call
 
 TOOL_CALL_PATTERN = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 TOOL_SYSTEM_PROMPT = (
@@ -45,12 +45,13 @@ class ToolContext:
     def __bool__(self) -> bool:
         return bool(self.names)
 
-    def parse(self, text: str) -> tuple[str, list, list]:
+    def parse(self, text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
         """(content, tool_calls, invalid_tool_calls) of a reply."""
         if not self.names:
             return text, [], []
         text = self.prefill + text
-        calls, invalid = [], []
+        calls: list[ToolCall] = []
+        invalid: list[InvalidToolCall] = []
         for match in TOOL_CALL_PATTERN.finditer(text):
             _parse_call(match.group(1), calls, invalid)
         content = TOOL_CALL_PATTERN.sub("", text).strip()
@@ -62,7 +63,7 @@ class ToolContext:
         return content, calls, invalid
 
 
-def _parse_call(raw: str, calls: list, invalid: list) -> None:
+def _parse_call(raw: str, calls: list[ToolCall], invalid: list[InvalidToolCall]) -> None:
     call_id = f"call_{uuid.uuid4().hex[:24]}"
     parsed = _json_object(raw)
     if parsed is None or not isinstance(parsed.get("name"), str):
@@ -140,6 +141,7 @@ def _text_content(message: BaseMessage, index: int) -> str:
 
 def to_chat_dict(message: BaseMessage, index: int, native_tools: bool) -> dict[str, Any]:
     """A LangChain message as the {"role", "content"} dict chat templates take."""
+    role: str | None
     if isinstance(message, ChatMessage):
         role = message.role
     else:

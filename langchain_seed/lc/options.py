@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
+from langchain_seed.engine.config import SamplingParams, SpeculativeConfig, VerifyPolicy
 from langchain_seed.engine.options import OPTIONS
 from langchain_seed.lc.text import normalize_stop
 
@@ -38,7 +38,7 @@ class CallOptions:
     """The options of one call: the model's fields, overridden by the call's kwargs."""
 
     decoding: str
-    verify: str
+    verify: VerifyPolicy
     k_config: tuple[int, ...]
     draft_confidence: float
     temperature: float

@@ -149,8 +149,8 @@ class StreamingText:
     `text`, the generation's output.
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int] = (), stop: Sequence[str] | None = None,
-                 skip_ids: Iterable[int] = ()) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int] = (),
+                 stop: Sequence[str] | StopSequences | None = None, skip_ids: Iterable[int] = ()) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids, skip_ids)
         self._stops = stop if isinstance(stop, StopSequences) else StopSequences(stop)
         self._final = ""
@@ -209,7 +209,7 @@ class StopChecker:
     same way `StreamingText` does, and searches only the text not searched before.
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], stop: Sequence[str],
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], stop: Sequence[str] | StopSequences,
                  skip_ids: Iterable[int] = ()) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids, skip_ids)
         self._stops = stop if isinstance(stop, StopSequences) else StopSequences(stop)

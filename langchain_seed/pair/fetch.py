@@ -110,7 +110,7 @@ def install_atomically(build: Callable[[Path], dict], final: Path) -> Path:
 def _find_gguf(directory: Path) -> Path | None:
     files = sorted(directory.glob("*.gguf"))
     preferred = [f for f in files if f.name == Path(WHEEL_GGUF_MEMBER).name]
-    return (preferred or files or [None])[0]
+    return (preferred or files)[0] if files else None
 
 
 def _load_source(path: Path) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Union
 
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.tools import BaseTool, StructuredTool
@@ -209,7 +210,8 @@ class TreeOfThoughts(RunnableSerializable[Any, Any]):
     @property
     def InputType(self) -> Any:
         """Accepted inputs."""
-        return Union[str, dict[str, Any], PromptValue, list[Any]]
+        # A runtime value, not an annotation: typing.Union keeps get_origin() what langchain expects.
+        return Union[str, dict[str, Any], PromptValue, list[Any]]  # noqa: UP007
 
     @property
     def OutputType(self) -> Any:
@@ -263,31 +265,33 @@ class TreeOfThoughts(RunnableSerializable[Any, Any]):
 
     def batch(
         self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None,
-        *, return_exceptions: bool = False, return_tree: bool = False, **kwargs: Any,
+        *, return_exceptions: bool = False, return_tree: bool | None = False, **kwargs: Any,
     ) -> list[Any]:
         """Answer every input; their levels share batched LLM calls."""
         return self._batch_with_config(
             self._run_many, inputs, config, return_exceptions=return_exceptions,
-            run_type="chain", return_tree=return_tree,
+            run_type="chain", return_tree=bool(return_tree),
         )
 
     async def abatch(
         self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None,
-        *, return_exceptions: bool = False, return_tree: bool = False, **kwargs: Any,
+        *, return_exceptions: bool = False, return_tree: bool | None = False, **kwargs: Any,
     ) -> list[Any]:
         """Async :meth:`batch` through the LLM's async API."""
         return await self._abatch_with_config(
             self._arun_many, inputs, config, return_exceptions=return_exceptions,
-            run_type="chain", return_tree=return_tree,
+            run_type="chain", return_tree=bool(return_tree),
         )
 
-    def _run_many(self, inputs: list[Any], run_manager: list[Any], return_tree: bool) -> list[Any]:
+    def _run_many(
+        self, inputs: list[Any], run_manager: list[CallbackManagerForChainRun], *, return_tree: bool = False
+    ) -> list[Any]:
         """Run every input's plan in lockstep."""
         runs = _Runs(self, inputs, run_manager)
         return runs.outputs(run_plans(runs.plans, runs.stats, runs.callbacks), return_tree)
 
     async def _arun_many(
-        self, inputs: list[Any], run_manager: list[Any], return_tree: bool
+        self, inputs: list[Any], run_manager: list[AsyncCallbackManagerForChainRun], *, return_tree: bool = False
     ) -> list[Any]:
         """Async :meth:`_run_many`."""
         runs = _Runs(self, inputs, run_manager)

@@ -75,6 +75,12 @@ class StateEvaluator:
         self.client = as_client(self.llm)
         self.task = get_task(self.task)
 
+    @property
+    def _task(self) -> Task:
+        """``task`` as :meth:`__post_init__` resolved it (a name becomes its :class:`Task`)."""
+        assert isinstance(self.task, Task)
+        return self.task
+
     def plan(self, question: str, states: States) -> Plan[list[Evaluation]]:
         """Plan of the configured method: one :class:`Evaluation` per state."""
         if self.method == "vote":
@@ -83,7 +89,7 @@ class StateEvaluator:
 
     def plan_value(self, question: str, states: States) -> Plan[list[Evaluation]]:
         """Value every uncached state, ``n_evaluate`` samples each, in one call."""
-        keys = [self.task.state_key(question, steps) for steps in states]
+        keys = [self._task.state_key(question, steps) for steps in states]
         missing = {key: steps for key, steps in zip(keys, states) if key not in self.cache}
         self.cache_hits += len(keys) - len(missing)
         if missing:
@@ -96,7 +102,7 @@ class StateEvaluator:
 
     def _ask_values(self, question: str, states: States) -> Plan[list[list[str]]]:
         """Per state, its ``n_evaluate`` value replies (prompt repeated, or ``n=``)."""
-        prompts = tuple(self.task.value_prompt(question, steps) for steps in states)
+        prompts = tuple(self._task.value_prompt(question, steps) for steps in states)
         if self.use_n:
             return (yield self._request(prompts, "value", self.n_evaluate))
         repeated = tuple(p for p in prompts for _ in range(self.n_evaluate))
@@ -105,7 +111,7 @@ class StateEvaluator:
 
     def _average(self, texts: Sequence[str]) -> Evaluation:
         """Parse value replies of one state and average them (unparsed -> 0)."""
-        parsed = [self.task.parse_value(text) for text in texts]
+        parsed = [self._task.parse_value(text) for text in texts]
         self.unparsed_values += sum(value is None for value in parsed)
         samples = tuple(0.0 if value is None else value for value in parsed)
         return Evaluation(sum(samples) / len(samples) if samples else 0.0, samples)
@@ -117,14 +123,14 @@ class StateEvaluator:
             return [Evaluation(10.0, (float(self.n_evaluate),))] * count
         rotations = [0] if self.use_n else [j % count for j in range(self.n_evaluate)]
         prompts = tuple(
-            self.task.vote_prompt(question, [*states[r:], *states[:r]]) for r in rotations
+            self._task.vote_prompt(question, [*states[r:], *states[:r]]) for r in rotations
         )
         n = self.n_evaluate if self.use_n else 1
         completions = yield self._request(prompts, "vote", n)
         votes = [0] * count
         for rotation, texts in zip(rotations, completions):
             for text in texts:
-                choice = self.task.parse_vote(text, count)
+                choice = self._task.parse_vote(text, count)
                 if choice is None:
                     self.unparsed_votes += 1
                 else:
@@ -134,7 +140,7 @@ class StateEvaluator:
 
     def _request(self, prompts: tuple[str, ...], role: str, n: int) -> LLMRequest:
         """A request for this evaluator's client, with the task's stop sequences."""
-        stop = self.task.stop(role) if self.use_stop else None
+        stop = self._task.stop(role) if self.use_stop else None
         return LLMRequest(self.client, prompts, role, stop, n)
 
     # -------------------------------------------------------------- direct use

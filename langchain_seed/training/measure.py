@@ -118,7 +118,7 @@ def step_ms(model: Any, head_ids: Any | None = None, context: int = 64, steps: i
         def step(i: int) -> None:
             nonlocal token
             position = torch.tensor([[context + i]])
-            if head_weight is not None:
+            if head_ids is not None and head_weight is not None:  # both set, or neither
                 hidden = model.model(input_ids=token, cache=cache, use_cache=True,
                                      position_ids=position).last_hidden_state
                 token = head_ids[head_logits(hidden[:, -1], head_weight).argmax(-1)][:, None]

@@ -68,7 +68,8 @@ def target_topk(model: Any, sequences: list[list[int]], top_k: int) -> list[tupl
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
     with torch.no_grad():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits  # [batch, seq, vocab]
+        # [batch, seq, vocab]
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
     return [_topk(logits[row, : len(seq) - 1], top_k) for row, seq in enumerate(sequences)]
 
 

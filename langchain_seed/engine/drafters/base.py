@@ -41,6 +41,12 @@ class Draft:
 class Drafter(Protocol):
     """What the scheduler needs from a drafter. Sequences are passed in a fixed member order."""
 
+    rows: list[SequenceState]
+    """The sequences being drafted for, in member order."""
+
+    forwards: int
+    """Draft forwards made so far."""
+
     def add(self, sequences: list[SequenceState]) -> None:
         """Start drafting for newly admitted sequences (e.g. prefill their prompts)."""
 
@@ -52,3 +58,9 @@ class Drafter(Protocol):
 
     def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
         """Learn which nodes the target accepted (e.g. keep their cache slots)."""
+
+    def compact_if_needed(self, slack: int) -> None:
+        """Compact the draft's cache once rejected drafts left more than `slack` slots behind."""
+
+    def nbytes(self) -> int:
+        """Bytes held by the draft's cache."""

@@ -225,7 +225,9 @@ class ModelDrafter:
                 for child, token in zip(children, tokens):
                     drafts[i].node_tokens[child] = token
                 if probs is not None:
-                    drafts[i].draft_probs[parent + 1] = probs
+                    draft_probs = drafts[i].draft_probs
+                    assert draft_probs is not None, "a sampled draft starts from _empty_probs"
+                    draft_probs[parent + 1] = probs
             confidence[i] = best
         return confidence
 

@@ -37,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,6 +75,13 @@ _SIGNATURES = {
 
 class _Library:
     """The loaded kernels (attributes named as in `_SIGNATURES`), or why there are none."""
+
+    # Set in __init__ through setattr, one per `_SIGNATURES` entry (None without the library).
+    linear: Callable[..., Any] | None
+    gate_up_silu: Callable[..., Any] | None
+    attention: Callable[..., Any] | None
+    rotary: Callable[..., Any] | None
+    rms_norm: Callable[..., Any] | None
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
         self.reason = reason

@@ -133,7 +133,7 @@ class Task:
         value = first_number(text)
         if value is None:
             return None
-        return float(min(max(value, 0), 10))
+        return min(max(float(value), 0.0), 10.0)
 
     def parse_vote(self, text: str, n_choices: int) -> int | None:
         """Vote reply -> 0-based index of the chosen candidate, or None."""

@@ -78,7 +78,8 @@ def check_game24(answer: str, question: str) -> bool:
         value, used = evaluate_arithmetic(expression)
     except (UnsafeExpressionError, ZeroDivisionError):
         return False
-    wanted = sorted(to_number(n) for n in NUMBER.findall(question))
+    # every NUMBER match parses, so nothing is dropped
+    wanted = sorted(n for n in map(to_number, NUMBER.findall(question)) if n is not None)
     return value == 24 and sorted(used) == wanted
 
 

@@ -13,7 +13,7 @@ from langchain_seed.tot.tasks.parsing import (
 )
 
 
-def gsm8k_reference_number(reference: str | int | float) -> Fraction | None:
+def gsm8k_reference_number(reference: object) -> Fraction | None:
     """The ``#### N`` number of a GSM8K reference answer (or the number given)."""
     if isinstance(reference, (int, float)) and not isinstance(reference, bool):
         return Fraction(str(reference))
