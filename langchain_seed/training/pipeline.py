@@ -56,8 +56,8 @@ def distill(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{args.data} has {len(records)} questions, all held out (--heldout "
                          f"{args.heldout}): pass the full GSM8K test jsonl with --data")
     tokenizer = AutoTokenizer.from_pretrained(args.target)
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, use_safetensors=True)
-    target = target.to(device).eval()
+    target: Any = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, use_safetensors=True)
+    target = target.to(device).eval()  # transformers types `.to` as taking a model
     # 1. prompts
     train_specs = training_prompts(records, train_indices, tokenizer, args)
     heldout_specs = build_prompts(records, range(heldout), tokenizer, args.seed + 1, 1, args.chat_fraction)
