@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_seed.bench.records import BenchRun, MethodRecord
+from langchain_seed.engine.calibration import cpu_model_name, cpu_vector_extensions
 
 COLUMNS = (
     ("method", "method", "{}"),
@@ -70,31 +71,6 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda_version"] = torch.version.cuda
     return info
-
-
-VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                     "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-"""The CPU flags that decide which kernels BLAS libraries (and ours) take."""
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
-
-
-def cpu_model_name() -> str:
-    """The CPU's model name, as `lscpu` prints it (from /proc/cpuinfo; the platform's
-    processor string elsewhere)."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_vector_extensions() -> list[str]:
-    """Which of `VECTOR_EXTENSIONS` this CPU has (empty where /proc/cpuinfo is missing)."""
-    flags = set((_cpuinfo_field("flags") or "").split())
-    return [flag for flag in VECTOR_EXTENSIONS if flag in flags]
 
 
 def _load_average() -> float | None:

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from langchain_seed.engine import kernels, native, routing
+from langchain_seed.engine import calibration, kernels, native, routing
+from langchain_seed.engine.calibration import RowLimits
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
@@ -75,6 +76,8 @@ class SeedEngine:
         self._mask_support: dict[int, bool] = {}
         self.linear_kernel = linear_kernel
         self._routings = self._install_kernels()
+        self.row_limits = self._row_limits()
+        """How many rows each matmul route takes on this CPU (`engine.calibration`)."""
         self._cpu_share = CpuShare()
         self.scheduler = self._new_scheduler()
         self._serial = SerialRunner(self._scheduler_factory(), self._cpu_share)
@@ -173,6 +176,12 @@ class SeedEngine:
     def closed(self) -> bool:
         """Whether `close` has run: no new request is accepted."""
         return not self._closer.alive
+
+    def _row_limits(self) -> RowLimits:
+        """The matmul routes' row limits for the target on this CPU, measured once per CPU."""
+        if self.linear_kernel not in kernels.ENGINE_KERNELS:
+            return RowLimits()
+        return calibration.row_limits(self.target_model)
 
     def _install_kernels(self) -> list[routing.KernelRouting]:
         """Route the engine's own model instances to its kernels (`routing.install`)."""
@@ -273,7 +282,7 @@ class SeedEngine:
         """What builds a scheduler (given `cpu_share=`); like `_drafter_factory`, it holds no
         reference to the engine."""
         return functools.partial(Scheduler, self.target_model, self._drafter_factory(), self.eos_token_ids,
-                                 kernel=self.linear_kernel)
+                                 kernel=self.linear_kernel, row_limits=self.row_limits)
 
     def _drafter_factory(self) -> Callable[[], ModelDrafter | FeatureDrafter]:
         """What builds a new lane's drafter. It holds no reference to the engine, so that an

@@ -31,15 +31,16 @@ import torch
 import torch.nn.functional as F
 
 from langchain_seed.engine import native
+from langchain_seed.engine.calibration import HEAD_SIZED_OUT_FEATURES, RowLimits
 
 NATIVE_MAX_ROWS = 128
-"""Up to this many rows the native kernel beats oneDNN and MKL (docs/BENCHMARKS.md); past it, MKL."""
+"""The most rows the native kernels take (the attention kernel's limit); the matmul's own
+limit on this CPU is `RowLimits.native_max_rows` (`engine.calibration`), at most this."""
 WEIGHT_MAJOR_MAX_ROWS = 4
-"""From 2 rows up to this many, `weight @ x.T` on MKL beats both oneDNN and `F.linear`."""
-ONEDNN_MAX_ROWS = 16
-"""Past this many rows (a prefill) MKL is as fast or faster, except for LM-head-sized weights."""
-HEAD_SIZED_OUT_FEATURES = 8192
-"""Weights with at least this many output rows (LM heads) are faster on oneDNN at any row count."""
+"""From 2 rows up to this many, `weight @ x.T` on MKL beats both oneDNN and `F.linear` (where
+oneDNN wins at decoding sizes: the AMD EPYC)."""
+DEFAULT_LIMITS = RowLimits()
+"""The row limits outside a measured engine's block (the AMD EPYC's figures)."""
 
 LINEAR_KERNELS = ("native", "onednn", "torch")
 """The engine's CPU float32 matmuls. `native`: its C kernel for decoding sizes (where it
@@ -63,15 +64,22 @@ def effective_kernel(kernel: str) -> str:
 
 
 @contextlib.contextmanager
-def engine_kernels(kernel: str | None = "native") -> Iterator[None]:
+def engine_kernels(kernel: str | None = "native", limits: RowLimits | None = None) -> Iterator[None]:
     """Within this block (this thread only), installed linears and attention run on the
-    engine's kernels: `native` or `onednn` (see `LINEAR_KERNELS`); None or `torch`: torch's."""
-    previous = getattr(_state, "kernel", None)
+    engine's kernels: `native` or `onednn` (see `LINEAR_KERNELS`); None or `torch`: torch's.
+    `limits`: how many rows each matmul route takes on this CPU (`engine.calibration`)."""
+    previous = getattr(_state, "kernel", None), getattr(_state, "limits", DEFAULT_LIMITS)
     _state.kernel = kernel if kernel in ENGINE_KERNELS else None
+    _state.limits = limits or DEFAULT_LIMITS
     try:
         yield
     finally:
-        _state.kernel = previous
+        _state.kernel, _state.limits = previous
+
+
+def native_max_rows() -> int:
+    """Up to how many rows the native kernels run in this thread's block."""
+    return min(getattr(_state, "limits", DEFAULT_LIMITS).native_max_rows, NATIVE_MAX_ROWS)
 
 
 def active_kernel() -> str | None:
@@ -82,19 +90,23 @@ def active_kernel() -> str | None:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`, on the engine's kernels inside `engine_kernels()` when the tensors allow it.
 
-    x: `[..., in]`; weight: `[out, in]`. Under `native`, up to `NATIVE_MAX_ROWS` rows run on
-    the C kernel. Otherwise 2 to 4 rows run weight-major (`weight @ x.T`, see
-    `weight_major_linear`), other decoding sizes and heads on oneDNN, the rest on torch's.
+    x: `[..., in]`; weight: `[out, in]`. Under `native`, up to the block's native row limit
+    (`RowLimits`, measured per CPU) rows run on the C kernel. Otherwise, where oneDNN wins
+    at decoding sizes, 2 to 4 rows run weight-major (`weight @ x.T`, see
+    `weight_major_linear`) and up to its row limit on oneDNN; heads on oneDNN where it wins
+    for them; the rest on torch's (MKL).
     """
     kernel = getattr(_state, "kernel", None)
     if kernel is None or not _eligible(x, weight, bias):
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    if kernel == "native" and rows <= NATIVE_MAX_ROWS and native.available():
+    limits = getattr(_state, "limits", DEFAULT_LIMITS)
+    if kernel == "native" and rows <= min(limits.native_max_rows, NATIVE_MAX_ROWS) and native.available():
         return native.skinny_linear(x, weight, bias)
-    if 1 < rows <= WEIGHT_MAJOR_MAX_ROWS:
+    head = weight.shape[0] >= HEAD_SIZED_OUT_FEATURES
+    if limits.onednn_max_rows and 1 < rows <= WEIGHT_MAJOR_MAX_ROWS and not head:
         return weight_major_linear(x, weight, bias)
-    if onednn_available() and (rows <= ONEDNN_MAX_ROWS or weight.shape[0] >= HEAD_SIZED_OUT_FEATURES):
+    if onednn_available() and (limits.onednn_heads if head else rows <= limits.onednn_max_rows):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -213,7 +225,7 @@ def mlp_forward(module: Any, replaced: Callable, x: torch.Tensor) -> torch.Tenso
     """A routed SiLU MLP's forward: its first half on `native.gate_up_silu` where it applies, else `replaced`."""
     gate, up = module.gate_proj.weight, module.up_proj.weight
     if (getattr(_state, "kernel", None) != "native" or not _eligible(x, gate, None) or not _eligible(x, up, None)
-            or x.numel() // x.shape[-1] > NATIVE_MAX_ROWS or not native.available()):
+            or x.numel() // x.shape[-1] > native_max_rows() or not native.available()):
         return replaced(x)
     return module.down_proj(native.gate_up_silu(x, gate, up))
 

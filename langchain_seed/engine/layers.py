@@ -9,7 +9,7 @@ Python between them: twelve module calls, keyword plumbing and a routing check p
 about 150 us a layer, or 4-5 ms of a 30-layer forward at decoding sizes.
 
 Everything it does not implement goes to the layer's own forward: other kernels, autograd,
-inputs past `NATIVE_MAX_ROWS` rows, missing rotary inputs, unknown keyword arguments,
+inputs past the native row limit (`kernels.native_max_rows()`), missing rotary inputs, unknown keyword arguments,
 a mask or head size the attention kernel does not take (`kernels.engine_attention`
 decides that per call, after the cache append, exactly as the routed module would).
 """
@@ -75,7 +75,7 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
 
 def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:
     """The native kernels in this thread, eval mode, CPU float32 tensors (weights
-    included), no autograd, at most `NATIVE_MAX_ROWS` rows, rotary inputs, and no keyword
+    included), no autograd, at most `kernels.native_max_rows()` rows, rotary inputs, and no keyword
     argument that asks for anything."""
     if (kernels.active_kernel() != "native" or layer.training or position_embeddings is None
             or not native.available()):
@@ -83,7 +83,7 @@ def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwarg
     if any(value is not None and value is not False for value in kwargs.values()):
         return False
     if not (hidden_states.is_cpu and hidden_states.dtype is torch.float32 and hidden_states.dim() == 3
-            and hidden_states.shape[0] * hidden_states.shape[1] <= kernels.NATIVE_MAX_ROWS):
+            and hidden_states.shape[0] * hidden_states.shape[1] <= kernels.native_max_rows()):
         return False
     cos, sin = position_embeddings
     if not (cos.dtype is torch.float32 and sin.dtype is torch.float32 and cos.is_cpu and sin.is_cpu

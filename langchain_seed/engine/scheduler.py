@@ -25,6 +25,7 @@ from collections import deque
 import torch
 
 from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.calibration import RowLimits
 from langchain_seed.engine.config import SpeculativeConfig
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
@@ -190,15 +191,17 @@ class Scheduler(Worker):
             or "torch" (torch's kernels).
         cpu_share: sampled once a round; its thread limit applies to the next round's
             native kernels (one thread while other processes hold the CPUs).
+        row_limits: how many rows each matmul route takes on this CPU (`engine.calibration`).
     """
 
     thread_name = "langchain-seed-scheduler"
 
     def __init__(self, target_model, make_drafter, eos_token_ids: frozenset[int], kernel: str = "torch",
-                 cpu_share: CpuShare | None = None) -> None:
+                 cpu_share: CpuShare | None = None, row_limits: RowLimits | None = None) -> None:
         super().__init__()
         self.target_model = target_model
         self.kernel = kernel
+        self.row_limits = row_limits
         self.cpu_share = cpu_share or CpuShare()
         self.make_drafter = make_drafter
         self.eos_token_ids = eos_token_ids
@@ -238,7 +241,7 @@ class Scheduler(Worker):
     # ----- one round -------------------------------------------------------------------
     def run_round(self) -> None:
         """Schedule, then draft/verify/commit/stream every lane once."""
-        with engine_kernels(self.kernel), limit_threads(self.cpu_share.thread_limit()):
+        with engine_kernels(self.kernel, self.row_limits), limit_threads(self.cpu_share.thread_limit()):
             self._admit_waiting()
             self._drop_cancelled()
             for lane in list(self.lanes.values()):

@@ -346,11 +346,12 @@ def test_target_calls_count_prefills_that_skip_the_lm_head(models, monkeypatch, 
 
 def test_the_machine_record_names_the_cpu_model_and_its_vector_extensions(monkeypatch, tmp_path):
     from langchain_seed.bench import report
+    from langchain_seed.engine import calibration
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f amx_tile\n")
-    real_path = report.Path
-    monkeypatch.setattr(report, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else real_path(name))
+    real_path = calibration.Path
+    monkeypatch.setattr(calibration, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else real_path(name))
     info = report.machine_info()
     assert info["cpu_model"] == "Example CPU 9000"
     assert info["cpu_vector_extensions"] == ["sse4_2", "avx", "avx2", "fma", "avx512f", "amx_tile"]

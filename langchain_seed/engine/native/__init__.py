@@ -271,15 +271,22 @@ def build_dir() -> Path:
     return (Path(home).expanduser() if home else Path.home() / ".cache" / "langchain-seed") / "native"
 
 
+@functools.lru_cache(maxsize=1)
+def library_key() -> str:
+    """What the library is built from: its sources, flags and compiler (a hash)."""
+    compiler = _compiler() or ""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout \
+        if compiler else ""
+    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
+    return hashlib.sha256(sources + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
+
+
 def _build() -> Path:
     """Compile the kernels into `build_dir()` (once per sources, flags and compiler)."""
     compiler = _compiler()
     if compiler is None:
         raise subprocess.SubprocessError("no C compiler (set CC or install gcc)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
-    key = hashlib.sha256(sources + repr((CFLAGS, compiler, version)).encode()).hexdigest()[:16]
-    target = build_dir() / f"seed_native-{key}.so"
+    target = build_dir() / f"seed_native-{library_key()}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -60,11 +60,11 @@ def test_prefill_sized_inputs_stay_on_torch_except_for_heads(monkeypatch):
     monkeypatch.setattr(kernels.torch.ops.mkldnn, "_linear_pointwise",
                         lambda *a: calls.append(a[1].shape[0]) or original(*a), raising=False)
     small, head = torch.randn(48, 16), torch.randn(kernels.HEAD_SIZED_OUT_FEATURES, 16)
-    rows = kernels.ONEDNN_MAX_ROWS + 1
+    rows = kernels.DEFAULT_LIMITS.onednn_max_rows + 1
     with torch.inference_mode(), kernels.engine_kernels("onednn"):
         kernels.linear(torch.randn(rows, 16), small)
         kernels.linear(torch.randn(1, rows, 16), head)
-        kernels.linear(torch.randn(kernels.ONEDNN_MAX_ROWS, 16), small)
+        kernels.linear(torch.randn(kernels.DEFAULT_LIMITS.onednn_max_rows, 16), small)
     assert calls == [kernels.HEAD_SIZED_OUT_FEATURES, 48]
 
 

@@ -1,0 +1,222 @@
+"""Where the engine's matmul routes cross over on this CPU, measured once per CPU and model shape.
+
+The native matmul reads each weight once and wins while a forward is bound by memory (few
+rows); as rows grow, BLAS libraries' packed kernels win, and where depends on the CPU:
+on the AMD EPYC the native kernel beat MKL and oneDNN up to 128 rows, on an Intel Xeon with
+AVX-512 MKL overtakes it between 18 and 48 rows, and MKL beats oneDNN at every row count
+there while oneDNN beats MKL on the AMD at decoding sizes (docs/BENCHMARKS.md, "Thresholds
+on other CPUs"). So the engine times the three routes on its own model's weight shapes the
+first time it meets a CPU (a few seconds) and keeps the result in
+``native.build_dir()/row-limits.json``, keyed by CPU model, vector extensions, torch version
+and the shapes. Models too small to measure keep `RowLimits()`'s defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from langchain_seed.engine import native
+from langchain_seed.engine.cpu_share import CONTENDED_ABOVE, process_wait_seconds
+
+logger = logging.getLogger(__name__)
+
+ROW_GRID = (1, 8, 16, 32, 64, 128)
+"""Row counts timed; a limit is the largest of these up to which a route keeps winning."""
+MIN_MEASURED_WEIGHTS = 4_000_000
+"""Models with fewer weight elements keep the defaults (their forwards are overhead, not matmuls)."""
+HEAD_SIZED_OUT_FEATURES = 8192
+"""Weights with at least this many output rows (LM heads) are judged apart from the layers'."""
+REPEATS = 2
+WEIGHTS_PER_SHAPE = 4
+"""Distinct weights of each shape cycled through, so that the timing streams them from memory."""
+ENV_NATIVE_MAX_ROWS = "LANGCHAIN_SEED_NATIVE_MAX_ROWS"
+"""Set to pin the native matmul's row limit (no measurement)."""
+VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                     "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+"""The CPU flags that decide which kernels BLAS libraries (and ours) take."""
+
+
+@dataclass(frozen=True)
+class RowLimits:
+    """How many rows each route takes (the defaults: the AMD EPYC's measurements).
+
+    Attributes:
+        native_max_rows: up to this many rows the native matmul runs (at most
+            `kernels.NATIVE_MAX_ROWS`).
+        onednn_max_rows: above the native limit (or without it), up to this many rows layer
+            weights run on oneDNN (2-4 rows weight-major on MKL); 0: always MKL.
+        onednn_heads: LM-head-sized weights run on oneDNN at any row count (else MKL).
+    """
+
+    native_max_rows: int = 128
+    onednn_max_rows: int = 16
+    onednn_heads: bool = True
+
+
+def cpu_info_field(name: str) -> str | None:
+    """A field of /proc/cpuinfo's first processor (None where there is none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name, as `lscpu` prints it (the platform's processor string elsewhere)."""
+    return cpu_info_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vector_extensions() -> list[str]:
+    """Which of `VECTOR_EXTENSIONS` this CPU has (empty where /proc/cpuinfo is missing)."""
+    flags = set((cpu_info_field("flags") or "").split())
+    return [flag for flag in VECTOR_EXTENSIONS if flag in flags]
+
+
+def row_limits(model: torch.nn.Module, cache: Path | None = None) -> RowLimits:
+    """The routes' row limits for `model`'s float32 CPU linears on this CPU: pinned by
+    `ENV_NATIVE_MAX_ROWS`, read from the cache, or measured (and cached unless other
+    processes held the CPU meanwhile)."""
+    weights = _linear_weights(model)
+    if os.environ.get(ENV_NATIVE_MAX_ROWS):
+        return RowLimits(native_max_rows=int(os.environ[ENV_NATIVE_MAX_ROWS]))
+    if sum(w.numel() for w in weights) < MIN_MEASURED_WEIGHTS or not native.available():
+        return RowLimits()
+    cache = cache or native.build_dir() / "row-limits.json"
+    key = _cache_key(weights)
+    known = _read_cache(cache)
+    if key in known:
+        return RowLimits(**known[key])
+    started, waited = time.monotonic(), process_wait_seconds()
+    limits = measure(weights)
+    seconds = time.monotonic() - started
+    if waited is not None and (process_wait_seconds() or 0.0) - waited > CONTENDED_ABOVE * seconds:
+        logger.info("row limits not measured: other processes held the CPU (%.1f s); the defaults apply", seconds)
+        return RowLimits()
+    logger.info("row limits measured in %.1f s on %s: %s", seconds, cpu_model_name(), limits)
+    _write_cache(cache, {**known, key: asdict(limits)})
+    return limits
+
+
+def measure(weights: Sequence[torch.Tensor], grid: Sequence[int] = ROW_GRID) -> RowLimits:
+    """Time native, MKL (`F.linear`) and oneDNN over `weights` (each shape weighted by its
+    count) at every row count of `grid`, and read the limits off the timings."""
+    by_shape = _by_shape(weights)
+    layer = {shape: group for shape, group in by_shape.items() if shape[0] < HEAD_SIZED_OUT_FEATURES}
+    head = {shape: group for shape, group in by_shape.items() if shape[0] >= HEAD_SIZED_OUT_FEATURES}
+    routes = _routes()
+    layer_times, head_times = {}, {}
+    for rows in grid:
+        layer_times[rows] = _route_times(layer, rows, routes)
+        head_times[rows] = _route_times(head, rows, routes)
+        if _lost(layer_times[rows], head_times[rows], routes):
+            routes = {name: route for name, route in routes.items() if name != "native"}
+    total = {rows: {name: layer_times[rows][name] + head_times[rows][name] for name in layer_times[rows]}
+             for rows in grid}
+    native_rows = _winning_prefix(grid, total, "native")
+    above = [rows for rows in grid if rows > native_rows] or [grid[-1]]
+    onednn_heads = not head or sum(head_times[r]["onednn"] for r in above) <= sum(head_times[r]["mkl"] for r in above)
+    onednn_rows = _winning_prefix(grid, layer_times, "onednn", among=("onednn", "mkl")) if "onednn" in routes else 0
+    return RowLimits(native_max_rows=native_rows, onednn_max_rows=onednn_rows, onednn_heads=onednn_heads)
+
+
+def _lost(layer: dict[str, float], head: dict[str, float], routes: dict) -> bool:
+    """Whether native lost at this row count (then larger ones are not timed on it)."""
+    if "native" not in routes:
+        return False
+    return layer["native"] + head["native"] > min(layer[n] + head[n] for n in routes if n != "native")
+
+
+def _winning_prefix(grid: Sequence[int], times: dict[int, dict[str, float]], route: str,
+                    among: Sequence[str] | None = None) -> int:
+    """The largest row count up to which `route` is the fastest at every grid point (0: never)."""
+    limit = 0
+    for rows in grid:
+        if route not in times[rows]:
+            break
+        rivals = [times[rows][name] for name in (among or times[rows]) if name != route]
+        if times[rows][route] > min(rivals):
+            break
+        limit = rows
+    return limit
+
+
+def _routes() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    routes: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "native": lambda x, w: native.skinny_linear(x, w), "mkl": lambda x, w: F.linear(x, w)}
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        routes["onednn"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return routes
+
+
+def _route_times(groups: dict[tuple[int, int], tuple[list[torch.Tensor], int]], rows: int,
+                 routes: dict[str, Callable]) -> dict[str, float]:
+    """Seconds per forward's worth of these weights, per route (best of `REPEATS`)."""
+    times = dict.fromkeys(routes, 0.0)
+    with torch.inference_mode():
+        for (_, in_features), (group, count) in groups.items():
+            x = torch.randn(rows, in_features)
+            for name, route in routes.items():
+                times[name] += count * min(_time_once(route, x, group) for _ in range(REPEATS))
+    return times
+
+
+def _time_once(route: Callable, x: torch.Tensor, weights: list[torch.Tensor]) -> float:
+    started = time.perf_counter()
+    for weight in weights:
+        route(x, weight)
+    return (time.perf_counter() - started) / len(weights)
+
+
+def _linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if type(m) is torch.nn.Linear and m.weight.is_cpu
+            and m.weight.dtype is torch.float32 and m.weight.dim() == 2 and m.weight.is_contiguous()]
+
+
+def _by_shape(weights: Sequence[torch.Tensor]) -> dict[tuple[int, int], tuple[list[torch.Tensor], int]]:
+    """Per weight shape: up to `WEIGHTS_PER_SHAPE` distinct weights to time, and how many there are."""
+    counts = Counter((int(w.shape[0]), int(w.shape[1])) for w in weights)
+    groups: dict[tuple[int, int], tuple[list[torch.Tensor], int]] = {}
+    for weight in weights:
+        shape = (int(weight.shape[0]), int(weight.shape[1]))
+        sample, _ = groups.setdefault(shape, ([], counts[shape]))
+        if len(sample) < WEIGHTS_PER_SHAPE:
+            sample.append(weight.detach())
+    return groups
+
+
+def _cache_key(weights: Sequence[torch.Tensor]) -> str:
+    shapes = sorted(Counter(tuple(w.shape) for w in weights).items())
+    described = repr((cpu_model_name(), cpu_vector_extensions(), torch.__version__, torch.get_num_threads(),
+                      native.library_key(), ROW_GRID, shapes))
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, data: dict[str, dict]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(temporary, path)
+    except OSError as error:
+        logger.warning("row limits not cached (%s): they are measured again next time", error)
