@@ -392,21 +392,26 @@ def test_randomness_comes_only_from_the_requests_generator():
     draft_probs = torch.stack([one_hot(0), torch.zeros(VOCAB)])
     rejected = torch.stack([torch.cat([torch.zeros(1), torch.full((VOCAB - 1,), 1 / (VOCAB - 1))]), spread])
     accepted = torch.stack([one_hot(0), spread])  # then the bonus token comes from `spread`
+    half = torch.tensor([0.5, 0.5, 0, 0, 0, 0, 0, 0])
+    quarter = torch.tensor([0.25, 0.75, 0, 0, 0, 0, 0, 0])  # token 0 accepted with probability 1/2
+    coin = torch.stack([quarter, spread])
 
     def outcomes(global_seed: int) -> list:
         torch.manual_seed(global_seed)
         out = []
         for seed in range(20):
             g = generator(seed)
-            out.append((sample_token(spread, g), sampling_step([0, 1], spread, spread, g)[0],
+            out.append((sample_token(spread, g), sampling_step([0], half, quarter, g)[0],
                         accept_sampling(tree, [0], draft_probs, rejected, g),  # recovered token
                         accept_sampling(tree, [0], draft_probs, accepted, g),  # bonus token
+                        accept_sampling(tree, [0], torch.stack([half, torch.zeros(VOCAB)]), coin, g).path,
                         float(torch.rand((), generator=g))))
         return out
 
     first = outcomes(0)
     assert first == outcomes(1)
-    assert len({o[2].next_token for o in first}) > 1 and len({o[3].next_token for o in first}) > 1
+    for position in range(5):  # every draw depends on the seed
+        assert len({repr(o[position]) for o in first}) > 1, position
     fresh = [float(torch.rand((), generator=generator(seed))) for seed in range(20)]
     assert [o[-1] for o in first] != fresh  # the rules drew from the request's generator
 
