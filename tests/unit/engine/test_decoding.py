@@ -207,3 +207,31 @@ def test_prompt_lookup_overrides_only_an_unsure_draft():
     assert candidates(sure, 0.7, confidence=0.0) == ([0], 1.0)  # no adaptive length: confidence unused
     with pytest.raises(ValueError, match="prompt_lookup_below must be a number in \\(0, 1\\]"):
         SpeculativeConfig(prompt_lookup_below=0)
+
+
+@pytest.mark.parametrize("verify", ["rounds", "batched"])
+def test_verification_keeps_the_validity_mask_as_long_as_the_cache(llama_pair, monkeypatch, verify):
+    """After each verification every cached slot has exactly one validity entry, however long the
+    rows' pending text (a whole prompt in "rounds") and however many the vocabulary's tokens."""
+    from langchain_seed.engine import scheduler as scheduler_module
+
+    target, draft = llama_pair
+    checked = []
+    verify_batch = scheduler_module.verify_batch
+
+    def checking(target_model, kv, *args, **kwargs):
+        result = verify_batch(target_model, kv, *args, **kwargs)
+        cached = kv.cache.get_seq_length() if kv.cache is not None else 0
+        assert kv.num_slots == cached, (kv.num_slots, cached)
+        checked.append(kv.num_slots)
+        return result
+
+    monkeypatch.setattr(scheduler_module, "verify_batch", checking)
+    config = SpeculativeConfig(k_config=(2, 1), verify=verify)
+    scheduler = Scheduler(target, lambda: ModelDrafter(draft), frozenset())
+    long_prompt = [(7 * i) % 60 + 1 for i in range(90)]  # longer than the vocabulary of 64
+    requests = [Request.create(p, SamplingParams(max_tokens=12), config) for p in [long_prompt] + PROMPTS[:2]]
+    scheduler.submit(requests, start_thread=False)
+    scheduler.run_until_idle()
+    assert checked and max(checked) > 64
+    assert requests[0].handle.result().token_ids == hf_greedy(target, long_prompt, 12)
