@@ -61,8 +61,8 @@ def test_every_mode_is_the_targets_greedy_output(default_pair, heldout_prompts):
 
 
 def test_feature_draft_gives_the_targets_greedy_output(default_pair, heldout_prompts):
-    from langchain_seed.pair.paths import default_feature_draft_dir
     from langchain_seed.engine.models import load_draft
+    from langchain_seed.pair.paths import default_feature_draft_dir
 
     target, _, tokenizer, _ = default_pair
     draft = load_draft(default_feature_draft_dir(), target)

@@ -11,8 +11,14 @@ import json
 import pytest
 
 from langchain_seed.bench import probes, profile, protocol, report, workloads
-from langchain_seed.bench.methods import METHODS, SEED_METHODS, BenchModels, make_method, parse_methods, \
-    reference_outputs
+from langchain_seed.bench.methods import (
+    METHODS,
+    SEED_METHODS,
+    BenchModels,
+    make_method,
+    parse_methods,
+    reference_outputs,
+)
 
 QUESTIONS = ["What is 12 + 30?", "Tom has 3 apples and buys 2 more. How many apples?"]
 ROW_KEYS = {"method", "seconds", "new_tokens", "tokens_per_s", "target_calls", "acceptance_rate", "peak_rss_mb",

@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 import pytest
-from tiny_llama import make_tiny_llama
 
 import langchain_seed.pair.assemble
 import langchain_seed.pair.paths
@@ -19,6 +18,8 @@ from langchain_seed.pair.paths import (
     DEFAULT_PAIR_K_CONFIG,
     DEFAULT_PAIR_OPTIONS,
 )
+
+from tiny_llama import make_tiny_llama
 
 CLI_DIR = Path(langchain_seed.cli.__file__).parent
 

@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import tiny_llama  # noqa: E402
-
 from langchain_seed import training  # noqa: E402
 from langchain_seed.training import data as prompts  # noqa: E402
 from langchain_seed.training import device, measure, pipeline, targets, token  # noqa: E402
+
+import tiny_llama  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -172,7 +172,6 @@ def test_feature_draft_end_to_end_from_a_token_draft(tmp_path):
     """`--kind feature --init-draft`: trains, measures, saves a loadable feature draft whose
     acceptance at init is the token draft's own (the projection starts at zero)."""
     from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine
-    from langchain_seed.training.feature import features_key
 
     target_dir = make_target(tmp_path / "target")
     token_draft = make_tiny_llama(tmp_path / "token-draft", layers=1, seed=5)

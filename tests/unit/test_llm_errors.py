@@ -153,7 +153,7 @@ def engine_runs(tiny_engine, monkeypatch):
     """The prompt count of every engine run started (scheduled `submit_many`, serial `generate`)."""
     runs: list[int] = []
     for name in ("submit_many", "generate"):
-        def counted(prompt_ids, *args, _original=getattr(tiny_engine, name), **kwargs):
+        def counted(prompt_ids, *args, _original=getattr(tiny_engine, name), **kwargs):  # noqa: B008 - bound now
             runs.append(len(prompt_ids))
             return _original(prompt_ids, *args, **kwargs)
 

@@ -12,16 +12,17 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tiny_llama import make_tiny_llama  # noqa: E402
-
 from langchain_seed.cli import models as models_command  # noqa: E402
 from langchain_seed.pair import assemble, fetch, paths  # noqa: E402
+
+from tiny_llama import make_tiny_llama  # noqa: E402
 
 
 def make_tiny_asset(path: Path, target_dir: Path, layers: int = 1) -> Path:
     """A draft asset as `distill` writes it: config, trained layers (fp16), head ids."""
-    from langchain_seed.training import token
     from transformers import AutoModelForCausalLM
+
+    from langchain_seed.training import token
 
     target = AutoModelForCausalLM.from_pretrained(target_dir)
     draft = token.init_draft(target, layers)
@@ -32,7 +33,7 @@ def make_tiny_asset(path: Path, target_dir: Path, layers: int = 1) -> Path:
     return path
 
 
-def write_tiny_gguf(path: Path) -> "object":
+def write_tiny_gguf(path: Path) -> object:
     """A 2-layer Llama GGUF (f32 tensors, byte-level BPE vocab of 64); returns its embedding."""
     np = pytest.importorskip("numpy")
     gguf = pytest.importorskip("gguf")

@@ -5,12 +5,11 @@ from collections import Counter
 
 import pytest
 import torch
+from test_sampling import PROMPT, chi_square, critical_value, exact_joint, prefix_logits, small_model
 
-from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine, SpeculativeConfig
-from langchain_seed.engine import drafters
+from langchain_seed.engine import FeatureDraftModel, SamplingParams, SeedEngine, SpeculativeConfig, drafters
 
 from engine_fixtures import PROMPTS, VOCAB, build_model, hf_greedy
-from test_sampling import PROMPT, chi_square, critical_value, exact_joint, prefix_logits, small_model
 
 MODES = [("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")]
 SAMPLES = 4000

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
-from langchain_seed.engine import decoding
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, decoding
 
 SMALL_VOCAB = 8
 PROMPT = [1, 5, 2]

@@ -5,7 +5,6 @@ import sys
 import threading
 
 import pytest
-import torch
 
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 from langchain_seed.engine.drafters import ModelDrafter
@@ -248,8 +247,9 @@ def test_bad_mode_and_config_are_refused(llama_pair):
 
 
 def test_vocabulary_mismatch_is_named():
-    from engine_fixtures import build_model
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine_fixtures import build_model
 
     target = build_model("llama")
     other = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tot_fakes import ScriptedChatModel, ScriptedLLM, gsm8k_reply
 
 

@@ -10,6 +10,9 @@ from langchain_core.prompt_values import StringPromptValue
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import BaseTool
+
+from langchain_seed.tot import ThoughtTree, ToTResult, TreeOfThoughts
+
 from tot_fakes import (
     LEVEL1,
     LEVEL2,
@@ -19,8 +22,6 @@ from tot_fakes import (
     gsm8k_reply,
     roles_of_calls,
 )
-
-from langchain_seed.tot import ThoughtTree, ToTResult, TreeOfThoughts
 
 
 def test_invoke_returns_the_answer_string(scripted_llm):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from tot_fakes import LEVEL1, QUESTION, ScriptedLLM, gsm8k_reply, last_step
 
 from langchain_seed.tot import StateEvaluator, ThoughtGenerator
+
+from tot_fakes import LEVEL1, QUESTION, ScriptedLLM, gsm8k_reply, last_step
 
 ROOT = ()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tot_fakes import LEVEL1, LEVEL2, QUESTION
 
 from langchain_seed.tot import ThoughtTree, TreeOfThoughts
+
+from tot_fakes import LEVEL1, LEVEL2, QUESTION
 
 
 @pytest.fixture

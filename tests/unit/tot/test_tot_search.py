@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from langchain_seed.tot import StateEvaluator, ThoughtGenerator, abfs, bfs, dfs
+
 from tot_fakes import (
     LEVEL1,
     LEVEL2,
@@ -13,8 +15,6 @@ from tot_fakes import (
     roles_of_calls,
     tree_reply,
 )
-
-from langchain_seed.tot import StateEvaluator, ThoughtGenerator, abfs, bfs, dfs
 
 
 def make(llm, generator="propose", evaluator="value", k=3, n_evaluate=1):
