@@ -235,3 +235,28 @@ def test_verification_keeps_the_validity_mask_as_long_as_the_cache(llama_pair, m
     scheduler.run_until_idle()
     assert checked and max(checked) > 64
     assert requests[0].handle.result().token_ids == hf_greedy(target, long_prompt, 12)
+
+
+@pytest.mark.parametrize("mode", ["autoregressive", "speculative", "scheduled"])
+def test_statistics_and_stream_match_what_was_committed(pair, reference, mode):
+    """Per request: one target call per verification (a lone prompt is not prefilled: its text goes
+    into the first verification); new tokens and the streamed chunks are the committed tokens, also
+    when a stop token ends the request mid-round."""
+    target, draft = pair
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 2, 1)))
+    stop = reference[0][9]
+    expected = reference[0][: reference[0].index(stop) + 1]
+    for params, tokens, reason in ((SamplingParams(max_tokens=24), reference[0], "length"),
+                                   (SamplingParams(max_tokens=24, stop_token_ids=(stop,)), expected, "stop")):
+        [result] = engine.generate([PROMPTS[0]], params, mode=mode)
+        stats = result.stats
+        assert result.token_ids == tokens and result.finish_reason == reason
+        assert stats.new_tokens == len(tokens)
+        assert stats.target_calls == stats.verify_steps
+        assert stats.accepted + stats.verify_steps >= len(tokens)  # each round: accepted + 1 token
+        if mode == "autoregressive":
+            assert stats.verify_steps == len(tokens) and stats.drafted == stats.accepted == 0
+    handle = engine.submit(PROMPTS[0], SamplingParams(max_tokens=24))
+    chunks = list(handle)
+    assert [t for chunk in chunks for t in chunk] == handle.result().token_ids == reference[0]
+    assert len(chunks) == handle.result().stats.verify_steps  # one chunk a round
