@@ -18,10 +18,10 @@ def _times(native_ms: list[float], mkl_ms: list[float], onednn_ms: list[float]) 
 
 
 def test_a_limit_is_the_largest_row_count_up_to_which_the_route_always_wins():
-    times = _times(native_ms=[1, 2, 3, 9, 9, 1], mkl_ms=[5, 5, 5, 5, 5, 5], onednn_ms=[6, 6, 6, 6, 6, 6])
+    times = _times(native_ms=[1, 2, 3, 9, 9, 1, 1, 1], mkl_ms=[5] * 8, onednn_ms=[6] * 8)
     assert calibration._winning_prefix(ROW_GRID, times, "native") == ROW_GRID[2]  # a later win does not count
     assert calibration._winning_prefix(ROW_GRID, times, "onednn", among=("onednn", "mkl")) == 0
-    never = _times(native_ms=[9] * 6, mkl_ms=[5] * 6, onednn_ms=[6] * 6)
+    never = _times(native_ms=[9] * 8, mkl_ms=[5] * 8, onednn_ms=[6] * 8)
     assert calibration._winning_prefix(ROW_GRID, never, "native") == 0
 
 
