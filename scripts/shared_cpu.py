@@ -5,7 +5,7 @@ Runs the default pair's autoregressive and scheduled modes on an idle machine, t
 (`engine.cpu_share`: one kernel thread while others hold the CPUs) and once without it,
 and prints seconds, target calls and ms per call for each. Usage:
 
-    python scripts/shared_cpu.py --load 3 --tokens 48
+    python scripts/shared_cpu.py --load 2 --load-kind torch --tokens 24
 """
 
 from __future__ import annotations
@@ -23,9 +23,18 @@ PROMPTS = ["Question: A baker makes 24 muffins and sells 3 boxes of 6. How many 
            "Write one sentence about the sea.\n", "List three prime numbers:"]
 
 
-def _busy() -> None:
+def _busy(kind: str) -> None:
+    """A job beside the engine: a Python spin loop, or torch matmuls on 2 OpenMP threads (like a
+    second model server or test run, whose threads also wait at barriers)."""
+    if kind == "spin":
+        while True:
+            pass
+    import torch
+
+    torch.set_num_threads(2)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
     while True:
-        pass
+        a @ b
 
 
 def _cpu_model() -> str:
@@ -48,17 +57,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", type=int, default=3, help="busy-looping processes beside the engine")
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--load-kind", choices=("spin", "torch"), default="torch",
+                        help="what each busy process does (default: torch matmuls on 2 threads)")
     args = parser.parse_args()
     from langchain_seed import SeedLLM
 
     engine = SeedLLM.from_default().engine
     prompt_ids = [engine.tokenizer(p)["input_ids"] for p in PROMPTS]
-    print(f"CPU: {_cpu_model()}; load: {args.load} busy processes; {args.tokens} tokens per prompt\n")
+    print(f"CPU: {_cpu_model()}; load: {args.load} busy processes ({args.load_kind}); {args.tokens} tokens a prompt\n")
     print("| run | seconds | target calls | ms per call |\n|---|---|---|---|")
     _run(engine, prompt_ids[:1], 4, "autoregressive")  # warm-up
     for mode in ("autoregressive", "scheduled"):
         _row(f"{mode}, idle", *_run(engine, prompt_ids, args.tokens, mode))
-    hogs = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.load)]
+    context = multiprocessing.get_context("spawn")  # a fresh torch in each job, not a fork of this one
+    hogs = [context.Process(target=_busy, args=(args.load_kind,), daemon=True) for _ in range(args.load)]
     for hog in hogs:
         hog.start()
     try:
