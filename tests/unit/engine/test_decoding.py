@@ -212,7 +212,8 @@ def test_prompt_lookup_overrides_only_an_unsure_draft():
 @pytest.mark.parametrize("verify", ["rounds", "batched"])
 def test_verification_keeps_the_validity_mask_as_long_as_the_cache(llama_pair, monkeypatch, verify):
     """After each verification every cached slot has exactly one validity entry, however long the
-    rows' pending text (a whole prompt in "rounds") and however many the vocabulary's tokens."""
+    rows' pending text (a whole prompt in "rounds") and however many the vocabulary's tokens; and
+    nothing keeps the target's features, which only a feature draft reads."""
     from langchain_seed.engine import scheduler as scheduler_module
 
     target, draft = llama_pair
@@ -223,6 +224,7 @@ def test_verification_keeps_the_validity_mask_as_long_as_the_cache(llama_pair, m
         result = verify_batch(target_model, kv, *args, **kwargs)
         cached = kv.cache.get_seq_length() if kv.cache is not None else 0
         assert kv.num_slots == cached, (kv.num_slots, cached)
+        assert all(not s.target_features for s in args[0])  # a token draft keeps no target features
         checked.append(kv.num_slots)
         return result
 
