@@ -7,21 +7,10 @@ import time
 
 import pytest
 
+from handle_spies import spy_handles
+
 MODES = ["autoregressive", "speculative", "scheduled"]
 PROMPT = "The quick brown fox"
-
-
-def _spy_handles(engine, monkeypatch) -> list:
-    handles: list = []
-    submit_many = engine.submit_many
-
-    def spy(*args, **kwargs):
-        new = submit_many(*args, **kwargs)
-        handles.extend(new)
-        return new
-
-    monkeypatch.setattr(engine, "submit_many", spy)
-    return handles
 
 
 def _wait_idle(engine, timeout: float = 30) -> None:
@@ -35,7 +24,7 @@ def _wait_idle(engine, timeout: float = 30) -> None:
 async def test_a_cancelled_astream_cancels_its_request_and_leaks_no_thread(tiny_llm, tiny_engine, monkeypatch, mode):
     await tiny_llm.ainvoke(PROMPT, decoding=mode, max_tokens=2)  # the engine's threads have started
     threads = threading.active_count()
-    handles = _spy_handles(tiny_engine, monkeypatch)
+    handles = spy_handles(tiny_engine, monkeypatch)
     async def consume(started: asyncio.Event) -> None:
         async for _chunk in tiny_llm.astream(PROMPT, decoding=mode, max_tokens=1000, k_config=(1,)):
             started.set()
@@ -58,7 +47,7 @@ async def test_a_cancelled_astream_cancels_its_request_and_leaks_no_thread(tiny_
 async def test_a_cancelled_ainvoke_cancels_its_request(tiny_llm, tiny_engine, monkeypatch, mode):
     await tiny_llm.ainvoke(PROMPT, decoding=mode, max_tokens=2)
     threads = threading.active_count()
-    handles = _spy_handles(tiny_engine, monkeypatch)
+    handles = spy_handles(tiny_engine, monkeypatch)
     task = asyncio.create_task(tiny_llm.ainvoke(PROMPT, decoding=mode, max_tokens=1000, k_config=(1,)))
     deadline = time.monotonic() + 30
     while not (handles and handles[0]._chunks) and time.monotonic() < deadline:

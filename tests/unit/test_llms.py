@@ -19,6 +19,8 @@ from pydantic import ValidationError
 from langchain_seed.lc.llms import SeedLLM
 from langchain_seed.lc.text import IncrementalDetokenizer, StopChecker, StopSequences, StreamingText
 
+from handle_spies import spy_handles
+
 PROMPTS = [
     "Question: what is 12 + 30?",
     "The quick brown fox",
@@ -156,20 +158,6 @@ def test_streaming_field_reports_chunks_from_invoke(tiny_engine):
     assert "".join(counter.tokens) == text
 
 
-def _spy_handles(engine, monkeypatch) -> list:
-    """The request handles of every `submit_many` call on `engine`, in order."""
-    handles: list = []
-    submit_many = engine.submit_many
-
-    def spy(*args, **kwargs):
-        new = submit_many(*args, **kwargs)
-        handles.extend(new)
-        return new
-
-    monkeypatch.setattr(engine, "submit_many", spy)
-    return handles
-
-
 def _emitted(handle) -> int:
     """Tokens the engine has handed to `handle` so far."""
     return sum(len(chunk) for chunk in list(handle._chunks))
@@ -180,7 +168,7 @@ MAX_TOKENS_PER_ROUND = 2
 
 
 def test_stream_stops_the_engine_when_the_consumer_leaves(tiny_engine, monkeypatch):
-    handles = _spy_handles(tiny_engine, monkeypatch)
+    handles = spy_handles(tiny_engine, monkeypatch)
     llm = SeedLLM.from_engine(tiny_engine, max_tokens=400, k_config=(1,))
     stream = llm.stream(PROMPTS[0])
     next(stream)

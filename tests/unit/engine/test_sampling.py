@@ -17,7 +17,6 @@ stage checks that drafts ran to the tree's full depth, so that every level was v
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections import Counter
@@ -27,6 +26,8 @@ import pytest
 import torch
 
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, decoding
+
+from engine_fixtures import noisy_copy
 
 SMALL_VOCAB = 8
 PROMPT = [1, 5, 2]
@@ -44,15 +45,6 @@ def small_model(seed: int):
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = None
     return model
-
-
-def noisy_copy(model, noise: float, seed: int = 1):
-    torch.manual_seed(seed)
-    draft = copy.deepcopy(model)
-    with torch.no_grad():
-        for parameter in draft.parameters():
-            parameter.add_(torch.randn_like(parameter) * noise)
-    return draft
 
 
 # ------------------------------------------------------------------ exact distributions
