@@ -262,3 +262,25 @@ def test_statistics_and_stream_match_what_was_committed(pair, reference, mode):
     chunks = list(handle)
     assert [t for chunk in chunks for t in chunk] == handle.result().token_ids == reference[0]
     assert len(chunks) == handle.result().stats.verify_steps  # one chunk a round
+
+
+@pytest.mark.parametrize("mode", ["speculative", "scheduled"])
+def test_stop_callback_ends_or_fails_only_its_request(pair, reference, mode):
+    target, draft = pair
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 1)))
+
+    def enough(new_ids: list[int]) -> bool:  # stop once 5 tokens are out (rounds may commit more)
+        return len(new_ids) >= 5
+
+    def broken(new_ids: list[int]) -> bool:
+        raise KeyError("callback bug")
+
+    stopped, failed, free = engine.generate(
+        [PROMPTS[0], PROMPTS[1], PROMPTS[2]],
+        [SamplingParams(max_tokens=24, stop_callback=enough), SamplingParams(max_tokens=24, stop_callback=broken),
+         SamplingParams(max_tokens=24)], mode=mode)
+    assert stopped.finish_reason == "stop" and 5 <= len(stopped.token_ids) < 24
+    assert stopped.token_ids == reference[0][: len(stopped.token_ids)] and stopped.error is None
+    assert failed.finish_reason == "error" and isinstance(failed.error, KeyError)
+    assert 0 < len(failed.token_ids) < 24  # it failed after the first commit
+    assert free.finish_reason == "length" and free.token_ids == reference[2]

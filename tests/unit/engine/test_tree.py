@@ -44,6 +44,8 @@ def test_verification_visibility_and_positions():
     assert visible[2:, :2].all()
     assert visible[4].tolist() == [True, True, True, False, True, False]
     assert tree.position_offsets(2).tolist() == [0, 1, 2, 2, 3, 3]
+    # a boolean mask (`~visible` and masked_fill need one) and integer positions, as documented
+    assert visible.dtype == torch.bool and tree.position_offsets(2).dtype == torch.long
 
 
 def test_empty_tree_is_plain_decoding():
