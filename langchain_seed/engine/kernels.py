@@ -101,7 +101,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
     limits = getattr(_state, "limits", DEFAULT_LIMITS)
-    if kernel == "native" and rows <= min(limits.native_max_rows, NATIVE_MAX_ROWS) and native.available():
+    if kernel == "native" and rows <= native_max_rows() and native.available():
         return native.skinny_linear(x, weight, bias)
     head = weight.shape[0] >= HEAD_SIZED_OUT_FEATURES
     if limits.onednn_max_rows and 1 < rows <= WEIGHT_MAJOR_MAX_ROWS and not head:

@@ -7,9 +7,10 @@ the thread (`_start_thread`); `close` lets it finish what is queued and stop; `j
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 
-class Worker:
+class Worker(ABC):
     """A queue's thread: started on demand, stopped by `close`, waited for by `join`."""
 
     thread_name = "langchain-seed-worker"
@@ -42,5 +43,6 @@ class Worker:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    @abstractmethod
     def _serve(self) -> None:
-        raise NotImplementedError
+        """The thread's loop: serve queued work until closed and drained (each worker's own)."""
