@@ -107,11 +107,12 @@ class TreeOfThoughts(RunnableSerializable[Any, Any]):
     llm: Any
     """The LLM: a ``BaseLLM``, a ``BaseChatModel`` or any Runnable taking a string."""
     task: Any = "gsm8k"
-    """``"gsm8k"``, ``"game24"``, ``"writing"``, ``"generic"`` or a ``Task`` instance."""
+    """``"gsm8k"``, ``"game24"``, ``"writing"``, ``"blocksworld"``, ``"generic"`` or a ``Task`` instance."""
     breadth: int = 3
     """Thoughts grown from each state (k)."""
     depth: int | None = None
-    """Thought steps before the answer; None means the task's (gsm8k 2, game24 3, writing 1)."""
+    """Thought steps before the answer; None means the task's (gsm8k 2, game24 3, writing 1,
+    blocksworld 4)."""
     n_select: int | None = None
     """BFS: states kept per level (b); None means ``breadth``."""
     generator: str = "propose"

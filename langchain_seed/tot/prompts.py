@@ -13,7 +13,8 @@ Variables every role may use: ``{question}`` and ``{steps}`` (the state so far, 
 step on its own line as ``Step i: ...``, empty at the root); ``propose`` and ``sample``
 add ``{k}``, ``sample`` adds ``{index}``, ``vote`` replaces ``{steps}`` with
 ``{choices}`` and ``{n}`` (the number of choices); game24 adds ``{left}`` (the
-numbers still to combine).
+numbers still to combine); blocksworld adds ``{state}`` (the arrangement the plan so far
+leads to, or why it is illegal) and ``{goal}``.
 
 The GSM8K shapes are fixed: a draft model is distilled on them. Templates are built
 fresh by :func:`default_prompts`, so a caller can never mutate a shared one.
@@ -107,22 +108,50 @@ _GAME24 = {
 }
 
 _WRITING_GOAL = (
-    "Write a coherent passage of 4 short paragraphs. The end sentence of each "
-    "paragraph must be, in order: {question}\n"
+    "Write a coherent passage of 4 short paragraphs. Paragraph 1 must end with sentence 1 "
+    "below, paragraph 2 with sentence 2, and so on, word for word:\n{question}\n"
 )
 
 _WRITING = {
     "propose": (
-        _WRITING_GOAL + "{steps}Propose {k} different plans for the passage. "
-        "Write each plan on its own line.\n"
+        _WRITING_GOAL + "{steps}Propose {k} different plans for the passage, each on its "
+        "own line: in one sentence, what the 4 paragraphs tell.\n"
     ),
-    "sample": _WRITING_GOAL + "{steps}Plan (option {index} of {k}): ",
+    "sample": _WRITING_GOAL + "{steps}Plan (option {index} of {k}), in one sentence: ",
     "value": (
         _WRITING_GOAL + "{steps}How coherent and promising is this plan? "
         "Give a score from 0 to 10.\nScore: "
     ),
-    "vote": _WRITING_GOAL + "{choices}" + _VOTE_TAIL,
-    "answer": _WRITING_GOAL + "{steps}Write the passage following the plan.\nPassage:\n",
+    "vote": _WRITING_GOAL + "Plans:\n{choices}" + _VOTE_TAIL,
+    "answer": (
+        _WRITING_GOAL + "{steps}Write the passage following the plan, its 4 paragraphs "
+        "separated by blank lines.\nPassage:\n"
+    ),
+}
+
+_BLOCKS_RULES = (
+    "Toy blocks stand in stacks on a table, and one hand can hold one block. Four moves "
+    "exist: pick up a clear block from the table, put down the held block on the table, "
+    "stack the held block on a clear block, unstack a clear block from the block under it. "
+    "A block is clear when nothing is on it and it is not in the hand.\n"
+)
+_BLOCKS_STATE = "{question}\nPlan so far:\n{steps}Now: {state}.\n"
+
+_BLOCKSWORLD = {
+    "propose": (
+        _BLOCKS_RULES + _BLOCKS_STATE + "List {k} different moves that could come next, "
+        "one per line, written like: unstack the red block from the blue block\n"
+    ),
+    "sample": _BLOCKS_RULES + _BLOCKS_STATE + "Next move (option {index} of {k}): ",
+    "value": (
+        _BLOCKS_RULES + _BLOCKS_STATE + "Compare now with the goal ({goal}). How close is "
+        "the plan to reaching it? Score 0 (illegal or stuck) to 10 (goal reached).\nScore: "
+    ),
+    "vote": _BLOCKS_RULES + "{question}\n{choices}" + _VOTE_TAIL,
+    "answer": (
+        _BLOCKS_RULES + _BLOCKS_STATE + "Write the remaining moves that reach the goal, "
+        "one per line.\n"
+    ),
 }
 
 _TEMPLATES: Mapping[str, Mapping[str, str]] = {
@@ -130,6 +159,7 @@ _TEMPLATES: Mapping[str, Mapping[str, str]] = {
     "generic": _GENERIC,
     "game24": _GAME24,
     "writing": _WRITING,
+    "blocksworld": _BLOCKSWORLD,
 }
 
 

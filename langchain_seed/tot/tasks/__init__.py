@@ -1,6 +1,6 @@
 """The built-in Tree-of-Thoughts tasks, one module each, and :func:`get_task`.
 
-Built-in tasks: ``gsm8k``, ``game24``, ``writing`` and ``generic``. A custom task
+Built-in tasks: ``gsm8k``, ``game24``, ``writing``, ``blocksworld`` and ``generic``. A custom task
 subclasses :class:`Task` and overrides what differs.
 """
 
@@ -11,6 +11,20 @@ from collections.abc import Mapping
 from langchain_core.prompts import PromptTemplate
 
 from langchain_seed.tot.tasks.base import Task
+from langchain_seed.tot.tasks.blocksworld import (
+    Action,
+    BlocksState,
+    BlocksworldProblem,
+    BlocksworldTask,
+    IllegalActionError,
+    apply_action,
+    generate_problem,
+    generate_problems,
+    optimal_plan,
+    parse_action,
+    parse_problem,
+    simulate,
+)
 from langchain_seed.tot.tasks.game24 import (
     Game24Task,
     UnsafeExpressionError,
@@ -20,12 +34,13 @@ from langchain_seed.tot.tasks.game24 import (
 from langchain_seed.tot.tasks.generic import GenericTask
 from langchain_seed.tot.tasks.gsm8k import GSM8KTask, gsm8k_reference_number
 from langchain_seed.tot.tasks.parsing import clean_line, dedupe, extract_answer_number
-from langchain_seed.tot.tasks.writing import WritingTask
+from langchain_seed.tot.tasks.writing import WritingTask, writing_inputs, writing_question
 
 TASKS: Mapping[str, type[Task]] = {
     "gsm8k": GSM8KTask,
     "game24": Game24Task,
     "writing": WritingTask,
+    "blocksworld": BlocksworldTask,
     "generic": GenericTask,
 }
 
@@ -43,17 +58,31 @@ def get_task(task: str | Task, prompts: Mapping[str, PromptTemplate | str] | Non
 
 __all__ = [
     "TASKS",
+    "Action",
+    "BlocksState",
+    "BlocksworldProblem",
+    "BlocksworldTask",
+    "IllegalActionError",
     "GSM8KTask",
     "Game24Task",
     "GenericTask",
     "Task",
     "UnsafeExpressionError",
     "WritingTask",
+    "apply_action",
     "check_game24",
     "clean_line",
     "dedupe",
     "evaluate_arithmetic",
     "extract_answer_number",
+    "generate_problem",
+    "generate_problems",
     "get_task",
     "gsm8k_reference_number",
+    "optimal_plan",
+    "parse_action",
+    "parse_problem",
+    "simulate",
+    "writing_inputs",
+    "writing_question",
 ]
