@@ -3,7 +3,8 @@
 - `workloads`: GSM8K prompt groups as Tree-of-Thoughts sends them (tot-step, single,
   tot-full);
 - `methods`: the decoding methods compared (transformers serial / batched / assisted,
-  and the SeeD engine's speculative, rounds and batched modes);
+  and the SeeD engine's speculative, rounds and batched modes); `peers`: llama.cpp on the
+  target's own GGUF (optional, the ``peers`` extra);
 - `protocol`: interleaved, repeated, timed runs, compared token for token with the
   target's greedy output; `probes`: forward counts and peak memory; `records`: what a
   run records; `profile`: where a seed method's time goes per round;

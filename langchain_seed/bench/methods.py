@@ -16,6 +16,9 @@ way for every method.
   per sequence per round, first come first served).
 - ``seed_batched``: the scheduled engine, every pending draft verified in one target
   forward per round.
+- ``llamacpp_serial`` (a peer, with the ``peers`` extra): llama.cpp on the target's own
+  GGUF, one prompt after another, greedy, reusing the previous prompt's prefix as
+  llama.cpp does (`langchain_seed.bench.peers`); it counts its own forwards.
 
 The seed methods use `k_config` and the draft's restricted head (`draft_head_token_ids`).
 """
@@ -36,6 +39,9 @@ if TYPE_CHECKING:  # the engine (torch) is imported when a seed method is built
 METHODS = ("hf_ar_serial", "hf_ar_batched", "hf_assisted_serial", "seed_sd_serial", "seed_rounds", "seed_batched")
 SEED_METHODS = ("seed_sd_serial", "seed_rounds", "seed_batched")
 DRAFT_METHODS = ("hf_assisted_serial", *SEED_METHODS)
+PEER_METHODS = ("llamacpp_serial",)
+"""Other engines on the target's own weights; skipped (`PeerUnavailable`) where they cannot run."""
+BENCH_METHODS = (*METHODS, *PEER_METHODS)
 
 
 @dataclass
@@ -87,6 +93,8 @@ class GroupOutput:
         rounds: verification rounds measured, in the method's bound unit (see
             `SeedMethod.run_group`); None for non-seed methods.
         rounds_all_accepted: rounds the same output needs if every draft were accepted.
+        target_calls: the method's own count of target forwards, for an engine the
+            harness's hooks cannot see (llama.cpp: its decode calls); None: the hooks count.
     """
 
     token_ids: list[list[int]]
@@ -94,6 +102,7 @@ class GroupOutput:
     accepted: int | None = None
     rounds: int | None = None
     rounds_all_accepted: int | None = None
+    target_calls: int | None = None
 
 
 class Method(abc.ABC):
@@ -195,8 +204,38 @@ class SeedMethod(Method):
         self.engine.close()
 
 
+class LlamaCppMethod(Method):
+    """llama.cpp on the target's GGUF, one prompt after another, greedy (`bench.peers`).
+
+    Raises `PeerUnavailable` when llama-cpp-python is not installed or the target has no GGUF.
+    """
+
+    def __init__(self, name: str, models: BenchModels) -> None:
+        import torch
+
+        from langchain_seed.bench.peers import LlamaCppDecoder, target_gguf
+
+        self.name, self.models = name, models
+        self.decoder = LlamaCppDecoder(target_gguf(models.target_name), threads=torch.get_num_threads())
+
+    def run_group(self, prompt_ids: list[list[int]], max_tokens: int) -> GroupOutput:
+        eos = self.models.eos_token_ids
+        before = self.decoder.forwards
+        outputs = [self.decoder.generate(ids, max_tokens, lambda new: new[-1] in eos) for ids in prompt_ids]
+        return GroupOutput(outputs, target_calls=self.decoder.forwards - before)
+
+    def make_llm(self, max_tokens: int):
+        from langchain_seed.bench.peers import LlamaCppLLM
+
+        return LlamaCppLLM(decoder=self.decoder, tokenizer=self.models.tokenizer,
+                           eos_token_ids=self.models.eos_token_ids, max_tokens=max_tokens)
+
+    def close(self) -> None:
+        self.decoder.close()
+
+
 def make_method(name: str, models: BenchModels, engine_class=None) -> Method:
-    """The method called `name` over `models` (see `METHODS`)."""
+    """The method called `name` over `models` (see `BENCH_METHODS`)."""
     if name == "hf_ar_serial":
         return HFMethod(name, models)
     if name == "hf_ar_batched":
@@ -209,18 +248,20 @@ def make_method(name: str, models: BenchModels, engine_class=None) -> Method:
         return SeedMethod(name, models, "scheduled", "rounds", engine_class)
     if name == "seed_batched":
         return SeedMethod(name, models, "scheduled", "batched", engine_class)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if name == "llamacpp_serial":
+        return LlamaCppMethod(name, models)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
-    """`"a,b,c"` -> validated method names in the canonical order (None: all)."""
+    """`"a,b,c"` -> validated method names in the canonical order (None: all, peers included)."""
     if text is None:
-        return list(METHODS)
+        return list(BENCH_METHODS)
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in BENCH_METHODS]
     if unknown or not names:
-        raise ValueError(f"unknown method(s) {unknown or names}; choose from {', '.join(METHODS)}")
-    return [m for m in METHODS if m in names]
+        raise ValueError(f"unknown method(s) {unknown or names}; choose from {', '.join(BENCH_METHODS)}")
+    return [m for m in BENCH_METHODS if m in names]
 
 
 def reference_outputs(models: BenchModels):

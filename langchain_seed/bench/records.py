@@ -55,9 +55,13 @@ class MethodRecord:
 
     name: str
     reps: list[RepTotals] = field(default_factory=list)
-    identical: bool = True
+    identical: bool | None = True
+    """Every output equal to the reference's; None where nothing is compared (sampled runs)."""
     mismatches: list[str] = field(default_factory=list)
     outputs: list[list[list[int]]] = field(default_factory=list, repr=False)
+    divergences: list[int | None] = field(default_factory=list)
+    """Per prompt of the first repetition, in workload order: None where the output equals
+    the target's, else the index of the first new token that differs."""
 
     def mismatch(self, item: str) -> None:
         """Record that the outputs for ``item`` (a group or question) differ from the reference."""
@@ -72,6 +76,14 @@ class MethodRecord:
     def peak(self, attribute: str) -> float | None:
         values = [getattr(rep, attribute) for rep in self.reps if getattr(rep, attribute) is not None]
         return max(values) if values else None
+
+
+def first_divergence(output: list[int], expected: list[int]) -> int | None:
+    """The index of the first token where ``output`` and ``expected`` differ (a missing
+    token counts as different); None when they are equal."""
+    if output == expected:
+        return None
+    return next((i for i, (a, b) in enumerate(zip(output, expected)) if a != b), min(len(output), len(expected)))
 
 
 @dataclass

@@ -12,6 +12,10 @@ Row fields (medians over repetitions unless said otherwise):
   itself allocated); ``peak_gpu_mb`` on CUDA.
 - ``identical_to_target``: every output of every repetition equal, token for token up
   to the first EOS, to the target's greedy output.
+- ``prompts_identical`` / ``prompts_compared``: of the first repetition's prompts, how
+  many outputs equal the target's (the table's ``same``); ``first_divergence``: per
+  prompt, None or the index of the first new token that differs (llama.cpp, which
+  quantises activations, differs slightly). None for ``tot-full``.
 - ``speedup_vs_hf_ar_serial`` / ``speedup_vs_hf_ar_batched``: the baseline's median
   seconds over this method's (None when the baseline did not run).
 - ``all_accepted_bound_s``: seed methods only; the time the run would take if every
@@ -45,6 +49,7 @@ COLUMNS = (
     ("peak_rss_mb", "RSS MB", "{:.0f}"),
     ("rss_delta_mb", "+MB", "{:.1f}"),
     ("identical_to_target", "identical", "{}"),
+    ("same_prompts", "same", "{}"),
 )
 
 
@@ -97,6 +102,16 @@ def _acceptance(record: MethodRecord) -> float | None:
     return accepted / drafted if drafted else 0.0
 
 
+def _prompt_agreement(record: MethodRecord) -> dict[str, Any]:
+    """How many of the first repetition's outputs equal the target's, and where the others differ."""
+    if not record.divergences:
+        return {"prompts_identical": None, "prompts_compared": None, "first_divergence": None,
+                "same_prompts": None}
+    same = sum(index is None for index in record.divergences)
+    return {"prompts_identical": same, "prompts_compared": len(record.divergences),
+            "first_divergence": list(record.divergences), "same_prompts": f"{same}/{len(record.divergences)}"}
+
+
 def build_rows(run: BenchRun) -> list[dict[str, Any]]:
     """One dict per method (see the module docstring for the fields)."""
     rows: list[dict[str, Any]] = []
@@ -117,6 +132,7 @@ def build_rows(run: BenchRun) -> list[dict[str, Any]]:
             "peak_gpu_mb": record.peak("peak_gpu_mb"),
             "identical_to_target": record.identical,
             "mismatched_groups": record.mismatches[:10],
+            **_prompt_agreement(record),
             "all_accepted_bound_s": record.median("bound_seconds"),
         })
     by_name = {row["method"]: row for row in rows}

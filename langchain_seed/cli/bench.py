@@ -23,14 +23,15 @@ import transformers
 
 from langchain_seed.bench import profile, protocol, report, workloads
 from langchain_seed.bench.methods import (
+    BENCH_METHODS,
     DRAFT_METHODS,
-    METHODS,
     SEED_METHODS,
     BenchModels,
     make_method,
     parse_methods,
     reference_outputs,
 )
+from langchain_seed.bench.peers import PeerUnavailable
 from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 from langchain_seed.cli.common import (
     decoding_fields,
@@ -74,8 +75,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"questions (default {FULL['tot-step'][0]}, --quick {QUICK['tot-step'][0]})")
     parser.add_argument("--reps", type=positive_int, default=None,
                         help=f"timed repetitions (default {FULL['tot-step'][1]}, --quick {QUICK['tot-step'][1]})")
-    parser.add_argument("--methods", type=_methods, default=list(METHODS),
-                        help=f"comma-separated subset of: {','.join(METHODS)}")
+    parser.add_argument("--methods", type=_methods, default=list(BENCH_METHODS),
+                        help=f"comma-separated subset of: {','.join(BENCH_METHODS)} (llamacpp_serial needs "
+                             "the peers extra; it is skipped, with the reason, where it cannot run)")
     parser.add_argument("--value-tokens", type=positive_int, default=VALUE_TOKENS,
                         help=f"new tokens per value evaluation in tot-step (default {VALUE_TOKENS})")
     parser.add_argument("--seed-draft", default=None,
@@ -188,6 +190,19 @@ def build_workload(args: argparse.Namespace, models, questions: int, reference):
     return workloads.build_tot_full(texts, args.max_tokens)
 
 
+def _available_methods(names: list[str], models) -> list:
+    """The methods to run; a peer that cannot run here is skipped with a one-line reason."""
+    methods = []
+    for name in names:
+        try:
+            methods.append(make_method(name, models))
+        except PeerUnavailable as reason:
+            print(f"skipping {name}: {reason}", file=sys.stderr)
+    if not methods:
+        raise SystemExit("no method left to run")
+    return methods
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` subcommand."""
     transformers.logging.set_verbosity_error()
@@ -201,7 +216,7 @@ def run_bench(args: argparse.Namespace) -> int:
     models = load_bench_models(args)
     reference = protocol.CachedReference(reference_outputs(models), reference_cache_path(args, models))
     workload = build_workload(args, models, questions, reference)
-    methods = [make_method(name, models) for name in args.methods]
+    methods = _available_methods(args.methods, models)
     try:
         if args.workload == "tot-full":
             run = protocol.run_tot_full(workload, methods, models, reps, args.warmup, args.progress)

@@ -12,6 +12,7 @@ import pytest
 
 from langchain_seed.bench import probes, profile, protocol, report, workloads
 from langchain_seed.bench.methods import (
+    BENCH_METHODS,
     METHODS,
     SEED_METHODS,
     BenchModels,
@@ -175,7 +176,8 @@ def test_truncate_at_eos():
 
 def test_parse_methods():
     assert parse_methods("seed_batched, hf_ar_serial") == ["hf_ar_serial", "seed_batched"]
-    assert parse_methods(None) == list(METHODS)
+    assert parse_methods(None) == list(BENCH_METHODS)  # the peers too: skipped where they cannot run
+    assert parse_methods("llamacpp_serial,hf_ar_serial") == ["hf_ar_serial", "llamacpp_serial"]
     with pytest.raises(ValueError, match="unknown method"):
         parse_methods("hf_ar_serial,nope")
 
