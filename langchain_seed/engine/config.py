@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from langchain_seed.engine.constraints import Constraint
 from langchain_seed.engine.options import (
     OPTIONS,
     SAMPLING_OPTIONS,
@@ -105,6 +106,10 @@ class SamplingParams:
         ignore_eos: when False the model's EOS token ids also end the request.
         stop_callback: called with all new token ids after each commit; returning True
             ends the request. An exception it raises fails this request alone.
+        constraint: what the output must match (a JSON schema, a regex or a grammar,
+            `engine.constraints.Constraint`); every token the target commits and every
+            token the draft proposes is drawn under its mask, and the request ends
+            ("stop") once the output completes it. None: free text.
     """
 
     temperature: float = OPTIONS["temperature"].default
@@ -114,11 +119,15 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = OPTIONS["stop_token_ids"].default
     ignore_eos: bool = OPTIONS["ignore_eos"].default
     stop_callback: StopCallback | None = field(default=None, compare=False)
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         _check_fields(self, SAMPLING_OPTIONS)
         require(self.stop_callback is None or callable(self.stop_callback),
                 f"stop_callback must be callable or None; got {self.stop_callback!r}")
+        require(self.constraint is None or isinstance(self.constraint, Constraint),
+                f"constraint must be None or an engine.constraints.Constraint (Constraint.json_schema(...), "
+                f".regex(...), .grammar(...)); got {self.constraint!r}")
 
     @property
     def greedy(self) -> bool:

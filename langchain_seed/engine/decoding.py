@@ -7,7 +7,12 @@ there is one mechanism, and every mode gets the target's own output by construct
 - `verify_batch`: one target forward over each row's pending tokens and draft tree, then
   the acceptance rule per row;
 - `commit_tokens`: append the accepted tokens and the recovered/bonus token, stopping at
-  EOS, a stop token, `max_tokens` or the stop callback.
+  EOS, a stop token, `max_tokens`, the stop callback or a completed grammar.
+
+A constrained request's row is verified under its grammar's masks (`constrained_logits`):
+the target's logits at the root and at every drafted node lose the tokens the grammar
+forbids there, so the rule accepts and samples from the masked, renormalised target
+distribution, the one constrained autoregressive decoding samples from.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.constraints import mask_logits
 from langchain_seed.engine.drafters import Draft
 from langchain_seed.engine.forward import RowInput, captured_features, forward_logits
 from langchain_seed.engine.request import SequenceState
@@ -72,6 +78,8 @@ def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, ro
     """Apply the request's acceptance rule to one row. row_logits: `[1 + nodes, vocab]`."""
     params = sequence.params
     node_tokens = draft.node_tokens if draft is not None else []
+    if sequence.masks is not None:
+        row_logits = constrained_logits(sequence, tree, node_tokens, row_logits)
     if params.greedy:
         return accept_greedy(tree, node_tokens, row_logits)
     target_probs = target_probs_from_logits(row_logits, params.temperature, params.top_p).cpu()
@@ -82,6 +90,18 @@ def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, ro
         draft_probs = draft.draft_probs
     without_replacement = rule == "mcsd_without_replacement"
     return accept_sampling(tree, node_tokens, draft_probs, target_probs, sequence.generator, without_replacement)
+
+
+def constrained_logits(sequence: SequenceState, tree: DraftTree, node_tokens: list[int],
+                       row_logits: torch.Tensor) -> torch.Tensor:
+    """The row's logits `[1 + nodes, vocab]` under the grammar: row 0 masked after the committed
+    text, row 1 + i after the committed text and node i's path. A node whose path leaves the
+    grammar keeps its logits: its token has probability 0 under its parent's mask, so no rule
+    ever reaches it."""
+    masks = sequence.masks
+    assert masks is not None
+    paths = [[node_tokens[n] for n in tree.path_to(node)] for node in range(tree.size)]
+    return mask_logits(row_logits, [masks.allowed(())] + [masks.allowed(path) for path in paths])
 
 
 def record_verification(sequence: SequenceState, tree: DraftTree, acceptance: Acceptance) -> None:
@@ -107,9 +127,16 @@ def commit_tokens(sequence: SequenceState, tokens: list[int]) -> list[int]:
     the sequence (finish_reason "error") without touching any other.
     """
     committed: list[int] = []
+    masks = sequence.masks
     for token in tokens:
         sequence.tokens.append(token)
         committed.append(token)
+        if masks is not None:
+            masks.commit([token])
+            sequence.stats.mask_seconds = masks.mask_seconds
+            if masks.finished and token not in sequence.stop_token_ids:
+                sequence.finish_reason = "stop"
+                break
         if token in sequence.stop_token_ids:
             sequence.finish_reason = "stop"
             break

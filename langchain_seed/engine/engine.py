@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ import torch
 from langchain_seed.engine import calibration, kernels, native, routing
 from langchain_seed.engine.calibration import RowLimits
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
+from langchain_seed.engine.constraints import GrammarVocabulary
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
@@ -79,6 +81,8 @@ class SeedEngine:
         self.row_limits = self._row_limits()
         """How many rows each matmul route takes on this CPU (`engine.calibration`)."""
         self._cpu_share = CpuShare()
+        self._grammar_vocabulary: GrammarVocabulary | None = None
+        self._grammar_lock = threading.Lock()
         self.scheduler = self._new_scheduler()
         self._serial = SerialRunner(self._scheduler_factory(), self._cpu_share)
         self._closer = weakref.finalize(self, _shut_down, self.scheduler, self._serial, self._routings)
@@ -154,7 +158,9 @@ class SeedEngine:
         naming it `prompt {index}`; lets a caller tell a batch's bad prompts from its good ones."""
         check_choice("mode", mode, DECODING_MODES)
         [prompt] = _check_prompts([prompt_ids])
-        self._check_fits(index, prompt, params or SamplingParams(), self._config_for(mode, config))
+        params = params or SamplingParams()
+        self._check_fits(index, prompt, params, self._config_for(mode, config))
+        self._matcher(params)
 
     def close(self) -> None:
         """Let the scheduler and the serial worker finish the requests they have, stop their
@@ -234,8 +240,26 @@ class SeedEngine:
         requests = []
         for index, (prompt, sampling) in enumerate(zip(prompts, per_prompt)):
             self._check_fits(index, prompt, sampling, config)
-            requests.append(Request.create(prompt, sampling, config))
+            requests.append(Request.create(prompt, sampling, config, self._matcher(sampling)))
         return requests
+
+    def _matcher(self, params: SamplingParams):
+        """The compiled grammar matcher of a constrained request (None for free text); a bad or
+        unsatisfiable constraint is refused here, on the caller's thread."""
+        if params.constraint is None:
+            return None
+        return self.grammar_vocabulary().compile(params.constraint)
+
+    def grammar_vocabulary(self) -> GrammarVocabulary:
+        """The target's tokenizer as the grammar library reads it (built on first use)."""
+        with self._grammar_lock:
+            if self._grammar_vocabulary is None:
+                if self.tokenizer is None:
+                    raise ValueError("constrained decoding needs the target's tokenizer: build the engine with "
+                                     "SeedEngine(target, draft, tokenizer)")
+                self._grammar_vocabulary = GrammarVocabulary(
+                    self.tokenizer, int(self.target_model.config.vocab_size), self.eos_token_ids)
+            return self._grammar_vocabulary
 
     def _check_fits(self, index: int, prompt: list[int], params: SamplingParams, config: SpeculativeConfig) -> None:
         vocab = int(self.target_model.config.vocab_size)

@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
+from langchain_seed.engine.constraints import TokenMasks
 from langchain_seed.engine.stats import RequestStats
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -169,17 +170,24 @@ def _post(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item) -> None:
 
 @dataclass(eq=False)
 class Request:
-    """A request as the scheduler sees it."""
+    """A request as the scheduler sees it.
+
+    Attributes:
+        matcher: the grammar matcher of `params.constraint`, compiled (and checked) when the
+            request was made; None for free text.
+    """
 
     prompt_ids: list[int]
     params: SamplingParams
     config: SpeculativeConfig
     handle: RequestHandle
     submitted_at: float = field(default_factory=time.perf_counter)
+    matcher: Any = None
 
     @classmethod
-    def create(cls, prompt_ids: list[int], params: SamplingParams, config: SpeculativeConfig) -> Request:
-        return cls(list(prompt_ids), params, config, RequestHandle(next(_request_ids)))
+    def create(cls, prompt_ids: list[int], params: SamplingParams, config: SpeculativeConfig,
+               matcher: Any = None) -> Request:
+        return cls(list(prompt_ids), params, config, RequestHandle(next(_request_ids)), matcher=matcher)
 
 
 @dataclass(eq=False)
@@ -194,6 +202,8 @@ class SequenceState:
             the positions it cached since a feature-conditioned drafter last took them; kept
             only in lanes whose drafter asks for them.
         finish_reason: set once the sequence is done.
+        masks: the grammar state of a constrained request (`constraints.TokenMasks`), at
+            the committed text; None for free text.
     """
 
     request: Request
@@ -207,6 +217,7 @@ class SequenceState:
     finish_reason: FinishReason | None = None
     error: BaseException | None = None
     target_features: list[torch.Tensor] = field(default_factory=list)
+    masks: TokenMasks | None = None
 
     @property
     def params(self) -> SamplingParams:

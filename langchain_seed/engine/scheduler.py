@@ -27,6 +27,7 @@ import torch
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.calibration import RowLimits
 from langchain_seed.engine.config import SpeculativeConfig
+from langchain_seed.engine.constraints import TokenMasks
 from langchain_seed.engine.cpu_share import CpuShare
 from langchain_seed.engine.decoding import accepted_tokens, commit_tokens, verify_batch
 from langchain_seed.engine.drafters import Draft, Drafter
@@ -293,7 +294,11 @@ class Scheduler(Worker):
             stop_ids |= self.eos_token_ids
         now = time.perf_counter()
         stats = RequestStats(prompt_tokens=len(request.prompt_ids), queue_seconds=now - request.submitted_at)
-        return SequenceState(request, generator, list(request.prompt_ids), frozenset(stop_ids), stats, now)
+        masks = None
+        if request.matcher is not None:
+            masks = TokenMasks(request.matcher, int(self.target_model.config.vocab_size))
+        return SequenceState(request, generator, list(request.prompt_ids), frozenset(stop_ids), stats, now,
+                             masks=masks)
 
     def _drop_cancelled(self) -> None:
         for lane in self.lanes.values():

@@ -22,6 +22,7 @@ class RequestStats:
         verify_steps: verification steps (one per round the request was active in).
         seconds: wall time from admission to finish.
         queue_seconds: wall time from submission to admission.
+        mask_seconds: time spent computing grammar masks (constrained requests only).
     """
 
     prompt_tokens: int = 0
@@ -34,6 +35,7 @@ class RequestStats:
     verify_steps: int = 0
     seconds: float = 0.0
     queue_seconds: float = 0.0
+    mask_seconds: float = 0.0
 
     @property
     def acceptance_rate(self) -> float:

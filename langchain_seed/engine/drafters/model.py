@@ -216,11 +216,8 @@ class ModelDrafter:
                 children = tree.children(parent)
                 if len(children) == 0:
                     continue
-                tokens, probs = self._choose(logits[i, j], len(children), sequence)
-                if probs is None:
-                    tokens, sure = self._greedy_candidates(sequence, tree, drafts[i], parent, tokens, logits[i, j])
-                else:
-                    sure = float(probs.max())
+                tokens, probs, sure = self._node_candidates(sequence, tree, drafts[i], parent, logits[i, j],
+                                                            len(children))
                 best = max(best, sure)
                 for child, token in zip(children, tokens):
                     drafts[i].node_tokens[child] = token
@@ -251,17 +248,67 @@ class ModelDrafter:
             picks = torch.multinomial(probs, count, replacement=True, generator=sequence.generator)
         return _pad_picks(picks.tolist(), count), probs
 
+    def _node_candidates(self, sequence: SequenceState, tree: DraftTree, draft: Draft, parent: int,
+                         logits: torch.Tensor, count: int) -> tuple[list[int], torch.Tensor | None, float]:
+        """`parent`'s `count` candidates from its `[head]` logits, the distribution they were
+        drawn from (None: greedy) and the draft's confidence there. A constrained request's
+        logits lose the tokens its grammar forbids; where it allows none of the head's
+        tokens, the allowed tokens themselves are the candidates."""
+        allowed = self._allowed(sequence, tree, draft, parent)
+        if allowed is not None:
+            in_head = self._in_head(allowed)
+            if not bool(in_head.any()):
+                tokens, probs = self._choose_outside_head(allowed, count, sequence)
+                return tokens, probs, 1.0 / float(allowed.sum())
+            logits = logits.masked_fill(~in_head.to(logits.device), float("-inf"))
+        tokens, probs = self._choose(logits, count, sequence)
+        if probs is not None:
+            return tokens, probs, float(probs.max())
+        tokens, sure = self._greedy_candidates(sequence, tree, draft, parent, tokens, logits, allowed)
+        return tokens, probs, sure
+
+    @staticmethod
+    def _allowed(sequence: SequenceState, tree: DraftTree, draft: Draft, parent: int) -> torch.Tensor | None:
+        """The grammar's mask `[vocab]` after the committed text and `parent`'s drafted path, for
+        a constrained request (None for free text, or where the path already left the grammar)."""
+        if sequence.masks is None:
+            return None
+        path = [draft.node_tokens[node] for node in tree.path_to(parent)] if parent >= 0 else []
+        return sequence.masks.allowed(path)
+
+    def _in_head(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A `[vocab]` mask restricted to the head's tokens, `[head]`."""
+        return allowed if self.head_ids is None else allowed[self.head_ids.cpu()]
+
+    @staticmethod
+    def _choose_outside_head(allowed: torch.Tensor, count: int, sequence: SequenceState):
+        """Candidates where the grammar allows none of the head's tokens: the allowed tokens in
+        id order (greedy; a forced token is the one), or drawn uniformly among them (sampled),
+        with that uniform distribution."""
+        allowed_ids = allowed.nonzero().flatten()
+        if sequence.params.greedy:
+            return _pad_picks(allowed_ids[:count].tolist(), count), None
+        probs = allowed.float() / allowed.sum()
+        if sequence.request.config.acceptance == "mcsd_without_replacement":
+            picks = torch.multinomial(probs, min(count, len(allowed_ids)), replacement=False,
+                                      generator=sequence.generator)
+        else:
+            picks = torch.multinomial(probs, count, replacement=True, generator=sequence.generator)
+        return _pad_picks(picks.tolist(), count), probs
+
     def _greedy_candidates(self, sequence: SequenceState, tree: DraftTree, draft: Draft, parent: int,
-                           candidates: list[int], logits: torch.Tensor) -> tuple[list[int], float]:
+                           candidates: list[int], logits: torch.Tensor,
+                           allowed: torch.Tensor | None = None) -> tuple[list[int], float]:
         """A greedy node's candidates, prompt lookup's token first where the draft is unsure,
         and the confidence they carry: the model's top probability (`[head]` logits), or 1.0
-        for a lookup hit or when nothing reads it (no `draft_confidence`, full lookup)."""
+        for a lookup hit or when nothing reads it (no `draft_confidence`, full lookup). A
+        lookup token the grammar forbids (`allowed`, `[vocab]`) is not taken."""
         config = sequence.request.config
         always_look_up = config.prompt_lookup_below >= 1.0
         top = _top_probability(logits) if config.draft_confidence or not always_look_up else 1.0
         if always_look_up or top < config.prompt_lookup_below:
             looked_up = self._with_lookup(sequence, tree, draft, parent, candidates)
-            if looked_up[0] != candidates[0]:
+            if looked_up[0] != candidates[0] and (allowed is None or bool(allowed[looked_up[0]])):
                 return looked_up, 1.0
         return candidates, top if config.draft_confidence else 1.0
 

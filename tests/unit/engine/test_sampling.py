@@ -283,3 +283,76 @@ def test_fixed_seed_gives_same_tokens_whatever_else_runs(models):
     assert crowd[3].token_ids == alone.token_ids
     [again] = engine.generate([PROMPT], params, mode="speculative")
     assert again.token_ids == alone.token_ids
+
+
+# ------------------------------------------------------------- under a grammar's mask
+
+LETTERS = "abcdefgh"
+LETTER_PATTERN = "[a-e][aceg][bdfg][a-g]*"
+"""The first three tokens each come from their own set, so the mask changes at every position."""
+ALLOWED_AT = [{0, 1, 2, 3, 4}, {0, 2, 4, 6}, {1, 3, 5, 6}]
+
+
+def letter_tokenizer():
+    """A fast tokenizer of the eight single letters a-h (token i is letter i; "h" is EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(vocab={letter: i for i, letter in enumerate(LETTERS)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="h")
+
+
+def masked(logits: dict[tuple[int, ...], torch.Tensor]) -> dict[tuple[int, ...], torch.Tensor]:
+    """Each prefix's logits with the tokens the pattern forbids after it at -inf."""
+    out = {}
+    for prefix, row in logits.items():
+        forbidden = [t for t in range(SMALL_VOCAB) if t not in ALLOWED_AT[len(prefix)]]
+        out[prefix] = row.clone().index_fill_(0, torch.tensor(forbidden), float("-inf"))
+    return out
+
+
+CONSTRAINED_CASES = {
+    "chain2-scheduled-t1": Case("scheduled", (1, 1), 1.0),
+    "tree22-scheduled-t0.7-top_p0.9": Case("scheduled", (2, 2), 0.7, top_p=0.9, acceptance="mcsd"),
+    "tree21-without-replacement-rounds-t1.5-far": Case("scheduled", (2, 1), 1.5, draft="far", verify="rounds",
+                                                       acceptance="mcsd_without_replacement", samples=2000),
+    "chain2-speculative-t1-far": Case("speculative", (1, 1), 1.0, draft="far", samples=1000),
+    "autoregressive-t1-top_p0.8": Case("autoregressive", (), 1.0, top_p=0.8, samples=1000),
+}
+
+
+@pytest.mark.parametrize("name", list(CONSTRAINED_CASES))
+def test_constrained_samples_follow_the_masked_renormalised_target(models, logits, name):
+    """Under a constraint the output follows the target's distribution with the forbidden
+    tokens removed and the rest renormalised (temperature and top-p applied after the mask),
+    whatever the draft and the tree: the distribution constrained autoregressive decoding
+    samples from. The counts must also reject the draft's masked distribution, the target's
+    at another temperature, and the target's without the mask."""
+    from langchain_seed.engine import Constraint
+
+    case = CONSTRAINED_CASES[name]
+    target_joint = exact_joint(masked(logits["target"]), case.temperature, case.top_p)
+    wrong = {"the unmasked target's": exact_joint(logits["target"], case.temperature, case.top_p)}
+    if case.depth:
+        wrong["the draft's masked"] = exact_joint(masked(logits[case.draft]), case.temperature, case.top_p)
+    wrong["the masked target's at another temperature"] = exact_joint(
+        masked(logits["target"]), case.temperature * 2.0, case.top_p)
+    config = SpeculativeConfig(k_config=case.k_config or (1,), acceptance=case.acceptance, verify=case.verify)
+    engine = SeedEngine(models["target"], models[case.draft], letter_tokenizer(), config=config)
+    constraint = Constraint.regex(LETTER_PATTERN)
+    max_tokens = max(TOKENS, case.depth + 1)
+    params = [SamplingParams(temperature=case.temperature, top_p=case.top_p, max_tokens=max_tokens, seed=seed,
+                             constraint=constraint) for seed in range(case.samples)]
+    results = engine.generate([PROMPT] * case.samples, params, mode=case.mode)
+    counts = Counter(tuple(r.token_ids[:TOKENS]) for r in results)
+    assert all(cell[i] in ALLOWED_AT[i] for cell in counts for i in range(TOKENS))
+    statistic, dof = chi_square(counts, target_joint, case.samples)
+    assert statistic < critical_value(dof), f"chi2={statistic:.1f} dof={dof}: not the masked target's distribution"
+    for what, joint in wrong.items():
+        wrong_statistic, wrong_dof = chi_square(counts, joint, case.samples)
+        assert wrong_statistic > critical_value(wrong_dof), f"the test cannot tell {what} distribution from the target's"
+    if case.depth:
+        assert 0 < results.stats.acceptance_rate < 1
+    engine.close()
