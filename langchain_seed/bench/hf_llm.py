@@ -3,8 +3,9 @@
 It is the baseline side of the ``tot-full`` benchmark: `TreeOfThoughts` drives it
 exactly as it drives `SeedLLM`. Text handling (detokenization, cutting at stop strings)
 uses the same helpers as `SeedLLM`, so that at temperature 0 both return the same text
-when they decode the same tokens. Greedy only: this is a benchmark baseline, not a
-general-purpose LLM.
+when they decode the same tokens. Greedy by default; ``temperature`` above 0 samples
+from the full distribution (no top-k or top-p), as `SeedLLM` does. A benchmark baseline,
+not a general-purpose LLM.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class HFGenerateLLM(BaseLLM):
     """A draft model for transformers assisted generation (forces one prompt per call)."""
     max_tokens: int = 256
     """New tokens per prompt, at most (a per-call ``max_tokens=`` overrides it)."""
+    temperature: float = 0.0
+    """0: greedy; above 0: sample at this temperature."""
 
     @property
     def _llm_type(self) -> str:
@@ -52,10 +55,12 @@ class HFGenerateLLM(BaseLLM):
         max_tokens = int(kwargs.get("max_tokens", self.max_tokens))
         prompt_ids = [list(self.tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
         if self.batched and self.assistant_model is None:
-            outputs = hf_generate(self.model, prompt_ids, max_tokens, self.tokenizer, stop=stop)
+            outputs = hf_generate(self.model, prompt_ids, max_tokens, self.tokenizer, stop=stop,
+                                  temperature=self.temperature)
         else:
             outputs = [hf_generate(self.model, [ids], max_tokens, self.tokenizer, stop=stop,
-                                   assistant_model=self.assistant_model)[0] for ids in prompt_ids]
+                                   assistant_model=self.assistant_model, temperature=self.temperature)[0]
+                       for ids in prompt_ids]
         eos = eos_ids_of(self.model, self.tokenizer)
         outputs = [_cut_at_eos(new_ids, eos) for new_ids in outputs]
         generations = [[self._generation(ids, new_ids, stop)] for ids, new_ids in zip(prompt_ids, outputs)]
@@ -93,8 +98,11 @@ def pad_id_of(model, tokenizer) -> int:
 
 
 def hf_generate(model, prompt_ids: Sequence[Sequence[int]], max_tokens: int, tokenizer=None, *,
-                stop: Sequence[str] | None = None, assistant_model=None) -> list[list[int]]:
+                stop: Sequence[str] | None = None, assistant_model=None,
+                temperature: float = 0.0) -> list[list[int]]:
     """Greedy `model.generate` over the prompts in one call (left-padded); new ids per prompt.
+
+    ``temperature`` above 0 samples instead, from the whole distribution (top-k and top-p off).
 
     Rows that end early are padded by transformers; callers cut at the first EOS.
     """
@@ -113,9 +121,13 @@ def hf_generate(model, prompt_ids: Sequence[Sequence[int]], max_tokens: int, tok
         kwargs["stopping_criteria"] = _stop_criteria(tokenizer, prompt_ids, width, stop, eos_ids_of(model, tokenizer))
     if assistant_model is not None:
         kwargs["assistant_model"] = assistant_model
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs["do_sample"] = False
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad_id,
+                                max_new_tokens=max_tokens, pad_token_id=pad_id,
                                 eos_token_id=sorted(eos_ids_of(model, tokenizer)), **kwargs)
     outputs = [row[width:].tolist() for row in output.cpu()]
     if stop:

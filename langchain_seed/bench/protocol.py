@@ -219,28 +219,34 @@ def run_tot_full(
 ) -> BenchRun:
     """Whole `TreeOfThoughts` searches per question and method, interleaved like `run_benchmark`.
 
-    The reference is `hf_ar_serial`'s sequence of generated texts (computed here when that
-    method is not benchmarked); a method is identical when every LLM call returned the
-    same text and the answers agree. New tokens are the methods' own counts
+    The trees are the workload's task and setup. Greedy, the reference is `hf_ar_serial`'s
+    sequence of generated texts (computed here when that method is not benchmarked); a
+    method is identical when every LLM call returned the same text and the answers agree.
+    Sampled (``workload.temperature > 0``) every LLM samples, there is no reference and
+    identity is not recorded (None). New tokens are the methods' own counts
     (``generation_info["new_tokens"]``).
     """
     def tot_for(method: Method) -> tuple[TreeOfThoughts, _OutputRecorder]:
         recorder = _OutputRecorder()
         llm = method.make_llm(workload.max_tokens)
         llm.callbacks = [recorder]
-        tot = TreeOfThoughts(llm=llm, task="gsm8k", breadth=workload.breadth, depth=workload.depth,
-                             generator="sample", evaluator="value", search="bfs")
+        if workload.temperature:
+            llm.temperature = workload.temperature
+        tot = TreeOfThoughts(llm=llm, task=workload.task, breadth=workload.breadth, depth=workload.depth,
+                             generator="sample", evaluator=workload.evaluator, n_evaluate=workload.n_evaluate,
+                             search="bfs")
         return tot, recorder
 
     runners = {m.name: tot_for(m) for m in methods}
-    if "hf_ar_serial" not in runners:
-        runners["hf_ar_serial"] = tot_for(make_method("hf_ar_serial", models))
-    reference_tot, reference_recorder = runners["hf_ar_serial"]
-    expected = []
-    for question in workload.questions:
-        reference_recorder.items.clear()
-        answer = reference_tot.invoke(question)
-        expected.append(([text for text, _ in reference_recorder.items], answer))
+    expected: list[Any] = [None] * len(workload.questions)
+    if not workload.temperature:
+        if "hf_ar_serial" not in runners:
+            runners["hf_ar_serial"] = tot_for(make_method("hf_ar_serial", models))
+        reference_tot, reference_recorder = runners["hf_ar_serial"]
+        for index, question in enumerate(workload.questions):
+            reference_recorder.items.clear()
+            answer = reference_tot.invoke(question)
+            expected[index] = ([text for text, _ in reference_recorder.items], answer)
     questions = workload.questions
     with watching(models) as (counter, sampler):
         def measure(method: Method, index: int, totals: RepTotals, record: MethodRecord, rep: int) -> None:
@@ -248,8 +254,11 @@ def run_tot_full(
                           counter, sampler, totals, record)
 
         records = _interleaved(methods, questions, [f"q{i}" for i in range(len(questions))], reps, warmup,
-                               "bench tot-full", progress, lambda m: runners[m.name][0].invoke(questions[0]),
-                               measure)
+                               f"bench tot-full {workload.task}", progress,
+                               lambda m: runners[m.name][0].invoke(questions[0]), measure)
+    if workload.temperature:
+        for record in records:
+            record.identical = None
     return BenchRun(workload.name, dict(workload.settings), records, reps)
 
 
@@ -268,5 +277,5 @@ def _measure_tree(method: Method, runner, question: str, name: str, expected, co
     elif any("drafted" in info for info in infos):
         totals.add_optional("drafted", sum(int(info.get("drafted", 0)) for info in infos))
         totals.add_optional("accepted", sum(int(info.get("accepted", 0)) for info in infos))
-    if ([text for text, _ in recorder.items], answer) != expected:
+    if expected is not None and ([text for text, _ in recorder.items], answer) != expected:
         record.mismatch(name)

@@ -55,7 +55,8 @@ class MethodRecord:
 
     name: str
     reps: list[RepTotals] = field(default_factory=list)
-    identical: bool = True
+    identical: bool | None = True
+    """Every output equal to the reference's; None where nothing is compared (sampled runs)."""
     mismatches: list[str] = field(default_factory=list)
     outputs: list[list[list[int]]] = field(default_factory=list, repr=False)
     divergences: list[int | None] = field(default_factory=list)

@@ -6,9 +6,13 @@ Examples::
     langchain-seed bench --json bench.json --plot bench.png
     langchain-seed bench --workload single --methods hf_ar_serial,seed_sd_serial
     langchain-seed bench --target DIR --draft DIR --k-config 2,2,1 --device cuda --dtype bfloat16
+    langchain-seed bench --task blocksworld --workload tot-full
+    langchain-seed bench --paper --quick                # the SeeD paper's table, 3 datasets
 
 The default run is the full measurement (``tot-step``: 20 questions, 3 repetitions);
 ``--quick`` runs 3 questions, 2 repetitions. The table goes to stdout, progress to stderr.
+``--paper`` runs `langchain_seed.bench.paper`: 3 questions per dataset, 2 repetitions;
+``--quick`` 1 question, 1 repetition (within 25 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import torch
 import transformers
 
-from langchain_seed.bench import profile, protocol, report, workloads
+from langchain_seed.bench import paper, profile, protocol, report, workloads
 from langchain_seed.bench.methods import (
     BENCH_METHODS,
     DRAFT_METHODS,
@@ -50,6 +54,10 @@ FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
 """Questions and repetitions of the default (full) run per workload."""
 QUICK = {"tot-step": (3, 2), "single": (6, 2), "tot-full": (1, 1)}
 """Questions and repetitions of ``--quick`` (within 15 minutes on a 2-core CPU)."""
+PAPER_FULL = (3, 2)
+"""Questions per dataset and repetitions of the default ``--paper`` run."""
+PAPER_QUICK = (1, 1)
+"""Of ``--paper --quick`` (within 25 minutes on a 2-core CPU)."""
 
 
 def _methods(text: str) -> list[str]:
@@ -61,7 +69,7 @@ def _methods(text: str) -> list[str]:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``langchain-seed`` command."""
-    decoding = decoding_parent(("k_config", "draft_confidence", "max_tokens"), max_tokens=THOUGHT_TOKENS)
+    decoding = decoding_parent(("k_config", "draft_confidence", "max_tokens", "temperature"))
     parser = subparsers.add_parser(
         "bench", parents=[model_parent(), decoding], help="compare transformers and SeeD decoding on a ToT workload",
         description="Run every decoding method on the same models and prompts, interleaved, with warm-up "
@@ -69,6 +77,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--workload", choices=WORKLOADS, default="tot-step",
                         help="tot-step: 3 thoughts then 3 values per question (default); tot-full: whole BFS "
                              "trees through TreeOfThoughts; single: one prompt per call")
+    parser.add_argument("--task", choices=workloads.TASKS, default="gsm8k",
+                        help="the dataset: gsm8k (default), writing (Creative Writing) or blocksworld")
+    parser.add_argument("--paper", action="store_true",
+                        help="the SeeD paper's table: AR, SD, MCSD, SeeD and ours (plus transformers' batched and "
+                             "assisted) on whole trees of gsm8k, writing and blocksworld; --temperature 0.7 samples")
+    parser.add_argument("--markdown", dest="markdown_path", default=None, metavar="PATH",
+                        help="--paper: write the table as Markdown")
     parser.add_argument("--quick", action="store_true",
                         help="few questions and repetitions (about 10 minutes on a 2-core CPU)")
     parser.add_argument("--questions", type=positive_int, default=None,
@@ -182,12 +197,14 @@ def reference_cache_path(args: argparse.Namespace, models) -> Path | None:
 
 
 def build_workload(args: argparse.Namespace, models, questions: int, reference):
-    texts = workloads.load_questions(questions, args.data)
+    texts = workloads.load_task_questions(args.task, questions, args.data)
+    tokens = args.max_tokens or THOUGHT_TOKENS
     if args.workload == "tot-step":
-        return workloads.build_tot_step(texts, models.tokenizer, reference, args.max_tokens, args.value_tokens)
+        return workloads.build_tot_step(texts, models.tokenizer, reference, tokens, args.value_tokens,
+                                        task=args.task)
     if args.workload == "single":
-        return workloads.build_single(texts, models.tokenizer, args.max_tokens)
-    return workloads.build_tot_full(texts, args.max_tokens)
+        return workloads.build_single(texts, models.tokenizer, tokens, args.task)
+    return workloads.build_tot_full(texts, args.max_tokens, args.task, args.temperature or 0.0)
 
 
 def _available_methods(names: list[str], models) -> list:
@@ -208,6 +225,10 @@ def run_bench(args: argparse.Namespace) -> int:
     transformers.logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.temperature and not (args.paper or args.workload == "tot-full"):
+        raise SystemExit("--temperature samples whole trees only: use it with --paper or --workload tot-full")
+    if args.paper:
+        return run_paper_bench(args)
     questions, reps = resolve_counts(args)
     machine = report.machine_info(args.device)  # before loading: the load average is others' work
     warning = report.busy_warning(machine)
@@ -241,9 +262,48 @@ def run_bench(args: argparse.Namespace) -> int:
         title = f"{run.workload} - {Path(models.target_name).name} + {Path(models.draft_name).name}"
         print(f"wrote {report.write_plot(document['rows'], args.plot_path, title)}")
     bad = [row["method"] for row in document["rows"]
-           if row["method"].startswith("seed_") and not row["identical_to_target"]]
+           if row["method"].startswith("seed_") and row["identical_to_target"] is False]
     if bad:
         print(f"warning: not identical to the target's greedy output: {', '.join(bad)}", file=sys.stderr)
+        if args.check_identical:
+            return 2
+    return 0
+
+
+def run_paper_bench(args: argparse.Namespace) -> int:
+    """``--paper``: `langchain_seed.bench.paper.run_paper` on the flags' models; one table per
+    dataset and the goals on stdout, the JSON, the grouped-bar plot and the Markdown table
+    where asked. 2 when ``--check-identical`` and a greedy output differs from the target's."""
+    default_questions, default_reps = PAPER_QUICK if args.quick else PAPER_FULL
+    questions, reps = args.questions or default_questions, args.reps or default_reps
+    machine = report.machine_info(args.device)  # before loading: the load average is others' work
+    warning = report.busy_warning(machine)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    models = load_bench_models(args)
+    temperature = args.temperature or 0.0
+    overrides = {task: args.max_tokens for task in paper.PAPER_TASKS} if args.max_tokens else None
+    result = paper.run_paper(models, questions, reps, temperature=temperature, warmup=args.warmup,
+                             progress=args.progress, data=args.data, max_tokens=overrides)
+    machine["torch_threads"] = torch.get_num_threads()
+    document = {"kind": "paper-table", "machine": machine, "model_pair": model_pair_info(models),
+                "settings": {"quick": args.quick, "questions": questions, "reps": reps, "warmup": args.warmup},
+                **result}
+    print(f"the SeeD paper's table: {questions} question(s) per dataset, {reps} rep(s), temperature "
+          f"{temperature} | target {models.target_name} | {machine['cpu_model']}, {machine['torch_threads']} "
+          "torch threads")
+    print(paper.format_text(document))
+    if args.json_path:
+        print(f"wrote {report.write_json(document, args.json_path)}")
+    if args.plot_path:
+        title = f"whole trees - {Path(models.target_name).name} + {Path(models.draft_name).name}"
+        print(f"wrote {paper.write_plot(document, args.plot_path, title)}")
+    if args.markdown_path:
+        print(f"wrote {paper.write_markdown(document, args.markdown_path)}")
+    different = [f"{task}: {row['method']}" for task, dataset in document["datasets"].items()
+                 for row in dataset["rows"] if row["identical_to_target"] is False]
+    if different:
+        print(f"warning: not identical to the target's greedy output: {', '.join(different)}", file=sys.stderr)
         if args.check_identical:
             return 2
     return 0
