@@ -14,7 +14,7 @@ from typing import Any, Literal
 from langchain_core.language_models.base import LangSmithParams
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from langchain_seed.engine import SeedEngine, load_models
+from langchain_seed.engine import Constraint, SeedEngine, load_models
 from langchain_seed.engine.models import read_head_token_ids
 from langchain_seed.engine.options import OPTIONS, is_int, is_number
 from langchain_seed.lc.options import CHECKS, CallOptions, default_config
@@ -80,6 +80,12 @@ class SeedModelMixin(BaseModel):
     timeout: float | None = OPTIONS["timeout"].default
     """Seconds a call may take; past it the unfinished generations are cancelled and
     `TimeoutError` is raised. None: no limit."""
+
+    constraint: Constraint | None = None
+    """What every reply must match: a JSON schema (dict) or an engine `Constraint` (JSON schema,
+    regex or grammar), decoded under the grammar's token mask (draft and target alike, so
+    still speculative and lossless). Usually set per call (`invoke(..., constraint=...)`) or
+    by `with_structured_output` / `bind_tools`; None: free text."""
 
     max_retries: int = OPTIONS["max_retries"].default
     """Accepted for LangChain's standard parameters. A local engine has no transient failures,
@@ -217,7 +223,7 @@ class SeedModelMixin(BaseModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         names = ("model_name", "decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p",
-                 "max_tokens", "seed", "n")
+                 "max_tokens", "seed", "n", "constraint")
         return {name: getattr(self, name) for name in names}
 
     def get_token_ids(self, text: str) -> list[int]:

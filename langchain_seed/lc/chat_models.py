@@ -9,6 +9,7 @@ a system message when it does not, and the reply is parsed for those blocks (`lc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -35,11 +36,12 @@ from langchain_seed.lc.messages import (
     with_tool_system_prompt,
 )
 from langchain_seed.lc.run import SeedRun
+from langchain_seed.lc.structured import may_be_tool_call, structured_chat, tool_call_constraint
 from langchain_seed.lc.text import check_utf8
 
 TOOL_KWARGS = ("tools", "tool_choice")
-IGNORED_KWARGS = ("stream",)
-"""Passed by LangChain's streaming machinery; the answer is the same either way."""
+IGNORED_KWARGS = ("stream", "ls_structured_output_format")
+"""Passed by LangChain's streaming and structured-output machinery; the answer is the same either way."""
 
 
 class ChatSeed(SeedModelMixin, BaseChatModel):
@@ -97,10 +99,13 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
     def from_llm(cls, llm: SeedLLM, **overrides: Any) -> ChatSeed:
         """A chat model over `llm`'s engine, with its fields (overridden by `overrides`).
 
-        Only the fields set on `llm` are passed on (the rest are the same defaults): a
-        `streaming=False` passed explicitly would turn `stream()` into one message.
+        Only the fields set on `llm` are passed on (the rest are the same defaults), and
+        `streaming` only when True: `SeedLLM.stream()` streams whatever `streaming` says, but
+        a chat model with `streaming=False` set would answer `stream()` in one message.
         """
         fields = {name: getattr(llm, name) for name in SeedModelMixin.model_fields if name in llm.model_fields_set}
+        if fields.get("streaming") is False:  # SeedLLM streams anyway; a chat model set False would not
+            del fields["streaming"]
         # pydantic's synthesized __init__ (dataclass_transform) hides SeedModelMixin.__init__'s `engine`
         return cls(engine=llm.engine, **{**fields, **overrides})  # type: ignore[call-arg]
 
@@ -128,6 +133,28 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         names = [tool["function"]["name"] for tool in formatted]
         return super().bind(tools=formatted, tool_choice=normalize_tool_choice(tool_choice, names), **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict | type | None = None,
+        *,
+        method: str = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Replies parsed into `schema` (a Pydantic class, a TypedDict or a JSON schema dict).
+
+        method: "json_schema" (the reply is decoded under the schema), "function_calling"
+        (a forced tool call whose arguments are decoded under it) or "json_mode" (any JSON
+        object; `schema` only picks the parser). The grammar makes every complete reply
+        valid; objects admit only their listed keys unless `strict=False` (with it, the
+        schema's own `additionalProperties` rule, open by default). A reply cut by `max_tokens`
+        raises `IncompleteStructuredOutput`; with `include_raw` it is the `parsing_error`.
+        """
+        if kwargs:
+            raise ValueError(f"with_structured_output got unknown keyword argument(s) {sorted(kwargs)}")
+        return structured_chat(self, schema, method, include_raw, strict)
 
     # ----- prompt -------------------------------------------------------------------------
     def _prompt_ids(self, messages: list[BaseMessage], tools: list[dict] | None, tool_choice: str | None
@@ -182,6 +209,8 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         if tool_choice == "none":
             tools = []
         options = self._call_options(kwargs, ignored=TOOL_KWARGS + IGNORED_KWARGS)
+        if options.constraint is None and tools:
+            options = dataclasses.replace(options, constraint=tool_call_constraint(tools, tool_choice))
         if streaming and options.n != 1:
             raise ValueError(f"n={options.n}: stream() yields one generation; use generate() for several")
         ids, prefill = self._prompt_ids(messages, tools, tool_choice)
@@ -201,9 +230,20 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
 
     def _message(self, run: SeedRun, index: int, tools: ToolContext) -> AIMessage:
         metadata, usage = self._metadata(run, index)
-        content, calls, invalid = tools.parse(run.generations[index].text.text)
+        content, calls, invalid = self._parse(run, index, tools)
         return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid,
                          response_metadata=metadata, usage_metadata=usage)
+
+    @staticmethod
+    def _parse(run: SeedRun, index: int, tools: ToolContext) -> tuple[str, list, list]:
+        """(content, tool_calls, invalid_tool_calls) of generation `index`; a call that
+        `max_tokens` cut says so in its error."""
+        content, calls, invalid = tools.parse(run.generations[index].text.text)
+        if invalid and run.finish_reason(index) == "length":
+            cut = (f"the tool call was cut off at max_tokens={run.options.max_tokens} before it was complete; "
+                   f"raise max_tokens")
+            invalid = [{**call, "error": cut} for call in invalid]
+        return content, calls, invalid
 
     def _result(self, run: SeedRun, tools: ToolContext) -> ChatResult:
         generations = [
@@ -217,7 +257,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         metadata, usage = self._metadata(run, 0)
         content, chunks = "", []
         if buffered:
-            content, calls, invalid = tools.parse(run.generations[0].text.text)
+            content, calls, invalid = self._parse(run, 0, tools)
             chunks = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
                       for i, c in enumerate(calls)]
             chunks += [tool_call_chunk(name=c["name"], args=c["args"], id=c["id"], index=len(chunks) + i)
@@ -282,11 +322,14 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        """Reply chunks as tokens are committed; with tools bound, one chunk once parsed."""
+        """Reply chunks as tokens are committed. With tools bound, text streams as it comes
+        (once it can no longer be a tool call) and a call comes in the last chunk, complete."""
         run, tools = self._prepare(messages, stop, kwargs, streaming=True)
+        text = TextOrCall(tools)
         try:
             for piece in run.iter_text(0):
-                if tools:
+                piece = text.release(piece)
+                if not piece:
                     continue
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
                 if run_manager is not None:
@@ -294,7 +337,7 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
                 yield chunk
         finally:
             run.close()
-        chunk = self._last_chunk(run, tools, buffered=bool(tools))
+        chunk = self._last_chunk(run, tools, buffered=text.buffered)
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
@@ -308,9 +351,11 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         """Async reply chunks; concurrent streams share the running scheduler."""
         run, tools = self._prepare(messages, stop, kwargs, streaming=True)
+        text = TextOrCall(tools)
         try:
             async for piece in run.aiter_text(0):
-                if tools:
+                piece = text.release(piece)
+                if not piece:
                     continue
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
                 if run_manager is not None:
@@ -318,10 +363,32 @@ class ChatSeed(SeedModelMixin, BaseChatModel):
                 yield chunk
         finally:
             run.close()
-        chunk = self._last_chunk(run, tools, buffered=bool(tools))
+        chunk = self._last_chunk(run, tools, buffered=text.buffered)
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
+
+
+class TextOrCall:
+    """Streams a reply with tools bound: held back while it may still be a tool call (a
+    forced call always is), released as text once it cannot be."""
+
+    def __init__(self, tools: ToolContext) -> None:
+        self.tools = tools
+        self.held = ""
+        self.buffered = bool(tools)
+        """Whether the reply is (still) held back for parsing: True until it is known to be text."""
+
+    def release(self, piece: str) -> str:
+        """The text to stream now for `piece` ("" while held back)."""
+        if not self.buffered:
+            return piece
+        self.held += piece
+        if self.tools.prefill or may_be_tool_call(self.held):
+            return ""
+        self.buffered = False
+        released, self.held = self.held, ""
+        return released
 
 
 __all__ = ["ChatSeed"]

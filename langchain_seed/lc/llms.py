@@ -12,16 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseLLM
+from langchain_core.language_models import BaseLLM, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict
 
 from langchain_seed.lc.base import SeedModelMixin
-from langchain_seed.lc.options import CallOptions
+from langchain_seed.lc.options import CallOptions, call_fields
 from langchain_seed.lc.run import SeedRun, check_prompt_fits
+from langchain_seed.lc.structured import structured_llm
 from langchain_seed.lc.text import check_text_prompt, check_text_prompts
 
 
@@ -81,6 +82,18 @@ class SeedLLM(SeedModelMixin, BaseLLM):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return self._ls_params("llm", stop, kwargs)
+
+    def with_structured_output(self, schema: dict | type | None = None, *, method: str = "json_schema",
+                               include_raw: bool = False, strict: bool | None = None,
+                               **kwargs: Any) -> Runnable[LanguageModelInput, Any]:
+        """The prompt's completion decoded under `schema` (a Pydantic class, a TypedDict or a
+        JSON schema dict) and parsed: method "json_schema", or "json_mode" (any JSON object).
+        Objects admit only their listed keys unless `strict=False`. A completion cut by
+        `max_tokens` raises `IncompleteStructuredOutput` (with `include_raw`, it is the
+        `parsing_error`)."""
+        if kwargs:
+            raise ValueError(f"with_structured_output got unknown keyword argument(s) {sorted(kwargs)}")
+        return structured_llm(self, schema, method, include_raw, strict)
 
     # ----- generation ---------------------------------------------------------------------
     def start_run(self, prompts: list[str], stop: list[str] | None = None, **kwargs: Any) -> SeedRun:
@@ -158,6 +171,27 @@ class SeedLLM(SeedModelMixin, BaseLLM):
         configs = get_config_list(config, len(inputs))
         kept = [index for index in range(len(inputs)) if index not in errors]
         return [inputs[index] for index in kept], [configs[index] for index in kept]
+
+    # ----- the cache key: per-call overrides are fields of a copy --------------------------
+    def generate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
+                 **kwargs: Any) -> LLMResult:
+        """`BaseLLM.generate`. Per-call overrides (`max_tokens=4`, `constraint=...`) run on a
+        shallow copy with those fields set, so that they are part of the LangChain cache key
+        (the model's fields): an answer cached for other settings is never returned."""
+        fields = call_fields(kwargs)
+        if fields:
+            rest = {name: value for name, value in kwargs.items() if name not in fields}
+            return self.model_copy(update=fields).generate(prompts, stop, callbacks, **rest)
+        return super().generate(prompts, stop, callbacks, **kwargs)
+
+    async def agenerate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
+                        **kwargs: Any) -> LLMResult:
+        """`BaseLLM.agenerate`; per-call overrides are part of the cache key, as in `generate`."""
+        fields = call_fields(kwargs)
+        if fields:
+            rest = {name: value for name, value in kwargs.items() if name not in fields}
+            return await self.model_copy(update=fields).agenerate(prompts, stop, callbacks, **rest)
+        return await super().agenerate(prompts, stop, callbacks, **kwargs)
 
     def _generate(
         self,

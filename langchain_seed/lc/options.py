@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig, VerifyPolicy
+from langchain_seed.engine.constraints import Constraint
 from langchain_seed.engine.options import OPTIONS
 from langchain_seed.lc.text import normalize_stop
 
 CALL_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p", "max_tokens", "seed",
-                "n", "timeout")
+                "n", "timeout", "constraint")
 """Fields that may be overridden per call through keyword arguments."""
 
 
@@ -26,8 +27,19 @@ def _check_stop(value: object) -> list[str] | None:
     return list(normalize_stop(value))  # type: ignore[arg-type]
 
 
+def to_constraint(value: object) -> Constraint | None:
+    """A constraint as the engine takes it: None, a `Constraint`, or a JSON schema (a dict)."""
+    if value is None or isinstance(value, Constraint):
+        return value
+    if isinstance(value, Mapping):
+        return Constraint.json_schema(value)
+    raise ValueError(f"constraint must be None, a JSON schema (dict) or a Constraint (Constraint.json_schema(...), "
+                     f".regex(...), .grammar(...)); got {value!r}")
+
+
 CHECKS: dict[str, Callable[[Any], Any]] = {
-    **{name: OPTIONS[name].check for name in (*CALL_OPTIONS, "max_retries")},
+    **{name: OPTIONS[name].check for name in (*CALL_OPTIONS, "max_retries") if name in OPTIONS},
+    "constraint": to_constraint,
     "stop": _check_stop,
 }
 """The check of every field that has one, by name (the pydantic validators and per-call kwargs)."""
@@ -47,6 +59,7 @@ class CallOptions:
     seed: int | None
     n: int
     timeout: float | None
+    constraint: Constraint | None = None
 
     @classmethod
     def of(cls, model: Any, kwargs: Mapping[str, Any], ignored: Sequence[str] = ()) -> CallOptions:
@@ -70,7 +83,12 @@ class CallOptions:
         """Sampling of generation `sample_index` of a prompt: seeds differ between samples."""
         seed = None if self.seed is None else (self.seed + sample_index) % 2**63
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=seed,
-                              stop_callback=stop_callback)
+                              stop_callback=stop_callback, constraint=self.constraint)
+
+
+def call_fields(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-call overrides among `kwargs`, checked, by field name (the rest are left out)."""
+    return {name: CHECKS[name](value) for name, value in kwargs.items() if name in CALL_OPTIONS}
 
 
 def default_config(fields: Mapping[str, Any]) -> SpeculativeConfig:

@@ -339,7 +339,9 @@ async def test_tool_calls_from_invoke_stream_and_structured_output(chat, scripte
     achunks = [c async for c in bound.astream("add 1 and 2")]
     assert [(c["name"], c["args"]) for c in achunks[-1].tool_calls] == [("add", {"a": 1, "b": 2})]
 
-    scripted('{"name": "Person", "arguments": {"name": "Ann", "age": 3}}</tool_call>')
+    scripted('{"name": "Ann", "age": 3}}\n</tool_call>')  # after the forced prefix naming the tool
+    assert chat.with_structured_output(Person, method="function_calling").invoke("Ann is 3") == Person(name="Ann", age=3)
+    scripted('{"name": "Ann", "age": 3}')
     assert chat.with_structured_output(Person).invoke("Ann is 3") == Person(name="Ann", age=3)
 
 
