@@ -28,9 +28,14 @@ def _check_stop(value: object) -> list[str] | None:
 
 
 def to_constraint(value: object) -> Constraint | None:
-    """A constraint as the engine takes it: None, a `Constraint`, or a JSON schema (a dict)."""
+    """A constraint as the engine takes it: None, a `Constraint`, `{"regex": pattern}`,
+    `{"grammar": lark}` or a JSON schema (any other dict). The plain-dict forms let code that
+    knows only LangChain's interface (Tree of Thoughts' evaluators) ask for one."""
     if value is None or isinstance(value, Constraint):
         return value
+    if isinstance(value, Mapping) and len(value) == 1 and set(value) <= {"regex", "grammar"}:
+        [(kind, text)] = value.items()
+        return Constraint.regex(text) if kind == "regex" else Constraint.grammar(text)
     if isinstance(value, Mapping):
         return Constraint.json_schema(value)
     raise ValueError(f"constraint must be None, a JSON schema (dict) or a Constraint (Constraint.json_schema(...), "

@@ -11,14 +11,22 @@
   relative to the set of states, so they are not cached.
 
 Every score is on a 0-10 scale, so one ``value_threshold`` fits both.
+
+With ``constrained_replies=True`` and an LLM that takes a ``constraint`` (``SeedLLM`` and
+``ChatSeed`` do: their replies are decoded under a regex), value replies are one of the
+task's judgement words or a whole number 0-10, and vote replies a candidate's number, so a
+reply always parses. Only patterns the task's own parser reads back are used; otherwise,
+and for any other LLM, replies stay free text.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_seed.tot.client import LLMClient
 from langchain_seed.tot.driver import LLMRequest, Plan, arun_plan, regroup, run_plan
 from langchain_seed.tot.generator import States, as_client
 from langchain_seed.tot.tasks import Task, get_task
@@ -50,6 +58,8 @@ class StateEvaluator:
         use_n: ask for the samples through the LLM's ``n=`` keyword instead of
             repeating the prompt (votes then all use the same order).
         use_stop: send the task's stop sequences.
+        constrained_replies: ask the LLM for replies its task parser always reads (a value
+            in the task's range, a vote index) where the LLM supports constraints.
     """
 
     llm: Any
@@ -58,6 +68,7 @@ class StateEvaluator:
     n_evaluate: int = 1
     use_n: bool = False
     use_stop: bool = True
+    constrained_replies: bool = False
     cache: dict[str, Evaluation] = field(default_factory=dict)
     """Value scores keyed on the state text (question + steps)."""
     cache_hits: int = 0
@@ -103,10 +114,11 @@ class StateEvaluator:
     def _ask_values(self, question: str, states: States) -> Plan[list[list[str]]]:
         """Per state, its ``n_evaluate`` value replies (prompt repeated, or ``n=``)."""
         prompts = tuple(self._task.value_prompt(question, steps) for steps in states)
+        pattern = self._reply_pattern(value_pattern(self._task))
         if self.use_n:
-            return (yield self._request(prompts, "value", self.n_evaluate))
+            return (yield self._request(prompts, "value", self.n_evaluate, pattern))
         repeated = tuple(p for p in prompts for _ in range(self.n_evaluate))
-        flat = yield self._request(repeated, "value", 1)
+        flat = yield self._request(repeated, "value", 1, pattern)
         return regroup(flat, self.n_evaluate)
 
     def _average(self, texts: Sequence[str]) -> Evaluation:
@@ -126,7 +138,7 @@ class StateEvaluator:
             self._task.vote_prompt(question, [*states[r:], *states[:r]]) for r in rotations
         )
         n = self.n_evaluate if self.use_n else 1
-        completions = yield self._request(prompts, "vote", n)
+        completions = yield self._request(prompts, "vote", n, self._reply_pattern(vote_pattern(self._task, count)))
         votes = [0] * count
         for rotation, texts in zip(rotations, completions):
             for text in texts:
@@ -138,10 +150,20 @@ class StateEvaluator:
         cast = max(sum(len(texts) for texts in completions), 1)
         return [Evaluation(10.0 * v / cast, (float(v),)) for v in votes]
 
-    def _request(self, prompts: tuple[str, ...], role: str, n: int) -> LLMRequest:
-        """A request for this evaluator's client, with the task's stop sequences."""
+    def _reply_pattern(self, pattern: str | None) -> str | None:
+        """`pattern` when replies are to be constrained and the LLM can be, else None."""
+        if not self.constrained_replies or pattern is None or not supports_constraints(self.client.llm):
+            return None
+        return pattern
+
+    def _request(self, prompts: tuple[str, ...], role: str, n: int, pattern: str | None = None) -> LLMRequest:
+        """A request for this evaluator's client, with the task's stop sequences; with a
+        `pattern`, through a client whose calls ask for replies that match it."""
         stop = self._task.stop(role) if self.use_stop else None
-        return LLMRequest(self.client, prompts, role, stop, n)
+        client = self.client
+        if pattern is not None:
+            client = LLMClient(client.llm, {**client.llm_kwargs, "constraint": {"regex": pattern}})
+        return LLMRequest(client, prompts, role, stop, n)
 
     # -------------------------------------------------------------- direct use
 
@@ -168,6 +190,32 @@ class StateEvaluator:
     async def aevaluate(self, question: str, states: States) -> list[Evaluation]:
         """Async :meth:`evaluate`."""
         return await arun_plan(self.plan(question, states))
+
+
+def supports_constraints(llm: Any) -> bool:
+    """Whether `llm` (or the model a binding wraps) takes a ``constraint`` keyword: a
+    ``SeedLLM`` or ``ChatSeed``, recognised by its field, without importing them."""
+    model = getattr(llm, "bound", llm)
+    return "constraint" in (getattr(type(model), "model_fields", None) or {})
+
+
+def value_pattern(task: Task) -> str | None:
+    """A regex for value replies that the task's ``parse_value`` reads back whole: its
+    judgement words, else a whole number 0-10; None when the parser reads neither."""
+    words = sorted(getattr(task, "judgement_scores", None) or {})
+    if words and all(task.parse_value(word) is not None for word in words):
+        return "(" + "|".join(re.escape(word) for word in words) + ")"
+    if all(task.parse_value(str(value)) == float(value) for value in range(11)):
+        return "(10|[0-9])"
+    return None
+
+
+def vote_pattern(task: Task, count: int) -> str | None:
+    """A regex for vote replies naming one of `count` candidates (1-based), when the task's
+    ``parse_vote`` reads each back as its index; else None."""
+    if not all(task.parse_vote(str(number), count) == number - 1 for number in range(1, count + 1)):
+        return None
+    return "(" + "|".join(str(number) for number in range(count, 0, -1)) + ")"
 
 
 def _as_cached(evaluation: Evaluation) -> Evaluation:
