@@ -190,17 +190,21 @@ class SeedModelMixin(BaseModel):
                                draft_head_token_ids=draft_head_token_ids, **fields)
 
     @classmethod
-    def from_default(cls, **fields: Any):
+    def from_default(cls, draft: str | Path | None = None, **fields: Any):
         """The embedded default pair (SmolLM2-135M-Instruct and its distilled draft), fetched
         and built once into the cache (see `langchain-seed models`); `k_config` and
         `draft_confidence` default to those measured best for that draft
-        (`pair.paths.DEFAULT_PAIR_OPTIONS`)."""
+        (`pair.paths.DEFAULT_PAIR_OPTIONS`). `draft`: a draft directory that `langchain-seed
+        distill --out` wrote for the default target (e.g. with `--prompts`, trained on your
+        app's prompts), used instead of the shipped draft."""
         # pair/ is a sibling layer (fetching and assembling files), needed only by this factory
-        from langchain_seed.pair.assemble import ensure_default_pair
+        from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
         from langchain_seed.pair.paths import DEFAULT_PAIR_OPTIONS, default_seed_draft_dir
 
         target_dir, draft_dir = ensure_default_pair()
         draft_dir = default_seed_draft_dir() or draft_dir
+        if draft is not None:
+            draft_dir = ensure_default_draft(target_dir, asset_dir=draft)
         if "model" not in fields and "model_name" not in fields:
             fields["model_name"] = "SmolLM2-135M-Instruct"
         for name, value in DEFAULT_PAIR_OPTIONS.items():

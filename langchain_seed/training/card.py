@@ -171,3 +171,72 @@ def _cost_and_command(r: dict, draft_note: str = "") -> list[str]:
         f"= **{r['draft_ms'] / r['target_ms']:.3f}** of the target.",
         "", "## Command", "", "```", r["command"], "```", "",
     ]
+
+
+# ------------------------------------------------------------ broad mix and own prompts
+
+
+def write_family_card(out: Path, report: dict) -> None:
+    """Write ``out/README.md`` for a draft made by `distill --mix` or `distill --prompts`."""
+    r = report
+    source = (f"the prompts of `{r['prompts_file']}` (`--prompts`)" if r["mode"] == "prompts"
+              else "the broad prompt mix (`--mix`, `langchain_seed.training.mix`)")
+    start = (f"continued from the draft `{r['init_draft']}` (its layers, norm and head ids)" if r["init_draft"]
+             else f"from the target's embedding, first {r['layers']} layers and final norm")
+    lines = [
+        f"# {r['name']}", "",
+        f"A {r['layers']}-layer token draft for speculative decoding with `{r['target_name']}`, trained on "
+        f"the target's own answers to {source}, {start}. Its LM head is restricted to {r['head_size']} "
+        f"token ids (`{HEAD_IDS_FILE}`); the embedding is the target's (not shipped).", "",
+        "Use it: `SeedLLM.from_default(draft=\"DIR\")` (the default target), or "
+        "`langchain-seed distill --prompts MORE.jsonl --init-draft DIR` to continue it.", "",
+        "## Training data", "",
+        f"- training prompts per family: {r['train_prompts']} ({r['train_sequences']} answers: greedy, plus "
+        f"{r['samples']} sampled at each temperature {r['sample_temperatures']}; "
+        f"{r['train_output_tokens']:,} answer tokens, up to {r['max_new_tokens']} each).",
+        f"- held out per family, never trained on: {r['heldout_prompts']}.",
+        f"- targets: the target's answers and its top-{r['top_k']} distribution at every answer position.", "",
+        "## Training", "",
+        f"- loss: CE on the target's argmax + {r['soft_weight']} x soft CE to its top-{r['top_k']} distribution "
+        f"over the head; prompt positions weighted 0; embedding/head frozen.",
+        f"- AdamW, lr {r['lr']}, {r['steps']} steps x batch {r['batch_size']}, seed {r['seed']}; final loss "
+        f"{r['final_loss']:.3f}; on {_where(r)}: target answers {r['seconds_generate']:.0f} s, training "
+        f"{r['seconds_train']:.0f} s (answers and checkpoints kept in the work dir: a rerun resumes).", "",
+        *_family_table(r), "",
+        "## Head coverage", "",
+        "Share of the target's answer tokens (training set) outside the draft's head, per family: "
+        f"{json.dumps(r['head']['outside_head'])}; outside the N most frequent answer tokens, by N: "
+        f"{json.dumps(r['head']['outside_top_n_by_size'])} ({r['head']['distinct_tokens']:,} distinct tokens).",
+        "", "## Cost", "",
+        *_cost_and_command(r, " (restricted head)"),
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def _family_table(r: dict) -> list[str]:
+    """Held-out acceptance per family before and after training, each setting a column."""
+    before, after = r.get("before"), r.get("after")
+    if not after:
+        return ["## Measured", "", "No held-out prompts (a family needs two or more prompts to hold one out)."]
+    settings = sorted({s for per in after["families"].values() for s in per},
+                      key=lambda name: 0.0 if name == "greedy" else float(name[1:]))
+    header = " | ".join(f"{s} before | {s} after" for s in settings)
+    lines = [f"## Measured (held-out prompts, the engine: chain of {r['chain']}, {r['measure_tokens']} new tokens)",
+             "", "Acceptance (accepted / drafted) per family, greedy and sampled (speculative sampling):", "",
+             f"| family | {header} | outside head |", "|---|" + "---|---|" * len(settings) + "---|"]
+
+    def rate(table: dict | None, family: str, setting: str) -> str:
+        value = (table or {}).get("families", {}).get(family, {}).get(setting, {}).get("acceptance")
+        return "-" if value is None else f"{value:.3f}"
+
+    for family in after["families"]:
+        cells = " | ".join(f"{rate(before, family, s)} | {rate(after, family, s)}" for s in settings)
+        outside = after["outside_head"].get(family, {}).get("outside_head")
+        lines.append(f"| {family} | {cells} | {'-' if outside is None else f'{outside:.3f}'} |")
+    def mean(table: dict | None, setting: str) -> str:
+        value = (table or {}).get("mean", {}).get(setting)
+        return "-" if value is None else f"{value:.3f}"
+
+    means = " | ".join(f"{mean(before, s)} | {mean(after, s)}" for s in settings)
+    lines.append(f"| **mean of families** | {means} | |")
+    return lines

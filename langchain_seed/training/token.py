@@ -4,8 +4,8 @@ The draft is the target's config with fewer decoder layers, initialised from the
 target's embedding, its first layers and its final norm; only the layers and the norm
 are trained (the embedding and the tied head stay frozen, so they never need shipping).
 Its LM head is restricted to a few thousand token ids (the ones the target uses most).
-Loss: cross-entropy on the target's greedy token plus a soft term toward the target's
-top-k distribution (restricted to the head).
+Loss: cross-entropy on the target's greedy token (its argmax, also along sampled answers)
+plus a soft term toward the target's top-k distribution (restricted to the head).
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ def collate(batch: Sequence[Example], head_index: Any, prompt_weight: float) -> 
         weight[row, e.n_prompt - 1 : n - 1] = 1.0
         hard[row, : n - 1] = head_index[e.ids[1:]]
         covered = e.topk_ids.shape[0]  # top-k covers the last `covered` positions (up to n - 2)
-        if covered == n - 1:
-            # Prompt positions: the target's argmax is the hard target, not the text.
-            hard[row, : e.n_prompt - 1] = head_index[e.topk_ids[: e.n_prompt - 1, 0].long()]
-        else:
+        # Where the top-k is known the target's argmax is the hard target, not the text: at prompt
+        # positions, and after a sampled token (greedy answers: the answer's own next token).
+        hard[row, n - 1 - covered : n - 1] = head_index[e.topk_ids[:, 0].long()]
+        if covered < n - 1:
             weight[row, : n - 1 - covered] = 0.0
         soft_idx[row, n - 1 - covered : n - 1] = head_index[e.topk_ids.long()]
         soft_lp[row, n - 1 - covered : n - 1] = e.topk_logprobs.float()
