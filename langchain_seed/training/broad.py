@@ -114,14 +114,30 @@ def mix_prompts(args: argparse.Namespace, target: Any, tokenizer: Any, cache: Ge
                                                                            skip_special_tokens=True))
         limit = count * 5 if split == "train" else args.heldout_per_family
         prompts += (requests + derived)[:limit] if split == "train" else derived[:limit]
-    return train, heldout
+    return fitting(train, tokenizer, target, args), fitting(heldout, tokenizer, target, args)
+
+
+def room_needed(args: argparse.Namespace) -> int:
+    """Positions a prompt needs past its own: its answer, or a measured answer and a draft chain."""
+    return max(args.max_new_tokens, args.measure_tokens + args.chain)
+
+
+def fitting(prompts: Sequence[mix.MixPrompt], tokenizer: Any, target: Any, args: argparse.Namespace
+            ) -> list[mix.MixPrompt]:
+    """The mix's prompts that fit the target's context with `room_needed` positions to spare."""
+    limit = (context_window(target) or 2048) - room_needed(args)
+    lengths = [len(ids) for ids in acceptance.encode_prompts(prompts, tokenizer)]
+    kept = [p for p, n in zip(prompts, lengths) if n <= limit]
+    if len(kept) < len(prompts):
+        print(f"distill: {len(prompts) - len(kept)} prompts of the mix are longer than the target's context "
+              f"allows ({limit} tokens); left out", file=sys.stderr)
+    return kept
 
 
 def file_prompts(args: argparse.Namespace, target: Any, tokenizer: Any) -> tuple[list, list]:
     """The user's (train, held-out) prompts; prompts too long for the context are refused."""
     prompts = load_prompt_file(args.prompts)
-    context = context_window(target) or 2048
-    check_lengths(prompts, tokenizer, context, args.max_new_tokens)
+    check_lengths(prompts, tokenizer, context_window(target) or 2048, room_needed(args))
     return [p for p in prompts if p.split == "train"], [p for p in prompts if p.split == "heldout"]
 
 

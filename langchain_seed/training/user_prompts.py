@@ -102,11 +102,11 @@ def split_prompts(prompts: Sequence[MixPrompt]) -> list[MixPrompt]:
             for p in prompts]
 
 
-def check_lengths(prompts: Sequence[MixPrompt], tokenizer: Any, context: int, max_new_tokens: int) -> None:
-    """Refuse prompts that leave no room for ``max_new_tokens`` in the target's context window."""
+def check_lengths(prompts: Sequence[MixPrompt], tokenizer: Any, context: int, room: int) -> None:
+    """Refuse prompts that leave fewer than ``room`` positions (the answer's tokens, and the
+    measurement's answer and draft chain) in the target's context window."""
     for prompt in prompts:
         length = len(tokenizer(render(prompt, tokenizer), add_special_tokens=False).input_ids)
-        if length + max_new_tokens > context:
+        if length + room > context:
             raise PromptFileError(f"{prompt.unit.removeprefix('line:')}: the prompt is {length} tokens; with "
-                                  f"--max-new-tokens {max_new_tokens} it does not fit the target's context of "
-                                  f"{context} tokens")
+                                  f"{room} for the answer it does not fit the target's context of {context} tokens")

@@ -190,3 +190,25 @@ def test_from_default_loads_a_distilled_draft(tmp_path, monkeypatch):
     assert llm.engine.draft_model.config.num_hidden_layers == 1
     assert llm.engine.draft_head_token_ids == list(range(64))
     llm.engine.close()
+
+
+def test_distill_mix_end_to_end(tiny_pair, tmp_path):
+    """`--mix`: every family of the broad mix (self-instruct from the target's own list) is trained
+    on and measured on its held-out split; the fresh head is chosen from the answers."""
+    from test_distill import write_gsm8k
+
+    target, _ = tiny_pair
+    data = write_gsm8k(tmp_path / "gsm8k.jsonl", n=12)
+    work = tmp_path / "work"
+    argv = ["distill", "--mix", "--target", str(target), "--out", str(tmp_path / "draft"), "--work", str(work),
+            "--data", str(data), "--heldout", "4", "--per-family", "2", "--heldout-per-family", "1",
+            "--self-instruct", "2", "--layers", "1", "--head-size", "64", "--steps", "4", "--batch-size", "4",
+            "--max-new-tokens", "6", "--measure-tokens", "6", "--gen-batch", "8", "--threads", "1",
+            "--sample-temperatures", "", "--measure-temperatures", "1.0", "--prompt-weight", "0", "--no-progress"]
+    assert training.main(argv) == 0
+    report = json.loads((work / broad.REPORT_FILE).read_text())
+    assert report["mode"] == "mix" and report["init_draft"] is None and report["head_size"] == 64
+    assert set(mix.BASE_FAMILIES) <= set(report["train_prompts"]) and report["train_prompts"]["self-instruct"] >= 2
+    assert set(mix.BASE_FAMILIES) <= set(report["after"]["families"])
+    assert set(report["after"]["families"]["chat"]) == {"greedy", "t1.0"}
+    assert set(report["head"]["outside_top_n_by_size"]) == {"2048", "4096", "8192", "16384"}

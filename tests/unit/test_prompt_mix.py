@@ -138,6 +138,6 @@ def test_a_prompt_longer_than_the_context_is_refused_naming_its_line(tmp_path):
 
     path = write_lines(tmp_path / "p.jsonl", ['"short"', json.dumps("x" * 90)])
     prompts = user_prompts.load_prompt_file(path)
-    user_prompts.check_lengths(prompts[:1], Tokenizer(), context=100, max_new_tokens=20)
-    with pytest.raises(user_prompts.PromptFileError, match=r"line 2: the prompt is 90 tokens.*context of 100"):
-        user_prompts.check_lengths(prompts, Tokenizer(), context=100, max_new_tokens=20)
+    user_prompts.check_lengths(prompts[:1], Tokenizer(), context=100, room=20)
+    with pytest.raises(user_prompts.PromptFileError, match=r"line 2: the prompt is 90 tokens; with 20 for the answer.*context of 100"):
+        user_prompts.check_lengths(prompts, Tokenizer(), context=100, room=20)
