@@ -165,10 +165,12 @@ def head_report(records: Sequence[dict], head_ids: Sequence[int]) -> dict:
 
 
 def choose_head(args: argparse.Namespace, target: Any, tokenizer: Any, records: Sequence[dict]) -> list[int]:
-    """The draft's head: the init draft's own, else the ids the target's answers use most."""
+    """The draft's head: the init draft's own (unless ``--choose-head``), else the ids the
+    target's answers use most. The head's weights are the target's embedding rows, so a
+    continued draft can take a new head."""
     from langchain_seed.engine.models import read_head_token_ids
 
-    if args.init_draft:
+    if args.init_draft and not args.choose_head:
         kept = read_head_token_ids(args.init_draft)
         if kept is not None:
             return kept

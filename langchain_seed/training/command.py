@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--mix/--prompts: acceptance is measured greedily and at these temperatures")
     parser.add_argument("--measure-tokens", type=positive_int, default=48,
                         help="--mix/--prompts: new tokens per held-out prompt when measuring acceptance")
+    parser.add_argument("--choose-head", action="store_true",
+                        help="--mix/--prompts: choose the head (--head-size ids) from the target's answers even "
+                             "when continuing a draft (its head is kept otherwise)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=50,
                         help="--mix/--prompts: save the training state every N steps in --work (a rerun resumes)")
     parser.add_argument("--data", default=str(default_data), help="GSM8K-style jsonl (question, answer)")
