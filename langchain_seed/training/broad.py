@@ -101,7 +101,7 @@ def mix_prompts(args: argparse.Namespace, target: Any, tokenizer: Any, cache: Ge
     train = mix.build_mix(records, "train", args.per_family, args.seed, args.heldout)
     heldout = mix.build_mix(records, "heldout", args.heldout_per_family, args.seed, args.heldout)
     for split, count, prompts in (("train", args.self_instruct, train),
-                                  ("heldout", max(1, args.self_instruct // 10), heldout)):
+                                  ("heldout", args.self_instruct and max(1, args.self_instruct // 10), heldout)):
         if count <= 0:
             continue
         requests = mix.self_instruct_requests(split, count, args.seed)
