@@ -60,11 +60,14 @@ class RowLimits:
         onednn_max_rows: above the native limit (or without it), up to this many rows layer
             weights run on oneDNN (2-4 rows weight-major on MKL); 0: always MKL.
         onednn_heads: LM-head-sized weights run on oneDNN at any row count (else MKL).
+        quantized_max_rows: up to this many rows, weights kept in blocks (`engine.weights`)
+            run on the quantised C kernel; above, they are dequantised for MKL.
     """
 
     native_max_rows: int = 128
     onednn_max_rows: int = 16
     onednn_heads: bool = True
+    quantized_max_rows: int = 128
 
 
 def cpu_info_field(name: str) -> str | None:

@@ -82,6 +82,12 @@ def native_max_rows() -> int:
     return min(getattr(_state, "limits", DEFAULT_LIMITS).native_max_rows, NATIVE_MAX_ROWS)
 
 
+def quantized_max_rows() -> int:
+    """Up to how many rows weights kept in blocks run on the quantised C kernel in this
+    thread's block (`RowLimits.quantized_max_rows`)."""
+    return getattr(_state, "limits", DEFAULT_LIMITS).quantized_max_rows
+
+
 def active_kernel() -> str | None:
     """The engine kernel in force in this thread (`engine_kernels`), or None outside."""
     return getattr(_state, "kernel", None)

@@ -3,13 +3,15 @@
 Inside `engine_kernels("native")`, every installed `LlamaDecoderLayer` runs
 `native_layer_forward`: transformers' computation (norm, q/k/v projections, rotary
 embedding, cache append, grouped-query attention, output projection, residual, norm,
-SiLU MLP, residual), step for step, on `engine.native`'s kernels. Routing each module
+SiLU MLP, residual), step for step, on `engine.native`'s kernels; its linears may be
+`nn.Linear`s or `QuantizedLinear`s (`engine.weights`), each on its own kernel. Routing each module
 separately (`routing.install`) already runs the same kernels; what this removes is the
 Python between them: twelve module calls, keyword plumbing and a routing check per op,
 about 150 us a layer, or 4-5 ms of a 30-layer forward at decoding sizes.
 
 Everything it does not implement goes to the layer's own forward: other kernels, autograd,
-inputs past the native row limit (`kernels.native_max_rows()`), missing rotary inputs, unknown keyword arguments,
+inputs past the row limit (`kernels.native_max_rows()`, or `kernels.quantized_max_rows()`
+for a layer with quantised linears), missing rotary inputs, unknown keyword arguments,
 a mask or head size the attention kernel does not take (`kernels.engine_attention`
 decides that per call, after the cache append, exactly as the routed module would).
 """
@@ -22,6 +24,10 @@ from typing import Any
 import torch
 
 from langchain_seed.engine import kernels, native
+from langchain_seed.engine.weights.modules import QuantizedLinear
+
+LINEAR_CLASSES = (torch.nn.Linear, QuantizedLinear)
+"""The projections `native_layer_forward` runs (each on its own kernel)."""
 
 LAYER_CLASSES = frozenset({"LlamaDecoderLayer"})
 """Decoder layers whose forward `native_layer_forward` reproduces."""
@@ -32,12 +38,11 @@ def supports(layer: Any) -> bool:
     at install)."""
     attention = getattr(layer, "self_attn", None)
     return (type(layer).__name__ in LAYER_CLASSES and attention is not None
-            and all(type(getattr(attention, name, None)) is torch.nn.Linear
+            and all(type(getattr(attention, name, None)) in LINEAR_CLASSES
                     for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
             and all(type(getattr(layer, name, None)).__name__ in kernels.RMS_NORM_CLASSES
                     for name in ("input_layernorm", "post_attention_layernorm"))
-            and kernels.is_silu_mlp(getattr(layer, "mlp", None))
-            and layer.mlp.down_proj.weight.shape[1] == layer.mlp.gate_proj.weight.shape[0]
+            and _is_silu_mlp(getattr(layer, "mlp", None))
             and isinstance(getattr(attention, "head_dim", None), int) and attention.head_dim % 2 == 0
             and isinstance(getattr(attention, "layer_idx", None), int))
 
@@ -69,8 +74,7 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
     hidden_states = hidden_states + _project(attention.o_proj, attended.flatten(2))
     mlp = layer.mlp
     normed = _norm(layer.post_attention_layernorm, hidden_states)
-    gated = native.gate_up_silu(normed, mlp.gate_proj.weight, mlp.up_proj.weight)
-    return hidden_states + _project(mlp.down_proj, gated)
+    return hidden_states + _project(mlp.down_proj, _gate_up_silu(mlp, normed))
 
 
 def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:
@@ -83,7 +87,7 @@ def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwarg
     if any(value is not None and value is not False for value in kwargs.values()):
         return False
     if not (hidden_states.is_cpu and hidden_states.dtype is torch.float32 and hidden_states.dim() == 3
-            and hidden_states.shape[0] * hidden_states.shape[1] <= kernels.native_max_rows()):
+            and hidden_states.shape[0] * hidden_states.shape[1] <= _row_limit(layer)):
         return False
     cos, sin = position_embeddings
     if not (cos.dtype is torch.float32 and sin.dtype is torch.float32 and cos.is_cpu and sin.is_cpu
@@ -96,13 +100,46 @@ def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwarg
     return all(_fits(parameter, grad) for parameter in _parameters(layer))
 
 
-def _parameters(layer: Any) -> list[torch.Tensor | None]:
-    """Every parameter the forward reads (None for absent biases)."""
+def _linears(layer: Any) -> tuple[Any, ...]:
     attention, mlp = layer.self_attn, layer.mlp
-    linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj,
-               mlp.down_proj)
-    return [*(linear.weight for linear in linears), *(linear.bias for linear in linears),
-            layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+    return (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj,
+            mlp.down_proj)
+
+
+def _parameters(layer: Any) -> list[torch.Tensor | None]:
+    """Every float parameter the forward reads (None for absent biases; a quantised
+    linear's blocks are checked when it is built)."""
+    linears = _linears(layer)
+    return [*(linear.weight for linear in linears if type(linear) is torch.nn.Linear),
+            *(linear.bias for linear in linears), layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+
+
+def _row_limit(layer: Any) -> int:
+    """The most rows the kernels of this layer's linears take."""
+    quantized = any(type(linear) is QuantizedLinear for linear in _linears(layer))
+    dense = any(type(linear) is torch.nn.Linear for linear in _linears(layer))
+    limits = ([kernels.quantized_max_rows()] if quantized else []) + ([kernels.native_max_rows()] if dense else [])
+    return min(limits)
+
+
+def _is_silu_mlp(mlp: Any) -> bool:
+    """A SiLU MLP of dense linears (`kernels.is_silu_mlp`), or of quantised ones in one format."""
+    if kernels.is_silu_mlp(mlp):
+        return mlp.down_proj.weight.shape[1] == mlp.gate_proj.weight.shape[0]
+    projections = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    return (type(mlp).__name__ in kernels.MLP_CLASSES
+            and type(getattr(mlp, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU")
+            and all(type(p) is QuantizedLinear for p in projections)
+            and mlp.gate_proj.fmt == mlp.up_proj.fmt and mlp.gate_proj.bias is None and mlp.up_proj.bias is None
+            and mlp.gate_proj.blocks.shape == mlp.up_proj.blocks.shape
+            and mlp.down_proj.in_features == mlp.gate_proj.out_features)
+
+
+def _gate_up_silu(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    """`silu(gate_proj(x)) * up_proj(x)` on the kernel of the MLP's weights."""
+    if type(mlp.gate_proj) is QuantizedLinear:
+        return native.quantized_gate_up_silu(x, mlp.gate_proj.blocks, mlp.up_proj.blocks, mlp.gate_proj.fmt)
+    return native.gate_up_silu(x, mlp.gate_proj.weight, mlp.up_proj.weight)
 
 
 def _fits(parameter: torch.Tensor | None, grad: bool) -> bool:
@@ -110,11 +147,13 @@ def _fits(parameter: torch.Tensor | None, grad: bool) -> bool:
                                  and not (grad and parameter.requires_grad))
 
 
-def _project(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _project(linear: torch.nn.Linear | QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+    if type(linear) is QuantizedLinear:
+        return native.quantized_linear(x, linear.blocks, linear.fmt, linear.bias)
     return native.skinny_linear(x, linear.weight, linear.bias)
 
 
-def _heads(linear: torch.nn.Linear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+def _heads(linear: torch.nn.Linear | QuantizedLinear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The projection of x `[batch, new, hidden]` as `[batch, heads, new, head_dim]` (a view)."""
     return _project(linear, x).view(*x.shape[:2], -1, head_dim).transpose(1, 2)
 

@@ -3,6 +3,14 @@
 Loading goes through transformers `from_pretrained` with accelerate's `device_map`.
 Safe defaults: safetensors only (pickled `.bin` weights are refused unless the caller
 opts in with `allow_pickle=True`) and `trust_remote_code=False` unless asked.
+
+Weights (`weights=`, `WEIGHTS`): a GGUF file (or a directory holding one and no
+safetensors) is used as shipped by default, its Q4_1/Q8_0 tensors kept in blocks
+(`engine.weights.gguf`); ``"float32"`` dequantises it instead. A float model can be
+quantised on load with ``"int8"`` (Q8_0 blocks) or ``"int4"`` (Q4_1 blocks); the quantised
+model is then the target every mode reproduces. A layers-only draft directory (its
+``draft_layers.safetensors`` without an embedding) is built on the target's embedding and
+shares its memory (`load_draft`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+WEIGHTS = ("auto", "float32", "int8", "int4")
+"""How a model's weights are kept: "auto" (a GGUF as shipped, in blocks; any other model in
+`dtype`), "float32" (dense; a GGUF is dequantised), "int8" / "int4" (a float model quantised
+into Q8_0 / Q4_1 blocks, `engine.weights.convert`)."""
+DRAFT_LAYERS_FILE = "draft_layers.safetensors"
+"""A layers-only draft's weights: every tensor but the embedding, which is the target's."""
 
 
 @dataclass
@@ -33,11 +48,21 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     role: str = "model",
+    weights: str = "auto",
 ):
-    """A causal LM from a local directory or hub id, in eval mode (`role` names it in errors)."""
+    """A causal LM from a local directory, GGUF file or hub id, in eval mode, its weights
+    kept as `weights` says (`WEIGHTS`; `role` names it in errors)."""
     from transformers import AutoModelForCausalLM
 
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     name_or_path = resolve_model_source(name_or_path, role)
+    gguf = find_gguf(name_or_path)
+    if gguf is not None:
+        return _load_gguf(gguf, weights, dtype, role)
+    if weights in ("int8", "int4") and (_dtype(dtype) is not torch.float32 or device_map not in (None, "cpu")):
+        raise ValueError(f"weights={weights!r} quantises a float32 model on the CPU; got dtype {dtype}, "
+                         f"device_map {device_map}")
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -52,7 +77,62 @@ def load_model(
                 f"default because loading them can run code. Pass allow_pickle=True if you trust the source."
             ) from error
         raise
+    if weights in ("int8", "int4"):
+        from langchain_seed.engine.weights.convert import quantize_model
+
+        quantize_model(model, weights)
     return model.eval()
+
+
+def find_gguf(name_or_path: str | Path) -> Path | None:
+    """The GGUF file `name_or_path` names: the file itself, or the one `.gguf` in a directory
+    without safetensors weights (None otherwise)."""
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return None
+    files = sorted(path.glob("*.gguf"))
+    if len(files) > 1:
+        raise ValueError(f"{path} holds several GGUF files ({', '.join(f.name for f in files)}); name one")
+    return files[0] if files else None
+
+
+def _load_gguf(gguf: Path, weights: str, dtype: str | torch.dtype, role: str):
+    """A GGUF model as shipped ("auto": blocks) or dequantised ("float32")."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if weights in ("int8", "int4"):
+        raise ValueError(f"{role} {gguf.name} is a GGUF file, used as shipped (weights='auto') or dequantised "
+                         f"(weights='float32'); weights={weights!r} quantises float models")
+    if _dtype(dtype) is not torch.float32:
+        raise ValueError(f"{role} {gguf.name}: a GGUF model computes in float32; got dtype {dtype}")
+    config = AutoConfig.from_pretrained(gguf.parent) if (gguf.parent / "config.json").is_file() else None
+    if weights == "float32":
+        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
+                                                    dtype=torch.float32).eval()
+    from langchain_seed.engine.weights.gguf import load_gguf_model
+
+    model = load_gguf_model(gguf, config=config)
+    _read_generation_config(model, gguf.parent)
+    return model
+
+
+def _read_generation_config(model, directory: Path) -> None:
+    if (directory / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer beside a model: its directory's files, or the one in a GGUF file."""
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
 
 
 def load_models(
@@ -63,20 +143,20 @@ def load_models(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    weights: str = "auto",
 ) -> LoadedModels:
     """Target, optional draft and the target's tokenizer, checked to share a vocabulary.
 
-    A `draft` directory holding a feature draft (`engine.feature_draft`) is assembled with
-    the target's embedding and LM head; any other is loaded as a causal LM.
+    `weights` applies to the target (`WEIGHTS`). A `draft` directory holding a feature draft
+    (`engine.feature_draft`) or a layers-only draft (`DRAFT_LAYERS_FILE`) is assembled with
+    the target's embedding (and LM head); any other is loaded as a causal LM.
     """
-    from transformers import AutoTokenizer
-
     target = resolve_model_source(target, "target")
     draft = None if draft is None else resolve_model_source(draft, "draft")
     options: dict[str, Any] = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
                                    allow_pickle=allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
-    target_model = load_model(target, role="target", **options)
+    tokenizer = load_tokenizer(target, trust_remote_code=trust_remote_code)
+    target_model = load_model(target, role="target", weights=weights, **options)
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
     return LoadedModels(target_model, draft_model, tokenizer)
 
@@ -92,12 +172,60 @@ def load_draft(draft: str | Path, target_model, tokenizer=None, **options):
     if is_feature_draft_dir(draft):
         weight = next(target_model.parameters())
         return FeatureDraftModel.load(draft, target_model).to(weight.device, weight.dtype)
+    if is_layers_draft_dir(draft):
+        return load_layers_draft(draft, target_model)
     draft_model = load_model(draft, role="draft", **options)
     draft_tokenizer = AutoTokenizer.from_pretrained(
         str(draft), trust_remote_code=options.get("trust_remote_code", False)
     )
     check_pair(target_model, draft_model, tokenizer, draft_tokenizer)
     return draft_model
+
+
+def is_layers_draft_dir(path: str | Path) -> bool:
+    """Whether `path` is a layers-only draft: a config and `DRAFT_LAYERS_FILE`, no full weights."""
+    path = Path(path)
+    return ((path / DRAFT_LAYERS_FILE).is_file() and (path / "config.json").is_file()
+            and not (path / "model.safetensors").is_file())
+
+
+def load_layers_draft(draft: str | Path, target_model):
+    """A layers-only draft (`is_layers_draft_dir`) on `target_model`'s embedding: its token
+    embedding is the target's module and its tied LM head reads the same table (blocks or
+    float weight), so the draft adds only its layers to memory. Raises ValueError when the
+    sizes do not fit or a weight is missing."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(draft)
+    for name in ("hidden_size", "vocab_size"):
+        if getattr(config, name) != getattr(target_model.config, name):
+            raise ValueError(f"draft {draft} does not fit the target: {name} {getattr(config, name)} vs "
+                             f"{getattr(target_model.config, name)}")
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {key: value.float() for key, value in load_file(str(Path(draft) / DRAFT_LAYERS_FILE)).items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    _share_embedding(model, target_model)
+    missing = [name for name, parameter in model.named_parameters() if parameter.is_meta]
+    if missing:
+        raise ValueError(f"draft {draft}: {DRAFT_LAYERS_FILE} lacks {', '.join(missing[:5])}")
+    model.generation_config = target_model.generation_config
+    return model.eval()
+
+
+def _share_embedding(draft_model, target_model) -> None:
+    """Give the draft the target's embedding module and an LM head on the same table."""
+    from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedLinear
+
+    embedding = target_model.get_input_embeddings()
+    draft_model.set_input_embeddings(embedding)
+    if isinstance(embedding, QuantizedEmbedding):
+        draft_model.set_output_embeddings(QuantizedLinear(embedding.blocks, embedding.fmt, embedding.embedding_dim,
+                                                          name="lm_head"))
+    else:
+        draft_model.get_output_embeddings().weight = embedding.weight
 
 
 def resolve_model_source(name_or_path: str | Path, role: str = "model") -> str:
@@ -175,7 +303,8 @@ def check_pair(target_model, draft_model, tokenizer=None, draft_tokenizer=None) 
 
 
 def _vocab_size(model) -> int:
-    return int(model.get_output_embeddings().weight.shape[0])
+    head = model.get_output_embeddings()
+    return int(getattr(head, "out_features", None) or head.weight.shape[0])
 
 
 def eos_token_ids(model, tokenizer=None) -> frozenset[int]:

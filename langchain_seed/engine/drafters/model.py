@@ -49,13 +49,16 @@ class ModelDrafter:
 
     @staticmethod
     def _head_of(model, head_token_ids: list[int] | None):
-        """(vocabulary size, head token ids or None for all, head weight `[head, hidden]`)."""
-        weight = model.get_output_embeddings().weight
-        vocab_size = int(getattr(model.config, "vocab_size", weight.shape[0]))
+        """(vocabulary size, head token ids or None for all, head weight `[head, hidden]`).
+        A head kept in blocks (`engine.weights`) dequantises only the rows of a restricted head."""
+        head = model.get_output_embeddings()
+        vocab_size = int(getattr(model.config, "vocab_size", None) or head.out_features)
         if head_token_ids is None:
-            return vocab_size, None, weight.detach()
+            return vocab_size, None, head.weight.detach()
         ids = torch.tensor(sorted(set(head_token_ids)), dtype=torch.long, device=model_device(model))
-        return vocab_size, ids, weight.index_select(0, ids).detach().clone()
+        if hasattr(head, "rows"):
+            return vocab_size, ids, head.rows(ids)
+        return vocab_size, ids, head.weight.index_select(0, ids).detach().clone()
 
     # ----- membership ------------------------------------------------------------
     def add(self, sequences: list[SequenceState]) -> None:

@@ -11,8 +11,11 @@ and waking threads. These do the work directly:
 - `rotary(x, cos, sin)`: one side of transformers' `apply_rotary_pos_emb`, bit for bit, in
   one call instead of nine eager ops (`rotary.c`).
 - `rms_norm(x, weight, eps)`: a Llama-family RMS norm (`rms_norm.c`).
+- `quantized_linear`, `quantized_gate_up_silu`, `dequantize`: the same matmuls on weights
+  kept in GGML's Q8_0 / Q4_1 blocks (`quantized_linear.c`), equal bit for bit to the dense
+  kernels on the dequantised weights (`engine.weights`).
 
-They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma
+They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma -mf16c
 -fopenmp -ffp-contract=off``, two to three seconds) into `build_dir()` and
 loaded with `ctypes`; the calls release the GIL.
 
@@ -52,9 +55,9 @@ ENV_BUILD_DIR = "LANGCHAIN_SEED_NATIVE_DIR"
 ENV_HOME = "LANGCHAIN_SEED_HOME"
 """The package's cache directory, whose ``native/`` holds the library by default."""
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("skinny_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
-HEADERS = (Path(__file__).with_name("vector_math.h"),)
-CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
+                for name in ("skinny_linear.c", "quantized_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "linear_tiles.h"))
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
 intrinsics do), so the rotary op rounds as torch's eager ops do."""
 BUILD_TIMEOUT_S = 120
@@ -69,6 +72,9 @@ _SIGNATURES = {
     "attention": ("seed_attention", _I, [_P] * 5 + [_L] * 6 + [_F, _I]),
     "rotary": ("seed_rotary", None, [_P, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L]),
     "rms_norm": ("seed_rms_norm", None, [_P, _L, _P, _F, _P, _L, _L]),
+    "quantized_linear": ("seed_quantized_linear", _I, [_P, _P, _I, _P, _P] + [_L] * 3 + [_I]),
+    "quantized_gate_up_silu": ("seed_quantized_gate_up_silu", _I, [_P, _P, _P, _I, _P] + [_L] * 3 + [_I]),
+    "dequantize": ("seed_dequantize", None, [_P, _I, _P, _L, _L, _I]),
 }
 """Each kernel's Python name: (C symbol, return type, argument types)."""
 
@@ -82,6 +88,9 @@ class _Library:
     attention: Callable[..., Any] | None
     rotary: Callable[..., Any] | None
     rms_norm: Callable[..., Any] | None
+    quantized_linear: Callable[..., Any] | None
+    quantized_gate_up_silu: Callable[..., Any] | None
+    dequantize: Callable[..., Any] | None
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
         self.reason = reason
@@ -119,6 +128,62 @@ def gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch
     if gate.shape != up.shape or x.shape[-1] != gate.shape[1]:
         raise ValueError(f"gate_up_silu: x {tuple(x.shape)}, gate {tuple(gate.shape)}, up {tuple(up.shape)} do not fit")
     return _rowwise("gate_up_silu", x, gate.shape[0], gate.data_ptr(), up.data_ptr())
+
+
+QUANTIZED_FORMATS = {"q8_0": 0, "q4_1": 1}
+"""The block formats the quantised kernels read (GGML's layouts), by name: their C codes."""
+
+
+def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, dequantize(blocks, fmt, in), bias)`, equal bit for bit to `skinny_linear`
+    on the dequantised weight. x: `[..., in]` float32 on the CPU (`in` a multiple of 32);
+    blocks: `[out, in / 32 * block bytes]` contiguous uint8 in `fmt` ("q8_0" or "q4_1");
+    bias `[out]` contiguous float32 or None. Returns `[..., out]`."""
+    n_in = _quantized_in_features(blocks, fmt, x.shape[-1])
+    return _quantized_rowwise("quantized_linear", x, n_in, blocks.shape[0], blocks.data_ptr(), QUANTIZED_FORMATS[fmt],
+                              None if bias is None else bias.data_ptr())
+
+
+def quantized_gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, fmt: str) -> torch.Tensor:
+    """`gate_up_silu` on gate and up weights in `fmt` blocks (`[out, in / 32 * block bytes]`
+    uint8 each, the same shape). x: `[..., in]` float32. Returns `[..., out]`."""
+    if gate.shape != up.shape:
+        raise ValueError(f"quantized_gate_up_silu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+    n_in = _quantized_in_features(gate, fmt, x.shape[-1])
+    return _quantized_rowwise("quantized_gate_up_silu", x, n_in, gate.shape[0], gate.data_ptr(), up.data_ptr(),
+                              QUANTIZED_FORMATS[fmt])
+
+
+def dequantize(blocks: torch.Tensor, fmt: str, in_features: int) -> torch.Tensor:
+    """The float32 weight `[out, in_features]` that `blocks` (`[out, in_features / 32 * block
+    bytes]` contiguous uint8 in `fmt`) hold, as gguf-py dequantises it."""
+    n_in = _quantized_in_features(blocks, fmt, in_features)
+    out = torch.empty(blocks.shape[0], n_in, dtype=torch.float32)
+    _function("dequantize")(blocks.data_ptr(), QUANTIZED_FORMATS[fmt], out.data_ptr(), blocks.shape[0], n_in, threads())
+    return out
+
+
+def _quantized_in_features(blocks: torch.Tensor, fmt: str, in_features: int) -> int:
+    """`in_features`, checked against the blocks' shape, type and layout."""
+    if fmt not in QUANTIZED_FORMATS:
+        raise ValueError(f"unknown block format {fmt!r}; the kernels read {', '.join(QUANTIZED_FORMATS)}")
+    block_bytes = 34 if fmt == "q8_0" else 20
+    if (blocks.dtype is not torch.uint8 or blocks.dim() != 2 or not blocks.is_contiguous() or not blocks.is_cpu
+            or in_features % 32 or blocks.shape[1] != in_features // 32 * block_bytes):
+        raise ValueError(f"{fmt} blocks {tuple(blocks.shape)} ({blocks.dtype}) do not hold rows of {in_features} "
+                         f"values (expected contiguous uint8 [out, {in_features // 32 * block_bytes}], "
+                         "in_features a multiple of 32)")
+    return in_features
+
+
+def _quantized_rowwise(name: str, x: torch.Tensor, n_in: int, n_out: int, *weights) -> torch.Tensor:
+    """`_rowwise` for the quantised kernels (which return 1 without memory for their buffers)."""
+    function = _function(name)
+    x = x.contiguous()
+    out = x.new_empty((*x.shape[:-1], n_out))
+    if function(x.data_ptr(), *weights, out.data_ptr(), x.numel() // n_in, n_in, n_out, threads()) != 0:
+        raise MemoryError(f"{name}: no memory for its dequantisation buffers ({n_in} values a row)")
+    return out
 
 
 def threads() -> int:

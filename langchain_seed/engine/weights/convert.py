@@ -1,0 +1,53 @@
+"""A float model's weights quantised in place into GGML blocks: `weights="int8"` or `"int4"`.
+
+``int8`` keeps every linear and the token embedding as Q8_0 (int8 values in groups of 32,
+one fp16 scale a group); ``int4`` as Q4_1 (4-bit values in groups of 32, an fp16 scale and
+minimum a group), quantised by gguf-py's reference quantiser. The model then *is* the
+quantised model: its float32 weights are the blocks' dequantised values, and every decoding
+mode reproduces that model's own autoregressive output. A tied LM head shares its
+embedding's blocks. Weights whose input size is not a multiple of 32 stay float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from langchain_seed.engine.weights.formats import BLOCK_VALUES, quantize
+from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedLinear
+
+WEIGHT_FORMATS = {"int8": "q8_0", "int4": "q4_1"}
+"""The `weights=` choices for a float model, and the block format each keeps."""
+
+
+def quantize_model(model: torch.nn.Module, weights: str) -> int:
+    """Replace `model`'s linears and token embedding by block-quantised modules (`weights`:
+    "int8" or "int4"); returns how many modules were replaced."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)} to quantise a model; got {weights!r}")
+    fmt = WEIGHT_FORMATS[weights]
+    shared: dict[int, torch.Tensor] = {}
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        replacement = _quantized(module, fmt, shared, name)
+        if replacement is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, replacement)
+            replaced += 1
+    return replaced
+
+
+def _quantized(module: torch.nn.Module, fmt: str, shared: dict[int, torch.Tensor], name: str) -> torch.nn.Module | None:
+    """The quantised counterpart of a linear or embedding (None for anything else or a
+    weight whose rows are not whole blocks); `shared` maps a weight's storage to its blocks,
+    so tied weights stay tied."""
+    if type(module) not in (torch.nn.Linear, torch.nn.Embedding) or module.weight.dim() != 2:
+        return None
+    weight = module.weight
+    if weight.shape[1] % BLOCK_VALUES or weight.device.type != "cpu":
+        return None
+    key = weight.untyped_storage().data_ptr()
+    if key not in shared:
+        shared[key] = quantize(weight, fmt)
+    if isinstance(module, torch.nn.Embedding):
+        return QuantizedEmbedding(shared[key], fmt, module.embedding_dim, name=name)
+    return QuantizedLinear(shared[key], fmt, module.in_features, module.bias, name=name)
