@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the engine (torch) is imported when a seed method is built
 
 METHODS = ("hf_ar_serial", "hf_ar_batched", "hf_assisted_serial", "seed_sd_serial", "seed_rounds", "seed_batched")
 SEED_METHODS = ("seed_sd_serial", "seed_rounds", "seed_batched")
+HF_METHODS = ("hf_ar_serial", "hf_ar_batched", "hf_assisted_serial")
+"""The methods that run transformers' own code (on a float32 target)."""
 DRAFT_METHODS = ("hf_assisted_serial", *SEED_METHODS)
 PEER_METHODS = ("llamacpp_serial",)
 """Other engines on the target's own weights; skipped (`PeerUnavailable`) where they cannot run."""
@@ -58,6 +60,9 @@ class BenchModels:
         draft_confidence: the seed methods' adaptive draft length (`SpeculativeConfig`).
         seed_draft, seed_draft_name: the seed methods' own draft when it is one transformers
             cannot use as an assistant (a feature draft); None: the seed methods use `draft`.
+        seed_target, seed_weights: the seed methods' target when its weights are kept apart
+            from `target`'s (e.g. the GGUF's Q4_1 blocks, with `target` its dequantised float32
+            copy for the transformers methods), and how they are kept.
     """
 
     target: Any
@@ -71,10 +76,19 @@ class BenchModels:
     draft_confidence: float = 0.0
     seed_draft: Any = None
     seed_draft_name: str | None = None
+    seed_target: Any = None
+    seed_weights: str = "float32"
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
         return eos_ids_of(self.target, self.tokenizer)
+
+    @property
+    def engine_target(self) -> Any:
+        """The target the seed methods run: `seed_target` (e.g. kept in GGUF blocks) where
+        there is one, else `target`. Both hold the same weights (`target` is then its
+        dequantised float32 copy), so every method decodes the same model."""
+        return self.seed_target if self.seed_target is not None else self.target
 
     @property
     def engine_draft(self) -> Any:
@@ -162,7 +176,7 @@ class SeedMethod(Method):
         self.config = SpeculativeConfig(k_config=tuple(models.k_config), verify=verify,
                                         draft_confidence=models.draft_confidence)
         engine_class = engine_class or SeedEngine
-        self.engine = engine_class(models.target, models.engine_draft, models.tokenizer, config=self.config,
+        self.engine = engine_class(models.engine_target, models.engine_draft, models.tokenizer, config=self.config,
                                    draft_head_token_ids=models.draft_head_token_ids,
                                    linear_kernel=models.linear_kernel)
 

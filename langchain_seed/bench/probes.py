@@ -17,9 +17,10 @@ class ForwardCounter:
     runs its model's decoder once, through the LM wrapper or directly (a prefill that needs
     no logits)."""
 
-    def __init__(self, target, *drafts) -> None:
+    def __init__(self, targets, *drafts) -> None:
         self.target = self.draft = 0
-        self._handles = [target.get_decoder().register_forward_pre_hook(self._count_target)]
+        self._handles = [target.get_decoder().register_forward_pre_hook(self._count_target)
+                         for target in (targets if isinstance(targets, (list, tuple)) else [targets])]
         for draft in drafts:
             if draft is not None:
                 self._handles.append(draft.get_decoder().register_forward_pre_hook(self._count_draft))
@@ -104,7 +105,8 @@ def on_cuda(model) -> bool:
 @contextlib.contextmanager
 def watching(models) -> Iterator[tuple[ForwardCounter, RssSampler]]:
     """A forward counter on the target and the drafts, and an RSS sampler, closed after."""
-    counter = ForwardCounter(models.target, models.draft, models.seed_draft)
+    targets = [models.target] + ([models.seed_target] if models.seed_target is not None else [])
+    counter = ForwardCounter(targets, models.draft, models.seed_draft)
     sampler = RssSampler(cuda=on_cuda(models.target))
     try:
         yield counter, sampler

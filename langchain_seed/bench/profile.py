@@ -119,10 +119,10 @@ def profile_seed(workload: Workload, models: BenchModels, method_name: str = "se
     method.run_group(first.id_lists(), first.max_tokens)
     draft_prefill.seconds = draft_stage.seconds = 0.0
     draft_prefill.calls = draft_stage.calls = 0
-    target_timer = _ForwardTimer(models.target,
+    target_timer = _ForwardTimer(models.engine_target,
                                  lambda kw: "prefill" if kw.get("logits_to_keep") == 1 else "verify", sync)
     # Prefills that need no logits (own prompt text) call the decoder directly.
-    decoder_timer = _ForwardTimer(models.target.get_decoder(),
+    decoder_timer = _ForwardTimer(models.engine_target.get_decoder(),
                                   lambda kw: "inside" if target_timer.running else "prefill", sync)
     draft_timer = _ForwardTimer(models.engine_draft.get_decoder(),
                                 lambda kw: "stage" if draft_stage.active else "prefill", sync)

@@ -29,6 +29,7 @@ from langchain_seed.bench import paper, profile, protocol, report, workloads
 from langchain_seed.bench.methods import (
     BENCH_METHODS,
     DRAFT_METHODS,
+    HF_METHODS,
     SEED_METHODS,
     BenchModels,
     make_method,
@@ -47,6 +48,7 @@ from langchain_seed.engine.feature_draft import is_feature_draft_dir
 from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
 from langchain_seed.engine.models import load_draft, load_models, read_head_token_ids
 from langchain_seed.engine.options import OPTIONS
+from langchain_seed.engine.weights.convert import dequantized_copy, is_quantized_model
 from langchain_seed.pair.assemble import ensure_default_pair
 from langchain_seed.pair.paths import cache_dir, default_seed_draft_dir
 
@@ -141,7 +143,7 @@ def load_bench_models(args: argparse.Namespace):
     if "hf_assisted_serial" in args.methods and draft is not None and is_feature_draft_dir(draft):
         raise SystemExit(f"--draft {draft} is a feature draft, which transformers' assisted generation cannot "
                          "run: pass a token draft as --draft and the feature draft as --seed-draft")
-    loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype)
+    loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype, weights=args.weights)
     device = torch.device(args.device)
     loaded.target.to(device)
     if loaded.draft is not None:
@@ -149,11 +151,32 @@ def load_bench_models(args: argparse.Namespace):
     seed_model = None
     if needs_draft and seed_draft is not None and any(m in SEED_METHODS for m in args.methods):
         seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
+    hf_target, hf_draft, seed_target, seed_model = _float_baselines(args, loaded, draft, seed_model)
     head_ids = _head_ids(draft) if needs_draft else None
     tree = _seed_tree(args)
-    return BenchModels(loaded.target, loaded.draft, loaded.tokenizer, head_ids, tree["k_config"],
+    return BenchModels(hf_target, hf_draft, loaded.tokenizer, head_ids, tree["k_config"],
                        str(target), str(draft) if needs_draft else "-", args.linear_kernel,
-                       tree["draft_confidence"], seed_model, str(seed_draft) if seed_model is not None else None)
+                       tree["draft_confidence"], seed_model, str(seed_draft or draft) if seed_model is not None
+                       else None, seed_target, _weights_name(loaded.target))
+
+
+def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
+    """(target, draft) for the transformers methods and (target, draft) for the seed methods.
+
+    A target kept in blocks (a GGUF as shipped, or `--weights int8/int4`) runs the seed
+    methods; the transformers methods get its dequantised float32 copy (the same model in
+    torch's own code), built only when one of them is selected. Otherwise all share one."""
+    if not is_quantized_model(loaded.target) or not any(m in HF_METHODS for m in args.methods):
+        return loaded.target, loaded.draft, None, seed_model
+    dense = dequantized_copy(loaded.target)
+    dense_draft = load_draft(draft, dense, loaded.tokenizer) if loaded.draft is not None else None
+    return dense, dense_draft, loaded.target, seed_model if seed_model is not None else loaded.draft
+
+
+def _weights_name(model) -> str:
+    """How the seed methods' target keeps its weights: the block formats it uses, or its dtype."""
+    formats = sorted({m.fmt for m in model.modules() if hasattr(m, "fmt") and hasattr(m, "blocks")})
+    return "+".join(formats) if formats else str(next(model.parameters()).dtype).replace("torch.", "")
 
 
 def _seed_tree(args: argparse.Namespace) -> dict:
@@ -186,6 +209,8 @@ def model_pair_info(models) -> dict[str, Any]:
         "draft_confidence": models.draft_confidence,
         "seed_linear_kernel": effective_kernel(models.linear_kernel),
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
+        "seed_weights": models.seed_weights,
+        "hf_weights": "float32 (dequantised copy)" if models.seed_target is not None else models.seed_weights,
     }
 
 

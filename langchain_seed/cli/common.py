@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from langchain_seed.engine.models import WEIGHTS
 from langchain_seed.engine.options import (
     OPTIONS,
     Option,
@@ -64,6 +65,10 @@ def model_parent() -> argparse.ArgumentParser:
     group.add_argument("--target", default=None, help="target model dir or hub id (default: the default pair)")
     group.add_argument("--draft", default=None, help="draft model dir or hub id (default: the default pair's)")
     group.add_argument("--dtype", default="float32", choices=DTYPES)
+    group.add_argument("--weights", default="auto", choices=WEIGHTS,
+                       help="how the target's weights are kept: auto (a GGUF as shipped, in its Q4_1/Q8_0 "
+                            "blocks; other models in --dtype), float32 (dense), int8 / int4 (a float model "
+                            "quantised on load) (default auto)")
     return parser
 
 
@@ -93,7 +98,8 @@ def decoding_fields(args: argparse.Namespace, *, default_pair: bool) -> dict[str
 def load_llm(args: argparse.Namespace, **fields: Any) -> SeedLLM:
     """The `SeedLLM` of the model and decoding options: the default pair unless `--target` is given."""
     fields = {**decoding_fields(args, default_pair=args.target is None), **fields}
+    weights = getattr(args, "weights", "auto")
     if args.target is None:
-        return SeedLLM.from_default(**fields)
-    return SeedLLM.from_pretrained(args.target, args.draft, dtype=args.dtype,
+        return SeedLLM.from_default(weights=weights, **fields)
+    return SeedLLM.from_pretrained(args.target, args.draft, dtype=args.dtype, weights=weights,
                                    device_map=getattr(args, "device_map", None), **fields)

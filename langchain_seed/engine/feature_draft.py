@@ -103,9 +103,11 @@ class FeatureDraftModel(nn.Module):
     def copy_decoder(self, source) -> None:
         """Decoder layers and final norm from `source` (a decoder of the same architecture
         with at least as many layers: the target's, or a trained token draft's)."""
+        from langchain_seed.engine.weights.convert import dense_state_dict  # a target may keep blocks
+
         with torch.no_grad():
             for mine, theirs in zip(self.decoder.layers, source.layers):
-                mine.load_state_dict(theirs.state_dict())
+                mine.load_state_dict(dense_state_dict(theirs))
             self.decoder.norm.load_state_dict(source.norm.state_dict())
 
     def get_decoder(self):

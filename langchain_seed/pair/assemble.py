@@ -1,8 +1,11 @@
-"""Assembling the default draft: the shipped asset's layers on the target's embedding.
+"""The default draft in the cache: the shipped asset's layers, to run on the target's embedding.
 
-The result is a normal `LlamaForCausalLM` directory in the cache (usable as transformers'
-``assistant_model``) plus ``head_token_ids.json``, the ids of the draft's restricted LM
-head.
+The directory holds the asset's config, ``draft_layers.safetensors`` (every weight but the
+token embedding), ``head_token_ids.json`` (the ids of its restricted LM head), its model
+card, and the target's tokenizer files. It is a layers-only draft
+(`engine.models.is_layers_draft_dir`): `engine.models.load_draft(dir, target)` builds it on
+the target's own embedding module (blocks or float), so the draft adds only its 14 MB of
+layers to memory and nothing is copied from the target to disk.
 """
 
 from __future__ import annotations
@@ -10,13 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from langchain_seed.pair.fetch import (
     ensure_default_target,
@@ -34,51 +33,35 @@ from langchain_seed.pair.paths import (
     default_asset_dir,
 )
 
-
-def _target_embedding(target_dir: Path) -> Any:
-    for path in sorted(target_dir.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            for key in ("model.embed_tokens.weight", "lm_head.weight"):
-                if key in handle.keys():
-                    return handle.get_tensor(key).float()
-    raise ValueError(f"no embedding (model.embed_tokens.weight) in {target_dir}/*.safetensors")
+LAYOUT = "layers-only"
+"""The draft directory's layout (part of its stamp: directories of older layouts are rebuilt)."""
 
 
 def build_draft(asset_dir: Path, target_dir: Path, out_dir: Path) -> None:
-    """Assemble a full HF draft dir: asset config + layers, the target's embedding and tokenizer."""
+    """Write a layers-only draft dir: the asset's config, layers, head ids and card, and the
+    target's tokenizer files. Raises ValueError when the asset does not fit the target."""
     config = AutoConfig.from_pretrained(asset_dir)
     target_config = AutoConfig.from_pretrained(target_dir)
     for name in ("hidden_size", "vocab_size"):
         if getattr(config, name) != getattr(target_config, name):
             raise ValueError(f"draft asset {asset_dir} does not fit target {target_dir}: {name} "
                              f"{getattr(config, name)} vs {getattr(target_config, name)}")
-    draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = {k: v.float() for k, v in load_file(str(asset_dir / DRAFT_LAYERS_FILE)).items()}
-    state["model.embed_tokens.weight"] = _target_embedding(target_dir)
-    missing, unexpected = draft.load_state_dict(state, strict=False)
-    if [m for m in missing if m != "lm_head.weight"] or unexpected:
-        raise ValueError(f"draft asset weights do not match its config: missing {missing}, unexpected {unexpected}")
-    draft.tie_weights()
-    draft.save_pretrained(out_dir, safe_serialization=True)
+    for name in ("config.json", DRAFT_LAYERS_FILE, HEAD_IDS_FILE, "README.md"):
+        if (asset_dir / name).is_file():
+            shutil.copy2(asset_dir / name, out_dir / name)
     for name in TOKENIZER_FILES:
         if (target_dir / name).is_file():
             shutil.copy2(target_dir / name, out_dir / name)
-    for name in (HEAD_IDS_FILE, "README.md"):
-        if (asset_dir / name).is_file():
-            shutil.copy2(asset_dir / name, out_dir / name)
 
 
 def ensure_default_draft(target_dir: str | os.PathLike, progress: bool = True,
                          asset_dir: str | os.PathLike | None = None) -> Path:
-    """The draft model dir in the cache, built from the shipped asset + the target's embedding.
-
-    A normal `LlamaForCausalLM` dir (usable as transformers' ``assistant_model``) plus
-    ``head_token_ids.json``, the ids of the draft's restricted LM head.
-    """
+    """The draft's dir in the cache: the shipped asset (or `asset_dir`) as a layers-only
+    draft for `target_dir` (see the module notes; load it with `engine.models.load_draft`)."""
     target_dir, asset = Path(target_dir), Path(asset_dir) if asset_dir else default_asset_dir()
     if not (asset / DRAFT_LAYERS_FILE).is_file():
         raise FileNotFoundError(f"no draft asset at {asset} ({DRAFT_LAYERS_FILE} missing)")
-    stamp = {"asset_sha256": sha256_file(asset / DRAFT_LAYERS_FILE),
+    stamp = {"layout": LAYOUT, "asset_sha256": sha256_file(asset / DRAFT_LAYERS_FILE),
              "head_ids_sha256": sha256_file(asset / HEAD_IDS_FILE),
              "target_manifest_sha256": sha256_file(target_dir / MANIFEST)
              if (target_dir / MANIFEST).is_file() else str(target_dir.resolve())}

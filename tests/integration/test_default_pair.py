@@ -14,16 +14,43 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def default_pair():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The pair as the engine runs it: the target's GGUF blocks, the draft's layers on its embedding."""
+    from langchain_seed.engine.models import load_models
     from langchain_seed.pair.assemble import ensure_default_pair
 
     target_dir, draft_dir = ensure_default_pair(progress=False)
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True).eval()
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32, use_safetensors=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    loaded = load_models(target_dir, draft_dir)
     head_ids = json.loads((draft_dir / "head_token_ids.json").read_text())
-    return target, draft, tokenizer, head_ids
+    return loaded.target, loaded.draft, loaded.tokenizer, head_ids
+
+
+@pytest.fixture(scope="module")
+def float_target(default_pair):
+    """The target's dequantised float32 copy, computed by transformers' own code."""
+    from langchain_seed.engine.weights.convert import dequantized_copy
+
+    return dequantized_copy(default_pair[0])
+
+
+def test_the_cache_holds_the_gguf_and_the_draft_layers_not_a_float_copy(default_pair):
+    from langchain_seed.pair.assemble import ensure_default_pair
+
+    target_dir, draft_dir = ensure_default_pair(progress=False)
+    assert list(target_dir.glob("*.gguf")) and not list(target_dir.glob("*.safetensors"))
+    assert sum(p.stat().st_size for p in draft_dir.iterdir()) < 30e6, "the draft's layers, not an embedding copy"
+
+
+def test_blocks_hold_exactly_transformers_dequantised_weights(float_target):
+    from transformers import AutoModelForCausalLM
+
+    from langchain_seed.pair.assemble import ensure_default_pair
+
+    target_dir, _ = ensure_default_pair(progress=False)
+    gguf = next(target_dir.glob("*.gguf"))
+    reference = AutoModelForCausalLM.from_pretrained(target_dir, gguf_file=gguf.name, dtype=torch.float32)
+    expected = reference.state_dict()
+    for name, value in float_target.state_dict().items():
+        assert torch.equal(value, expected[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +71,9 @@ def target_greedy(target, prompt, max_tokens):
     return out[0, len(prompt):].tolist()
 
 
-def test_every_mode_is_the_targets_greedy_output(default_pair, heldout_prompts):
+def test_every_mode_is_the_targets_greedy_output(default_pair, float_target, heldout_prompts):
     target, draft, tokenizer, head_ids = default_pair
-    expected = [target_greedy(target, p, 40) for p in heldout_prompts]
+    expected = [target_greedy(float_target, p, 40) for p in heldout_prompts]
     engine = SeedEngine(target, draft, tokenizer, SpeculativeConfig(k_config=(1, 1, 1, 1)), draft_head_token_ids=head_ids)
     for mode, verify in (("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")):
         config = SpeculativeConfig(k_config=(1, 1, 1, 1), verify=verify)
@@ -60,13 +87,13 @@ def test_every_mode_is_the_targets_greedy_output(default_pair, heldout_prompts):
     assert [r.token_ids for r in tree] == expected
 
 
-def test_feature_draft_gives_the_targets_greedy_output(default_pair, heldout_prompts):
+def test_feature_draft_gives_the_targets_greedy_output(default_pair, float_target, heldout_prompts):
     from langchain_seed.engine.models import load_draft
     from langchain_seed.pair.paths import default_feature_draft_dir
 
     target, _, tokenizer, _ = default_pair
     draft = load_draft(default_feature_draft_dir(), target)
-    expected = [target_greedy(target, p, 40) for p in heldout_prompts]
+    expected = [target_greedy(float_target, p, 40) for p in heldout_prompts]
     engine = SeedEngine(target, draft, tokenizer)
     for mode, verify in (("speculative", "rounds"), ("scheduled", "rounds"), ("scheduled", "batched")):
         config = SpeculativeConfig(k_config=(1, 1, 1, 1), verify=verify, draft_confidence=0.4)

