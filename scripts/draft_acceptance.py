@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from langchain_seed.engine import SpeculativeConfig
 from langchain_seed.engine.drafters import NGramIndex
+from langchain_seed.engine.models import load_draft, load_model
 from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
 from langchain_seed.training.measure import teacher_forced_acceptance
 from langchain_seed.training.targets import load_examples
@@ -79,8 +79,8 @@ def main(path: str, asset_dir: str | None = None) -> None:
     target_dir, draft_dir = ensure_default_pair(progress=False)
     if asset_dir is not None:
         draft_dir = ensure_default_draft(target_dir, progress=False, asset_dir=asset_dir)
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    target = load_model(target_dir, weights="float32")  # the GGUF's dequantised weights
+    draft = load_draft(draft_dir, target)
     head_ids = torch.tensor(json.loads((Path(draft_dir) / "head_token_ids.json").read_text()))
     examples = load_examples(Path(path))
     below = SpeculativeConfig().prompt_lookup_below

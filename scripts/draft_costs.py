@@ -11,9 +11,8 @@ import argparse
 import json
 
 import torch
-from transformers import AutoModelForCausalLM
 
-from langchain_seed.engine.models import load_draft, read_head_token_ids
+from langchain_seed.engine.models import load_draft, load_model, read_head_token_ids
 from langchain_seed.pair.assemble import ensure_default_pair
 from langchain_seed.pair.paths import default_feature_draft_dir
 from langchain_seed.training.feature import feature_token_ms
@@ -26,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     target_dir, token_dir = ensure_default_pair(progress=False)
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
-    token = AutoModelForCausalLM.from_pretrained(token_dir, dtype=torch.float32).eval()
+    target = load_model(target_dir, weights="float32")  # the GGUF's dequantised weights
+    token = load_draft(token_dir, target)
     head_ids = torch.tensor(read_head_token_ids(token_dir))
     feature = load_draft(default_feature_draft_dir(), target)
     for _ in range(args.runs):

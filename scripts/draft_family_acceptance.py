@@ -24,9 +24,8 @@ import subprocess
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from langchain_seed.engine.models import read_head_token_ids
+from langchain_seed.engine.models import load_draft, load_model, load_tokenizer, read_head_token_ids
 from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
 from langchain_seed.training import acceptance, mix
 from langchain_seed.training.data import load_jsonl
@@ -52,9 +51,9 @@ def main() -> None:
     target_dir, draft_dir = ensure_default_pair(progress=False)
     if args.draft:
         draft_dir = ensure_default_draft(target_dir, progress=False, asset_dir=args.draft)
-    tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(target_dir)
+    target = load_model(target_dir, weights="float32")  # the GGUF's dequantised weights
+    draft = load_draft(draft_dir, target)
     head_ids = read_head_token_ids(draft_dir)
     records = load_jsonl(Path(args.data))
     prompts = mix.build_mix(records, "heldout", args.per_family)

@@ -153,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     if not native.available():
         raise SystemExit(f"the native kernel is unavailable here: {native.unavailable_reason()}")
-    model = load_model(ensure_default_target(progress=False)).eval()
+    model = load_model(ensure_default_target(progress=False), weights="float32").eval()
     routing.install(model)  # for this script's whole process
     print(f"torch threads: {torch.get_num_threads()}")
     linears_table(model, [int(r) for r in args.rows.split(",")], args.reps)

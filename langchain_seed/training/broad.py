@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from langchain_seed.engine.models import context_window, resolve_model_source
+from langchain_seed.engine.models import context_window, load_model, load_tokenizer, resolve_model_source
 from langchain_seed.training import acceptance, mix
 from langchain_seed.training.card import write_family_card
 from langchain_seed.training.data import load_jsonl
@@ -214,8 +213,8 @@ def distill_broad(args: argparse.Namespace) -> dict:
     device = training_device(args.device, "token")
     work = work_dir(args)
     target_dir = target_dir_of(args)
-    tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    target: Any = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True)
+    tokenizer = load_tokenizer(target_dir)
+    target: Any = load_model(target_dir, weights="float32")  # a GGUF target (the default) dequantised
     target = target.to(device).eval()
     cache = GenerationCache(work / "generations.jsonl")
     started = time.perf_counter()

@@ -251,7 +251,7 @@ class FeatureDraft:
     def initial_draft(self, device: Any) -> FeatureDraftModel:
         draft = FeatureDraftModel.from_target(self.target, self.args.layers, self.head_list)
         if self.args.init_draft:
-            draft.copy_decoder(load_init_draft(self.args.init_draft).get_decoder())
+            draft.copy_decoder(load_init_draft(self.args.init_draft, self.target).get_decoder())
         self.head_index = head_index(draft.head_token_ids, draft.vocab_size)
         return draft.to(device)
 

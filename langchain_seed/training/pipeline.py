@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from langchain_seed.engine.models import resolve_model_source
+from langchain_seed.engine.models import load_model, load_tokenizer, resolve_model_source
 from langchain_seed.training.card import write_model_card
 from langchain_seed.training.data import (
     PromptSpec,
@@ -55,8 +54,8 @@ def distill(args: argparse.Namespace) -> dict:
     if not train_indices:
         raise SystemExit(f"{args.data} has {len(records)} questions, all held out (--heldout "
                          f"{args.heldout}): pass the full GSM8K test jsonl with --data")
-    tokenizer = AutoTokenizer.from_pretrained(args.target)
-    target: Any = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, use_safetensors=True)
+    tokenizer = load_tokenizer(args.target)
+    target: Any = load_model(args.target, weights="float32")  # a GGUF target (the default) dequantised
     target = target.to(device).eval()  # transformers types `.to` as taking a model
     # 1. prompts
     train_specs = training_prompts(records, train_indices, tokenizer, args)

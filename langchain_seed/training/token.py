@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from langchain_seed.engine.feature_draft import cut_config
+from langchain_seed.engine.models import is_layers_draft_dir, load_layers_draft
 from langchain_seed.training.fit import to_device
 from langchain_seed.training.measure import (
     AcceptanceTally,
@@ -46,9 +47,18 @@ def init_draft(target: Any, layers: int) -> Any:
     return draft.float()
 
 
-def load_init_draft(path: str | Path) -> Any:
-    """A trained (assembled) token draft to start from, float32, in train mode."""
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+def load_init_draft(path: str | Path, target: Any) -> Any:
+    """A trained token draft to start from, float32: a full model dir, or a layers-only one
+    (the default pair's) built on a copy of `target`'s embedding (training never touches
+    the target's own)."""
+    if not is_layers_draft_dir(path):
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    draft = load_layers_draft(path, target)
+    embedding = torch.nn.Embedding.from_pretrained(target.get_input_embeddings().weight.detach().float().clone(),
+                                                   freeze=False)
+    draft.set_input_embeddings(embedding)
+    draft.get_output_embeddings().weight = embedding.weight
+    return draft.float()
 
 
 def trainable_state(draft: Any) -> dict:
@@ -177,7 +187,10 @@ class TokenDraft:
 
     def initial_draft(self, device: Any) -> Any:
         args = self.args
-        draft = load_init_draft(args.init_draft) if args.init_draft else init_draft(self.target, args.layers)
+        if args.init_draft:
+            draft = load_init_draft(args.init_draft, self.target)
+        else:
+            draft = init_draft(self.target, args.layers)
         draft = draft.to(device)
         self.head_weight = draft.get_input_embeddings().weight[self.head_ids.to(device)].detach()
         return draft

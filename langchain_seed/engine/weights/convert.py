@@ -40,16 +40,17 @@ def _quantized(module: torch.nn.Module, fmt: str, shared: dict[int, torch.Tensor
     """The quantised counterpart of a linear or embedding (None for anything else or a
     weight whose rows are not whole blocks); `shared` maps a weight's storage to its blocks,
     so tied weights stay tied."""
-    if type(module) not in (torch.nn.Linear, torch.nn.Embedding) or module.weight.dim() != 2:
+    if not (type(module) is torch.nn.Linear or type(module) is torch.nn.Embedding):
         return None
     weight = module.weight
-    if weight.shape[1] % BLOCK_VALUES or weight.device.type != "cpu":
+    if weight.dim() != 2 or weight.shape[1] % BLOCK_VALUES or weight.device.type != "cpu":
         return None
     key = weight.untyped_storage().data_ptr()
     if key not in shared:
         shared[key] = quantize(weight, fmt)
     if isinstance(module, torch.nn.Embedding):
         return QuantizedEmbedding(shared[key], fmt, module.embedding_dim, name=name)
+    assert isinstance(module, torch.nn.Linear)  # narrowed above; for the type checker
     return QuantizedLinear(shared[key], fmt, module.in_features, module.bias, name=name)
 
 

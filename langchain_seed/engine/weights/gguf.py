@@ -27,11 +27,15 @@ from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedL
 
 BLOCK_TYPES = {layout.ggml_type: name for name, layout in FORMATS.items()}
 """GGUF tensor types kept in blocks, and the engine's name for each."""
-DENSE_TYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
+DENSE_TYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "BF16": None}
 """GGUF tensor types loaded as float32 parameters (BF16 is read as its raw 16 bits)."""
 ROW_PERMUTED_ARCHITECTURES = ("llama", "mistral")
 """Architectures whose GGUF stores the query and key rows interleaved for its rotary code
 (transformers' `LlamaTensorProcessor` puts them back)."""
+
+
+class UnsupportedTensorType(ValueError):
+    """A GGUF tensor of a type the engine does not compute with (its message names it)."""
 
 
 def load_gguf_model(path: str | Path, config: Any = None) -> torch.nn.Module:
@@ -95,7 +99,7 @@ def _place(model: torch.nn.Module, config: Any, names: dict[str, str], tensor: T
                              f"{expected}")
         setattr(module, attribute, torch.nn.Parameter(values, requires_grad=False))
     else:
-        raise ValueError(
+        raise UnsupportedTensorType(
             f"{file}: tensor {tensor.name} has type {kind}, which the engine does not compute with (it keeps "
             f"{', '.join(BLOCK_TYPES)} in blocks and reads {', '.join(DENSE_TYPES)}); load the model with "
             "weights='float32' to dequantise it instead")
@@ -137,7 +141,7 @@ def _dense(path: Path, tensor: TensorInfo) -> torch.Tensor:
     if tensor.type_name == "BF16":
         values = (torch.from_numpy(data.view(np.int16)).to(torch.int32) << 16).view(torch.float32)
     else:
-        values = torch.from_numpy(data.view(DENSE_TYPES[tensor.type_name]).astype(np.float32))
+        values = torch.from_numpy(data.view(np.dtype(DENSE_TYPES[tensor.type_name])).astype(np.float32))
     return values.reshape([int(d) for d in reversed(tensor.dims)])
 
 
@@ -162,7 +166,7 @@ def _permute_rows(rows: torch.Tensor, heads: int | None) -> torch.Tensor:
     return rows.reshape(heads, half, 2, *rows.shape[1:]).transpose(1, 2).reshape(rows.shape).contiguous()
 
 
-def _tie_output(model: torch.nn.Module, config: Any) -> None:
+def _tie_output(model: Any, config: Any) -> None:
     """A tied (or absent) LM head reads the embedding's table."""
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is None or not _is_empty(head):

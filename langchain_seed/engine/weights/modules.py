@@ -25,6 +25,9 @@ class QuantizedLinear(torch.nn.Module):
     another module, e.g. a tied embedding); bias: `[out_features]` float32 or None.
     """
 
+    blocks: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, blocks: torch.Tensor, fmt: str, in_features: int, bias: torch.Tensor | None = None,
                  name: str = "weight") -> None:
         super().__init__()
@@ -60,6 +63,8 @@ class QuantizedEmbedding(torch.nn.Module):
     """`nn.Embedding(num_embeddings, embedding_dim)` whose table is kept as `fmt` blocks
     `[num_embeddings, embedding_dim / 32 * block bytes]` uint8; a lookup dequantises only the
     rows it returns."""
+
+    blocks: torch.Tensor
 
     def __init__(self, blocks: torch.Tensor, fmt: str, embedding_dim: int, name: str = "embedding") -> None:
         super().__init__()

@@ -126,6 +126,10 @@ def test_an_unsupported_tensor_type_is_refused_naming_the_tensor_and_type(tmp_pa
     write_tiny_gguf(path, layer_type="Q5_0")
     with pytest.raises(ValueError, match=r"tensor blk\.0\.attn_q\.weight has type Q5_0.*weights='float32'"):
         load_gguf_model(path)
+    with pytest.raises(ValueError, match="Q5_0"):
+        load_model(path)
+    dense = load_model(path, weights="float32")  # transformers dequantises what the engine does not read
+    assert type(dense.model.layers[0].self_attn.q_proj) is torch.nn.Linear
 
 
 def test_a_truncated_file_is_refused_naming_the_tensor(tiny_gguf, tmp_path):
