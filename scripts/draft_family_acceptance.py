@@ -10,9 +10,11 @@ creative requests; GSM8K questions 0..99 and held-out topics and puzzles only) i
 greedily and sampled at temperature 0.7 and 1.0 (speculative sampling, the engine's rule);
 acceptance is the engine's accepted / drafted. The self-instruct family: the target's greedy
 answers to held-out requests for questions are parsed into prompts, decoded in turn (the
-requests themselves count in that family too). Also: the share of the target's greedy
-tokens outside the draft's restricted head, and the draft's per-token cost against the
-target's (`training.token.token_costs`). ASSET_DIR: a draft as `langchain-seed distill --out`
+requests themselves count in that family too). The target is the default pair's GGUF,
+dequantised to float32 for the acceptance runs (the engine's quantised kernels give the same
+tokens). Also: the share of the target's greedy tokens outside the draft's restricted head,
+and the draft's per-token cost against the target's (`training.token.token_costs`), the
+float32 target and the quantised one the engine runs by default. ASSET_DIR: a draft as `langchain-seed distill --out`
 writes it; by default the shipped one.
 """
 
@@ -67,6 +69,8 @@ def main() -> None:
     if derived:
         acceptance.measure(target, draft, tokenizer, head_ids, derived, args.max_tokens, tally=tally)
     draft_ms, target_ms = token_costs(draft, target, torch.tensor(head_ids))
+    quantised = load_model(target_dir)  # the target as the engine runs it by default (its GGUF's blocks)
+    draft_q_ms, target_q_ms = token_costs(draft, quantised, torch.tensor(head_ids))
     table = tally.table()
     report = {
         "command": "python scripts/draft_family_acceptance.py " + " ".join(
@@ -77,6 +81,8 @@ def main() -> None:
         "max_tokens": args.max_tokens, "prompts": mix.family_counts([*prompts, *requests, *derived]),
         **table, "draft_ms": round(draft_ms, 2), "target_ms": round(target_ms, 2),
         "cost_ratio": round(draft_ms / target_ms, 3),
+        "draft_ms_vs_quantised": round(draft_q_ms, 2), "quantised_target_ms": round(target_q_ms, 2),
+        "cost_ratio_vs_quantised": round(draft_q_ms / target_q_ms, 3),
     }
     print(json.dumps(report, indent=1))
     print(acceptance.format_table(table))
