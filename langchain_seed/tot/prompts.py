@@ -14,7 +14,9 @@ step on its own line as ``Step i: ...``, empty at the root); ``propose`` and ``s
 add ``{k}``, ``sample`` adds ``{index}``, ``vote`` replaces ``{steps}`` with
 ``{choices}`` and ``{n}`` (the number of choices); game24 adds ``{left}`` (the
 numbers still to combine); blocksworld adds ``{state}`` (the arrangement the plan so far
-leads to, or why it is illegal) and ``{goal}``.
+leads to, or why it is illegal), ``{moves}`` (the legal moves there, one per line; the
+``sample`` prompt of option ``i`` lists them rotated by ``i - 1``, so that greedy
+options differ) and ``{goal}``.
 
 The GSM8K shapes are fixed: a draft model is distilled on them. Templates are built
 fresh by :func:`default_prompts`, so a caller can never mutate a shared one.
@@ -135,23 +137,17 @@ _BLOCKS_RULES = (
     "stack the held block on a clear block, unstack a clear block from the block under it. "
     "A block is clear when nothing is on it and it is not in the hand.\n"
 )
-_BLOCKS_STATE = "{question}\nPlan so far:\n{steps}Now: {state}.\n"
+_BLOCKS_STATE = "{question}\nPlan so far:\n{steps}Now: {state}.\nLegal moves now:\n{moves}"
 
 _BLOCKSWORLD = {
-    "propose": (
-        _BLOCKS_RULES + _BLOCKS_STATE + "List {k} different moves that could come next, "
-        "one per line, written like: unstack the red block from the blue block\n"
-    ),
-    "sample": _BLOCKS_RULES + _BLOCKS_STATE + "Next move (option {index} of {k}): ",
+    "propose": _BLOCKS_RULES + _BLOCKS_STATE + "List {k} good next moves, one per line:\n-",
+    "sample": _BLOCKS_RULES + _BLOCKS_STATE + "Next move (option {index} of {k}):\n-",
     "value": (
-        _BLOCKS_RULES + _BLOCKS_STATE + "Compare now with the goal ({goal}). How close is "
-        "the plan to reaching it? Score 0 (illegal or stuck) to 10 (goal reached).\nScore: "
+        _BLOCKS_RULES + _BLOCKS_STATE + "Goal: {goal}.\nOn a scale from 0 (illegal or "
+        "stuck) to 10 (goal reached), the plan so far scores"
     ),
     "vote": _BLOCKS_RULES + "{question}\n{choices}" + _VOTE_TAIL,
-    "answer": (
-        _BLOCKS_RULES + _BLOCKS_STATE + "Write the remaining moves that reach the goal, "
-        "one per line.\n"
-    ),
+    "answer": _BLOCKS_RULES + _BLOCKS_STATE + "Remaining moves to reach the goal, one per line:\n-",
 }
 
 _TEMPLATES: Mapping[str, Mapping[str, str]] = {

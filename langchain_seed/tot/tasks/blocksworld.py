@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from langchain_seed.tot.prompts import fill
 from langchain_seed.tot.tasks.base import Task
 from langchain_seed.tot.tasks.parsing import clean_line, dedupe
 
@@ -331,26 +332,41 @@ class BlocksworldTask(Task):
 
     A state is a partial plan, a thought one action (written canonically, e.g. ``unstack
     the red block from the blue block``); prompts see the simulated current state as
-    ``{state}`` (or the error of an illegal step) and the goal as ``{goal}``. The answer is
-    the plan so far followed by the actions of the answer reply, one per line;
-    :meth:`check` runs it.
+    ``{state}`` (or the error of an illegal step), the legal moves there as ``{moves}``
+    (``- move`` lines) and the goal as ``{goal}``. Listing the legal moves lets even a
+    small model answer with one. The answer is the plan so far followed by the actions
+    of the answer reply, one per line; :meth:`check` runs it.
     """
 
     name = "blocksworld"
     default_depth = 4
-    extra_variables = frozenset({"state", "goal"})
+    extra_variables = frozenset({"state", "moves", "goal"})
     stops = {**Task.stops, "propose": ("\n\n",), "answer": ("\n\n",)}
 
     def variables(self, question: str, steps: Sequence[str]) -> dict[str, object]:
-        """Adds ``{state}`` (after the steps) and ``{goal}``."""
+        """Adds ``{state}`` (after the steps), ``{moves}`` and ``{goal}``."""
+        return {**super().variables(question, steps), **self._situation(question, steps, 0)}
+
+    def sample_prompt(self, question: str, steps: Sequence[str], index: int, k: int) -> str:
+        """The sample prompt of option ``index``, its legal moves rotated by ``index - 1``."""
+        situation = self._situation(question, steps, index - 1)
+        variables = {**super().variables(question, steps), **situation, "index": index, "k": k}
+        return fill(self.prompts["sample"], variables)
+
+    def _situation(self, question: str, steps: Sequence[str], rotation: int) -> dict[str, str]:
+        """``state``, ``moves`` (rotated by ``rotation``) and ``goal`` after ``steps``."""
         problem = parse_problem(question)
         plan = [parse_action(step) for step in steps]
         if any(action is None for action in plan):
-            state = "unknown: a step of the plan is not an action"
-        else:
-            checked = simulate(problem, [a for a in plan if a is not None])
-            state = f"illegal plan, {checked.error}" if checked.error else checked.state.describe()
-        return {**super().variables(question, steps), "state": state, "goal": problem.describe_goal()}
+            return {"state": "unknown: a step of the plan is not an action", "moves": "- none\n",
+                    "goal": problem.describe_goal()}
+        checked = simulate(problem, [action for action in plan if action is not None])
+        if checked.error:
+            return {"state": f"illegal plan, {checked.error}", "moves": "- none\n", "goal": problem.describe_goal()}
+        moves = [str(action) for action in legal_actions(checked.state)]
+        shift = rotation % len(moves)
+        listed = "".join(f"- {move}\n" for move in [*moves[shift:], *moves[:shift]])
+        return {"state": checked.state.describe(), "moves": listed, "goal": problem.describe_goal()}
 
     def parse_thoughts(self, text: str, k: int) -> list[str]:
         """The actions named on the reply's lines, canonically written, at most ``k``."""

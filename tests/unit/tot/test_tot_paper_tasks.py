@@ -126,16 +126,25 @@ def test_check_accepts_an_optimal_plan_and_rejects_wrong_ones():
     assert task.check(question, "\n".join([*plan, "and then we are done"])) is False  # not an action
 
 
-def test_prompts_show_the_simulated_state_and_the_goal():
+def test_prompts_show_the_simulated_state_the_legal_moves_and_the_goal():
     task = get_task("blocksworld")
     problem = generate_problem(4, seed=1)
     first = str(optimal_plan(problem)[0])
     prompt = task.propose_prompt(problem.question(), [first], 3)
     state = apply_action(problem.initial, parse_action(first))
-    assert f"Step 1: {first}\nNow: {state.describe()}.\n" in prompt and "List 3 different moves" in prompt
+    moves = "".join(f"- {move}\n" for move in legal_actions(state))
+    assert f"Step 1: {first}\nNow: {state.describe()}.\nLegal moves now:\n{moves}List 3 good" in prompt
     illegal = task.value_prompt(problem.question(), ["put down the red block"])
     assert "precondition 'the hand is holding the red block' does not hold" in illegal
-    assert problem.describe_goal() in illegal
+    assert f"Goal: {problem.describe_goal()}." in illegal and "Legal moves now:\n- none\n" in illegal
+
+
+def test_sample_options_list_the_legal_moves_rotated():
+    task = get_task("blocksworld")
+    problem = generate_problem(4, seed=2)  # four blocks on the table: four legal moves
+    moves = [str(move) for move in legal_actions(problem.initial)]
+    listed = [re.findall(r"^- (.*)$", task.sample_prompt(problem.question(), [], i, 3), re.M) for i in (1, 2, 3)]
+    assert listed == [moves, [*moves[1:], moves[0]], [*moves[2:], *moves[:2]]]
 
 
 def test_thoughts_are_canonical_actions():
@@ -154,9 +163,9 @@ def blocksworld_reply(prompt: str, sample: int = 0) -> str:
     steps = [parse_action(step) for step in re.findall(r"^Step \d+: (.*)$", prompt, re.M)]
     optimal = optimal_plan(problem)
     on_path = steps == optimal[:len(steps)]
-    if prompt.endswith("Score: "):
+    if prompt.endswith("the plan so far scores"):
         return " 10" if on_path else " 2"
-    if "remaining moves" in prompt:
+    if "Remaining moves" in prompt:
         return "\n".join(str(action) for action in optimal[len(steps):]) + "\n\nThat is all."
     state = simulate(problem, steps).state
     index = int(re.search(r"option (\d+) of", prompt).group(1))
