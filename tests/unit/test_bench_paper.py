@@ -53,7 +53,7 @@ def test_tot_step_evaluates_by_the_tasks_evaluator(models):
         template = get_task(task)
         assert list(thoughts.prompts) == [template.sample_prompt(questions[0], [], i, 3) for i in (1, 2, 3)]
         assert len(evaluations.prompts) == 3 and workload.settings["template"].endswith(evaluator)
-        ending = "Best choice: " if evaluator == "vote" else "Score: "
+        ending = "Best choice: " if evaluator == "vote" else "the plan so far scores"
         assert all(prompt.endswith(ending) for prompt in evaluations.prompts)
     votes = workloads.evaluation_prompts("writing", "1. A.\n2. B.\n3. C.\n4. D.", ["x", "y", "z"])
     assert [vote.index("Step 1: x") < vote.index("Step 1: y") for vote in votes] == [True, False, True]
