@@ -1,14 +1,15 @@
 """The benchmark harness behind `langchain-seed bench` (DESIGN.md section 5).
 
-- `workloads`: GSM8K prompt groups as Tree-of-Thoughts sends them (tot-step, single,
-  tot-full);
+- `workloads`: the datasets' (GSM8K, Creative Writing, Blocksworld) prompt groups as
+  Tree-of-Thoughts sends them (tot-step, single, tot-full);
 - `methods`: the decoding methods compared (transformers serial / batched / assisted,
   and the SeeD engine's speculative, rounds and batched modes); `peers`: llama.cpp on the
   target's own GGUF (optional, the ``peers`` extra);
 - `protocol`: interleaved, repeated, timed runs, compared token for token with the
   target's greedy output; `probes`: forward counts and peak memory; `records`: what a
   run records; `profile`: where a seed method's time goes per round;
-- `report`: rows, table, JSON and plot. The subcommand is `langchain_seed.cli.bench`.
+- `report`: rows, table, JSON and plot; `paper`: the SeeD paper's comparison on whole
+  trees of its three datasets (`bench --paper`). The subcommand is `langchain_seed.cli.bench`.
 
 Names are imported lazily; torch and transformers only when a benchmark runs.
 """
