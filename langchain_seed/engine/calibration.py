@@ -21,8 +21,9 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,21 +92,26 @@ def cpu_vector_extensions() -> list[str]:
 
 
 def row_limits(model: torch.nn.Module, cache: Path | None = None) -> RowLimits:
-    """The routes' row limits for `model`'s float32 CPU linears on this CPU: pinned by
-    `ENV_NATIVE_MAX_ROWS`, read from the cache, or measured (and cached unless other
-    processes held the CPU meanwhile)."""
-    weights = _linear_weights(model)
+    """The routes' row limits for `model`'s float32 CPU linears (and its linears kept in
+    blocks, `engine.weights`) on this CPU: pinned by `ENV_NATIVE_MAX_ROWS`, read from the
+    cache, or measured (and cached unless other processes held the CPU meanwhile)."""
+    weights, quantized = _linear_weights(model), _quantized_linears(model)
     if os.environ.get(ENV_NATIVE_MAX_ROWS):
         return RowLimits(native_max_rows=int(os.environ[ENV_NATIVE_MAX_ROWS]))
-    if sum(w.numel() for w in weights) < MIN_MEASURED_WEIGHTS or not native.available():
+    dense_enough = bool(weights) and sum(w.numel() for w in weights) >= MIN_MEASURED_WEIGHTS
+    quantized_size = sum(q.in_features * q.out_features for q in quantized)
+    quantized_enough = bool(quantized) and quantized_size >= MIN_MEASURED_WEIGHTS
+    if not (dense_enough or quantized_enough) or not native.available():
         return RowLimits()
     cache = cache or native.build_dir() / "row-limits.json"
-    key = _cache_key(weights)
+    key = _cache_key(weights, quantized)
     known = _read_cache(cache)
     if key in known:
         return RowLimits(**known[key])
     started, waited = time.monotonic(), process_wait_seconds()
-    limits = measure(weights)
+    limits = measure(weights) if dense_enough else RowLimits()
+    if quantized_enough:
+        limits = replace(limits, quantized_max_rows=measure_quantized(quantized))
     seconds = time.monotonic() - started
     if waited is not None and (process_wait_seconds() or 0.0) - waited > CONTENDED_ABOVE * seconds:
         logger.info("row limits not measured: other processes held the CPU (%.1f s); the defaults apply", seconds)
@@ -136,6 +142,36 @@ def measure(weights: Sequence[torch.Tensor], grid: Sequence[int] = ROW_GRID) -> 
     onednn_heads = not head or sum(head_times[r]["onednn"] for r in above) <= sum(head_times[r]["mkl"] for r in above)
     onednn_rows = _winning_prefix(grid, layer_times, "onednn", among=("onednn", "mkl")) if "onednn" in routes else 0
     return RowLimits(native_max_rows=native_rows, onednn_max_rows=onednn_rows, onednn_heads=onednn_heads)
+
+
+def measure_quantized(linears: Sequence[Any], grid: Sequence[int] = ROW_GRID) -> int:
+    """Up to how many rows the quantised kernel beats dequantising for MKL, over every one of
+    `linears` (`QuantizedLinear`s) in turn; the largest grid point up to which it keeps winning."""
+    routes: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
+        "native": lambda x, q: native.quantized_linear(x, q.blocks, q.fmt),
+        "mkl": lambda x, q: F.linear(x, native.dequantize(q.blocks, q.fmt, q.in_features)),
+    }
+    _quantized_times(linears, 1, routes)  # warm-up
+    times: dict[int, dict[str, float]] = {}
+    for rows in grid:
+        times[rows] = _quantized_times(linears, rows, routes)
+        if times[rows]["native"] > NATIVE_MARGIN * times[rows]["mkl"]:
+            break
+    return _winning_prefix([r for r in grid if r in times], times, "native")
+
+
+def _quantized_times(linears: Sequence[Any], rows: int, routes: dict[str, Callable]) -> dict[str, float]:
+    inputs = {n: torch.randn(rows, n) for n in {int(q.in_features) for q in linears}}
+    with torch.inference_mode():
+        return {name: min(_time_quantized(route, inputs, linears) for _ in range(REPEATS))
+                for name, route in routes.items()}
+
+
+def _time_quantized(route: Callable, inputs: dict[int, torch.Tensor], linears: Sequence[Any]) -> float:
+    started = time.perf_counter()
+    for linear in linears:
+        route(inputs[int(linear.in_features)], linear)
+    return time.perf_counter() - started
 
 
 def _lost(layer: dict[str, float], head: dict[str, float], routes: dict) -> bool:
@@ -189,8 +225,16 @@ def _linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
             and m.weight.dtype is torch.float32 and m.weight.dim() == 2 and m.weight.is_contiguous()]
 
 
-def _cache_key(weights: Sequence[torch.Tensor]) -> str:
+def _quantized_linears(model: torch.nn.Module) -> list[Any]:
+    """The model's `weights.QuantizedLinear`s (known by their attributes: `engine.weights`
+    builds on the kernels, which build on this module)."""
+    return [m for m in model.modules() if type(m).__name__ == "QuantizedLinear"
+            and getattr(m, "fmt", None) in native.QUANTIZED_FORMATS and m.blocks.is_cpu]
+
+
+def _cache_key(weights: Sequence[torch.Tensor], quantized: Sequence[Any] = ()) -> str:
     shapes = sorted(Counter(tuple(w.shape) for w in weights).items())
+    shapes += sorted(Counter((q.fmt, q.out_features, q.in_features) for q in quantized).items())
     described = repr((cpu_model_name(), cpu_vector_extensions(), torch.__version__, torch.get_num_threads(),
                       native.library_key(), ROW_GRID, shapes))
     return hashlib.sha256(described.encode()).hexdigest()[:16]

@@ -86,3 +86,31 @@ def test_without_a_oneDNN_win_the_matmul_above_the_native_limit_is_torchs(monkey
             kernels.linear(torch.randn(rows, 16), torch.randn(48, 16))
         kernels.linear(torch.randn(20, 16), torch.randn(kernels.HEAD_SIZED_OUT_FEATURES, 16))
     assert routes == []
+
+
+def _quantized_model():
+    from langchain_seed.engine.weights import formats
+    from langchain_seed.engine.weights.modules import QuantizedLinear
+
+    return torch.nn.Sequential(QuantizedLinear(formats.quantize(torch.randn(64, 32), "q4_1"), "q4_1", 32),
+                               QuantizedLinear(formats.quantize(torch.randn(32, 64), "q4_1"), "q4_1", 64))
+
+
+@needs_kernel
+def test_a_model_in_blocks_measures_the_quantised_kernels_limit_and_caches_it(monkeypatch, tmp_path):
+    monkeypatch.delenv(calibration.ENV_NATIVE_MAX_ROWS, raising=False)
+    monkeypatch.setattr(calibration, "MIN_MEASURED_WEIGHTS", 0)
+    monkeypatch.setattr(calibration, "process_wait_seconds", lambda: 0.0)
+    monkeypatch.setattr(calibration, "measure", lambda weights: pytest.fail("no float32 linears to measure"))
+    measured = []
+    monkeypatch.setattr(calibration, "measure_quantized", lambda linears: measured.append(len(linears)) or 48)
+    cache = tmp_path / "limits.json"
+    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48)
+    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48)
+    assert measured == [2]
+
+
+@needs_kernel
+def test_the_quantised_limit_is_read_off_real_timings_on_the_grid():
+    limit = calibration.measure_quantized(list(_quantized_model()), grid=(1, 8, 16))
+    assert limit in (0, 1, 8, 16)
