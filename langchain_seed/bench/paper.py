@@ -188,9 +188,10 @@ def write_plot(document: dict[str, Any], path: str | Path, title: str = "") -> P
                         hatch=["//" if row and row["identical_to_target"] is False else "" for row in rows])
         axis.bar_label(bars, fmt="%.2f", fontsize=7)
     axis.axhline(1.0, color="grey", linewidth=0.8)
+    axis.set_ylim(0, 1.3 * max((bar.get_height() for bar in axis.patches), default=1.0))  # room for the legend
     axis.set_xticks(range(len(tasks)), tasks)
     axis.set_ylabel("speedup over AR (transformers serial)")
-    axis.legend(fontsize=8, ncol=min(len(methods), 4))
+    axis.legend(fontsize=8, ncol=min(len(methods), 4), loc="upper left")
     axis.set_title(title or "whole trees per dataset (hatched: output not identical)")
     figure.tight_layout()
     path = Path(path)
