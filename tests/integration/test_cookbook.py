@@ -136,6 +136,17 @@ EXPECTED: dict[str, dict[str, list[Callable[[list[dict]], None]]]] = {
         "summary-table": [contains("| method |", "seed_batched", mime="text/markdown")],
         "plot": [png],
     },
+    "05_paper_table.ipynb": {
+        # The recorded `bench --paper` run: every dataset, the paper's methods, the goals.
+        "paper-table": [contains("| dataset | method |", "gsm8k", "writing", "blocksworld", "SeeD (`seed_rounds`)",
+                                 "MCSD (`mcsd_serial`)", "ours (`seed_batched`)", mime="text/markdown"),
+                        contains("torch threads", "every output identical")],
+        "plot": [png],
+        "blocks-problem": [contains("Initial state:", "Goal:", "shortest plan:")],
+        "blocks-tree": [contains("[0] (root)", "Answer:", "batched LLM calls")],
+        "blocks-mermaid": [contains("```mermaid", "flowchart TD", mime="text/markdown")],
+        "blocks-check": [contains("correct:", "simulator:")],
+    },
 }
 
 
