@@ -179,16 +179,18 @@ def write_plot(document: dict[str, Any], path: str | Path, title: str = "") -> P
     methods = [m for m in PAPER_METHODS if any(row["method"] == m for d in document["datasets"].values()
                                                for row in d["rows"])]
     width = 0.8 / max(len(methods), 1)
+    tallest = 1.0
     figure, axis = plt.subplots(figsize=(max(8, 2.6 * len(tasks)), 4.5))
     for index, method in enumerate(methods):
         rows = [_row(document, task, method) for task in tasks]
         speedups = [row["speedup_vs_hf_ar_serial"] or 0.0 if row else 0.0 for row in rows]
+        tallest = max(tallest, *speedups)
         positions = [t + (index - (len(methods) - 1) / 2) * width for t in range(len(tasks))]
         bars = axis.bar(positions, speedups, width, label=PAPER_LABELS[method],
                         hatch=["//" if row and row["identical_to_target"] is False else "" for row in rows])
         axis.bar_label(bars, fmt="%.2f", fontsize=7)
     axis.axhline(1.0, color="grey", linewidth=0.8)
-    axis.set_ylim(0, 1.3 * max((bar.get_height() for bar in axis.patches), default=1.0))  # room for the legend
+    axis.set_ylim(0, 1.3 * tallest)  # room for the legend
     axis.set_xticks(range(len(tasks)), tasks)
     axis.set_ylabel("speedup over AR (transformers serial)")
     axis.legend(fontsize=8, ncol=min(len(methods), 4), loc="upper left")
