@@ -3,7 +3,7 @@ from langchain_seed import engine
 
 EXPECTED_ALL = ["ChatSeed", "SamplingParams", "SeedLLM", "SpeculativeConfig", "ToTResult", "TreeOfThoughts",
                 "__version__"]
-EXPECTED_ENGINE_ALL = ["EngineStats", "FeatureDraftModel", "GenerationBatch", "GenerationResult", "LoadedModels", "RequestHandle", "RequestStats",
+EXPECTED_ENGINE_ALL = ["Constraint", "EngineStats", "FeatureDraftModel", "GenerationBatch", "GenerationResult", "LoadedModels", "RequestHandle", "RequestStats",
                        "RunStats", "SamplingParams", "SeedEngine", "SpeculativeConfig", "check_pair", "load_model",
                        "load_models"]
 
