@@ -47,6 +47,10 @@ class Completion:
     tokens: list[int]
     prompt_evaluated: int
     prompt_reused: int
+    prompt_ms: float
+    """The server's own time for the prompt tokens it evaluated."""
+    predicted_ms: float
+    """The server's own time for the new tokens after the first."""
 
 
 def complete(url: str, prompt_ids: list[int], max_tokens: int, cache_prompt: bool, timeout: float) -> Completion:
@@ -58,7 +62,8 @@ def complete(url: str, prompt_ids: list[int], max_tokens: int, cache_prompt: boo
     with urllib.request.urlopen(request, timeout=timeout) as response:
         answer = json.loads(response.read())
     timings = answer["timings"]
-    return Completion(list(answer["tokens"]), int(timings["prompt_n"]), int(timings["cache_n"]))
+    return Completion(list(answer["tokens"]), int(timings["prompt_n"]), int(timings["cache_n"]),
+                      float(timings["prompt_ms"]), float(timings["predicted_ms"]))
 
 
 def run_group(url: str, group: workloads.PromptGroup, parallel: int, cache_prompt: bool,
@@ -95,7 +100,7 @@ def main() -> None:
                 for g in workload.groups]
 
     run_group(args.url, workload.groups[0], args.parallel, args.cache_prompt, args.timeout)  # warm-up
-    seconds, tokens, evaluated, reused = [], [], [], []
+    seconds, tokens, evaluated, reused, server_s = [], [], [], [], []
     divergences: list[int | None] = []
     for rep in range(args.reps):
         started = time.perf_counter()
@@ -106,6 +111,7 @@ def main() -> None:
         tokens.append(sum(len(o) for o in outputs))
         evaluated.append(sum(a.prompt_evaluated for a in flat))
         reused.append(sum(a.prompt_reused for a in flat))
+        server_s.append(sum(a.prompt_ms + a.predicted_ms for a in flat) / 1000)
         if rep == 0:
             divergences = [first_divergence(out, ref)
                            for out, ref in zip(outputs, [ref for group in expected for ref in group])]
@@ -118,6 +124,7 @@ def main() -> None:
         "seconds_median": round(median, 2), "seconds_reps": [round(s, 2) for s in seconds],
         "new_tokens": tokens[0], "tokens_per_s": round(tokens[0] / median, 1),
         "prompt_tokens_evaluated": evaluated[0], "prompt_tokens_reused": reused[0],
+        "server_seconds_reps": [round(s, 2) for s in server_s],
         "identical_to_target": f"{same}/{len(divergences)}", "first_divergence": divergences,
     }, indent=1))
 

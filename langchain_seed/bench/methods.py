@@ -219,7 +219,8 @@ class SeedMethod(Method):
 
 
 class LlamaCppMethod(Method):
-    """llama.cpp on the target's GGUF, one prompt after another, greedy (`bench.peers`).
+    """llama.cpp on the target's GGUF, one prompt after another, greedy (`bench.peers`), in a
+    worker process of its own (no torch threads beside it), kept warm for the whole run.
 
     Raises `PeerUnavailable` when llama-cpp-python is not installed or the target has no GGUF.
     """
@@ -227,25 +228,23 @@ class LlamaCppMethod(Method):
     def __init__(self, name: str, models: BenchModels) -> None:
         import torch
 
-        from langchain_seed.bench.peers import LlamaCppDecoder, target_gguf
+        from langchain_seed.bench.peers import LlamaCppWorker, target_gguf
 
         self.name, self.models = name, models
-        self.decoder = LlamaCppDecoder(target_gguf(models.target_name), threads=torch.get_num_threads())
+        self.peer = LlamaCppWorker(target_gguf(models.target_name), threads=torch.get_num_threads())
 
     def run_group(self, prompt_ids: list[list[int]], max_tokens: int) -> GroupOutput:
-        eos = self.models.eos_token_ids
-        before = self.decoder.forwards
-        outputs = [self.decoder.generate(ids, max_tokens, lambda new: new[-1] in eos) for ids in prompt_ids]
-        return GroupOutput(outputs, target_calls=self.decoder.forwards - before)
+        reply = self.peer.generate(prompt_ids, max_tokens, self.models.eos_token_ids)
+        return GroupOutput(reply.outputs, target_calls=reply.forwards)
 
     def make_llm(self, max_tokens: int):
         from langchain_seed.bench.peers import LlamaCppLLM
 
-        return LlamaCppLLM(decoder=self.decoder, tokenizer=self.models.tokenizer,
+        return LlamaCppLLM(peer=self.peer, tokenizer=self.models.tokenizer,
                            eos_token_ids=self.models.eos_token_ids, max_tokens=max_tokens)
 
     def close(self) -> None:
-        self.decoder.close()
+        self.peer.close()
 
 
 def make_method(name: str, models: BenchModels, engine_class=None) -> Method:

