@@ -118,14 +118,6 @@ def check_goals(document: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 # ---------------------------------------------------------------------------------- output
 
 
-def _cell(value: Any, fmt: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    return fmt.format(value)
-
-
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("label", "method", "{}"),
     ("method", "harness name", "`{}`"),
@@ -152,7 +144,8 @@ def markdown_table(document: dict[str, Any]) -> str:
                   "| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
                   "|" + "---|" * len(TABLE_COLUMNS)]
         for row in dataset["rows"]:
-            lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in TABLE_COLUMNS) + " |")
+            cells = (report.format_cell(row.get(key), fmt) for key, _, fmt in TABLE_COLUMNS)
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Goals:", ""]
     for task, checks in document.get("goals", {}).items():

@@ -164,7 +164,8 @@ def write_json(document: dict, path: str | Path) -> Path:
     return path
 
 
-def _cell(value: Any, fmt: str) -> str:
+def format_cell(value: Any, fmt: str) -> str:
+    """One table cell: "-" for None, yes/NO for booleans, else `fmt` (or str where it does not apply)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -178,7 +179,7 @@ def _cell(value: Any, fmt: str) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of the rows."""
     header = [title for _, title, _ in COLUMNS]
-    body = [[_cell(row.get(key), fmt) for key, _, fmt in COLUMNS] for row in rows]
+    body = [[format_cell(row.get(key), fmt) for key, _, fmt in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths)))
              for line in [header, *body]]
@@ -189,7 +190,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def format_profile(profile: dict) -> str:
     """The seed method's per-round time profile as text."""
     lines = [f"profile of {profile['method']}: {profile['total_s']:.2f} s, {profile['rounds']} rounds, "
-             f"{profile['new_tokens']} tokens ({_cell(profile['tokens_per_round'], '{:.2f}')} per round), "
+             f"{profile['new_tokens']} tokens ({format_cell(profile['tokens_per_round'], '{:.2f}')} per round), "
              f"{profile['target_verify_calls']} verify forwards, {profile['draft_stage_calls']} draft stages "
              f"({profile['draft_stage_forward_calls']} draft forwards)"]
     lines.append(f"  {'stage':<24}{'ms/round':>10}{'share':>8}")

@@ -167,4 +167,4 @@ def test_cli_task_and_temperature_flags():
 
 
 def test_report_shows_unknown_identity_as_a_dash():
-    assert report._cell(None, "{}") == "-"
+    assert report.format_cell(None, "{}") == "-"
