@@ -188,12 +188,7 @@ def write_plot(document: dict[str, Any], path: str | Path, title: str = "") -> P
     axis.set_ylabel("speedup over AR (transformers serial)")
     axis.legend(fontsize=8, ncol=min(len(methods), 4), loc="upper left")
     axis.set_title(title or "whole trees per dataset (hatched: output not identical)")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return report.save_figure(figure, path)
 
 
 def _row(document: dict[str, Any], task: str, method: str) -> dict[str, Any] | None:

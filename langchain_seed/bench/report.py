@@ -233,6 +233,13 @@ def write_plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") ->
             label.set_horizontalalignment("right")
     if title:
         figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Lay out, write (PNG, 120 dpi, parent folders made) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
