@@ -107,7 +107,7 @@ def _load_gguf(gguf: Path, weights: str, dtype: str | torch.dtype, role: str):
                          f"(weights='float32'); weights={weights!r} quantises float models")
     if _dtype(dtype) is not torch.float32:
         raise ValueError(f"{role} {gguf.name}: a GGUF model computes in float32; got dtype {dtype}")
-    from langchain_seed.engine.weights.convert import dequantized_copy
+    from langchain_seed.engine.weights.convert import dequantize_model
     from langchain_seed.engine.weights.gguf import UnsupportedTensorType, load_gguf_model
 
     config = AutoConfig.from_pretrained(gguf.parent) if (gguf.parent / "config.json").is_file() else None
@@ -119,7 +119,7 @@ def _load_gguf(gguf: Path, weights: str, dtype: str | torch.dtype, role: str):
         return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
                                                     dtype=torch.float32).eval()
     _read_generation_config(model, gguf.parent)
-    return dequantized_copy(model) if weights == "float32" else model
+    return dequantize_model(model) if weights == "float32" else model
 
 
 def _read_generation_config(model, directory: Path) -> None:

@@ -55,33 +55,38 @@ def _quantized(module: torch.nn.Module, fmt: str, shared: dict[int, torch.Tensor
 
 
 def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` with every block-quantised module back as a plain float32
-    `nn.Linear` / `nn.Embedding` holding the dequantised weight: the same model, computed by
-    transformers' and torch's own code (the benchmark's float32 baselines). Tied modules
-    (shared blocks) share one dense tensor."""
+    """A copy of `model` with its block-quantised modules dense again (`dequantize_model`):
+    the same model, computed by transformers' and torch's own code (the benchmark's float32
+    baselines); `model` keeps its blocks."""
     import copy
 
-    dense = copy.deepcopy(model)
+    return dequantize_model(copy.deepcopy(model))
+
+
+def dequantize_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, every block-quantised module of `model` by a plain float32
+    `nn.Linear` / `nn.Embedding` holding the dequantised weight; tied modules (shared blocks)
+    share one dense parameter. Returns `model`, in eval mode."""
     tables: dict[int, torch.nn.Parameter] = {}
-    for name, module in list(dense.named_modules()):
-        if not isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
-            continue
-        key = module.blocks.untyped_storage().data_ptr()
-        if key not in tables:
-            tables[key] = torch.nn.Parameter(module.weight, requires_grad=False)
-        parameter = tables[key]
-        if isinstance(module, QuantizedEmbedding):
-            replacement: torch.nn.Module = torch.nn.Embedding(module.num_embeddings, module.embedding_dim,
-                                                              _weight=parameter)
-        else:
-            replacement = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                          device="meta")
-            replacement.weight = parameter
-            if module.bias is not None:
-                replacement.bias = torch.nn.Parameter(module.bias.clone(), requires_grad=False)
-        parent, _, child = name.rpartition(".")
-        setattr(dense.get_submodule(parent) if parent else dense, child, replacement)
-    return dense.eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, _dense(module, tables))
+    return model.eval()
+
+
+def _dense(module: QuantizedLinear | QuantizedEmbedding, tables: dict[int, torch.nn.Parameter]) -> torch.nn.Module:
+    """The plain module a quantised one stands for; `tables` maps blocks to their dense weight."""
+    key = module.blocks.untyped_storage().data_ptr()
+    if key not in tables:
+        tables[key] = torch.nn.Parameter(module.weight, requires_grad=False)
+    if isinstance(module, QuantizedEmbedding):
+        return torch.nn.Embedding(module.num_embeddings, module.embedding_dim, _weight=tables[key])
+    dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+    dense.weight = tables[key]
+    if module.bias is not None:
+        dense.bias = torch.nn.Parameter(module.bias.clone(), requires_grad=False)
+    return dense
 
 
 def is_quantized_model(model: torch.nn.Module) -> bool:
