@@ -90,15 +90,18 @@ class CachedReference:
 
 
 def model_fingerprint(model) -> str:
-    """A short hash of a model's config, dtype, device type and weights (first and last tensors).
+    """A short hash of a model's config, module classes, dtype, device type and weights (first
+    and last parameters and buffers: a quantised model keeps its weights in buffers).
 
     Names a reference cache: greedy outputs depend on all of these.
     """
     parameters = list(model.parameters())
+    buffers = [buffer for buffer in model.buffers() if buffer is not None]
     digest = hashlib.sha256(model.config.to_json_string().encode())
+    digest.update("|".join(type(module).__name__ for module in model.modules()).encode())
     digest.update(f"{parameters[0].dtype}|{parameters[0].device.type}".encode())
-    for tensor in (parameters[0], parameters[-1]):
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    for tensor in (parameters[0], parameters[-1], *buffers[:1], *buffers[-1:]):
+        digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
