@@ -10,6 +10,7 @@ not a general-purpose LLM.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,7 +126,11 @@ def hf_generate(model, prompt_ids: Sequence[Sequence[int]], max_tokens: int, tok
         kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     else:
         kwargs["do_sample"] = False
-    with torch.inference_mode():
+    from langchain_seed.engine.routing import engine_forward, needs_engine_forward
+
+    # A model with 8-bit activations is defined by the engine's kernels (`engine_forward`).
+    computed_as_defined = engine_forward(model) if needs_engine_forward(model) else contextlib.nullcontext()
+    with torch.inference_mode(), computed_as_defined:
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                 max_new_tokens=max_tokens, pad_token_id=pad_id,
                                 eos_token_id=sorted(eos_ids_of(model, tokenizer)), **kwargs)

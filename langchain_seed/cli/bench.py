@@ -48,7 +48,13 @@ from langchain_seed.engine.feature_draft import is_feature_draft_dir
 from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
 from langchain_seed.engine.models import load_draft, load_models, read_head_token_ids
 from langchain_seed.engine.options import OPTIONS
-from langchain_seed.engine.weights.convert import dequantized_copy, is_quantized_model
+from langchain_seed.engine.weights.convert import (
+    dequantized_copy,
+    has_int8_activations,
+    int8_draft_layers,
+    is_quantized_model,
+)
+from langchain_seed.engine.weights.int8_dot import Int8Linear
 from langchain_seed.pair.assemble import ensure_default_pair
 from langchain_seed.pair.paths import cache_dir, default_seed_draft_dir
 
@@ -143,7 +149,8 @@ def load_bench_models(args: argparse.Namespace):
     if "hf_assisted_serial" in args.methods and draft is not None and is_feature_draft_dir(draft):
         raise SystemExit(f"--draft {draft} is a feature draft, which transformers' assisted generation cannot "
                          "run: pass a token draft as --draft and the feature draft as --seed-draft")
-    loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype, weights=args.weights)
+    loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype, weights=args.weights,
+                         activations=args.activations)
     device = torch.device(args.device)
     loaded.target.to(device)
     if loaded.draft is not None:
@@ -151,6 +158,11 @@ def load_bench_models(args: argparse.Namespace):
     seed_model = None
     if needs_draft and seed_draft is not None and any(m in SEED_METHODS for m in args.methods):
         seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
+    if needs_draft and args.draft_activations == "int8" and any(m in SEED_METHODS for m in args.methods):
+        # The seed methods' draft only (a copy of its own): assisted generation keeps the float32 one.
+        if seed_model is None:
+            seed_model = load_draft(draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
+        int8_draft_layers(seed_model)
     hf_target, hf_draft, seed_target, seed_model = _float_baselines(args, loaded, draft, seed_model)
     head_ids = _head_ids(draft) if needs_draft else None
     tree = _seed_tree(args)
@@ -165,8 +177,11 @@ def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
 
     A target kept in blocks (a GGUF as shipped, or `--weights int8/int4`) runs the seed
     methods; the transformers methods get its dequantised float32 copy (the same model in
-    torch's own code), built only when one of them is selected. Otherwise all share one."""
-    if not is_quantized_model(loaded.target) or not any(m in HF_METHODS for m in args.methods):
+    torch's own code), built only when one of them is selected. Otherwise all share one:
+    with 8-bit activations (`--activations int8`) the target is the model with `Int8Linear`s,
+    whose forward is the same in transformers' `generate` as in the engine."""
+    if (not is_quantized_model(loaded.target) or has_int8_activations(loaded.target)
+            or not any(m in HF_METHODS for m in args.methods)):
         return loaded.target, loaded.draft, None, seed_model
     dense = dequantized_copy(loaded.target)
     dense_draft = load_draft(draft, dense, loaded.tokenizer) if loaded.draft is not None else None
@@ -176,6 +191,9 @@ def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
 def _weights_name(model) -> str:
     """How the seed methods' target keeps its weights: the block formats it uses, or its dtype."""
     formats = sorted({m.fmt for m in model.modules() if hasattr(m, "fmt") and hasattr(m, "blocks")})
+    int8 = sorted({m.fmt for m in model.modules() if isinstance(m, Int8Linear)})
+    if int8:
+        return "+".join(int8) + " x int8 activations"
     return "+".join(formats) if formats else str(next(model.parameters()).dtype).replace("torch.", "")
 
 

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_seed.engine.models import WEIGHTS
+from langchain_seed.engine.models import ACTIVATIONS, WEIGHTS
 from langchain_seed.engine.options import (
     OPTIONS,
     Option,
@@ -69,6 +69,13 @@ def model_parent() -> argparse.ArgumentParser:
                        help="how the target's weights are kept: auto (a GGUF as shipped, in its Q4_1/Q8_0 "
                             "blocks; other models in --dtype), float32 (dense), int8 / int4 (a float model "
                             "quantised on load) (default auto)")
+    group.add_argument("--activations", default="float32", choices=ACTIVATIONS,
+                       help="how a quantised target's linears take their input: float32 (the exact float32 "
+                            "model of its blocks) or int8 (8-bit activations and integer dot products, as "
+                            "llama.cpp computes a GGUF; that model is then the target) (default float32)")
+    group.add_argument("--draft-activations", default="float32", choices=ACTIVATIONS,
+                       help="int8: the draft's layers on Q8_0 weights with 8-bit activations (cheaper draft "
+                            "steps; the output is unchanged) (default float32)")
     return parser
 
 
@@ -98,8 +105,11 @@ def decoding_fields(args: argparse.Namespace, *, default_pair: bool) -> dict[str
 def load_llm(args: argparse.Namespace, **fields: Any) -> SeedLLM:
     """The `SeedLLM` of the model and decoding options: the default pair unless `--target` is given."""
     fields = {**decoding_fields(args, default_pair=args.target is None), **fields}
-    weights = getattr(args, "weights", "auto")
+    weights, activations = getattr(args, "weights", "auto"), getattr(args, "activations", "float32")
+    draft_activations = getattr(args, "draft_activations", "float32")
     if args.target is None:
-        return SeedLLM.from_default(weights=weights, **fields)
-    return SeedLLM.from_pretrained(args.target, args.draft, dtype=args.dtype, weights=weights,
-                                   device_map=getattr(args, "device_map", None), **fields)
+        return SeedLLM.from_default(weights=weights, activations=activations, draft_activations=draft_activations,
+                                    **fields)
+    return SeedLLM.from_pretrained(args.target, args.draft, dtype=args.dtype, weights=weights, activations=activations,
+                                   draft_activations=draft_activations, device_map=getattr(args, "device_map", None),
+                                   **fields)

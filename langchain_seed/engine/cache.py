@@ -12,6 +12,66 @@ removed between rounds with `concat` / `select_rows`.
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+SPARE_SLOTS_MIN = 64
+"""Spare slots a growing layer reserves at least (and a quarter of its length)."""
+
+
+class GrowingLayer(DynamicLayer):
+    """transformers' `DynamicLayer` whose keys and values are views of a store with spare
+    slots: an append writes into the spare slots instead of concatenating (a copy of the
+    whole cache per layer per forward, most of a decoding forward's memory traffic at a few
+    hundred slots). `keys` / `values` stay `[batch, heads, slots, head_dim]` with the last
+    two dimensions contiguous. Whatever replaces them from outside (a gather, a
+    concatenation, a cut) is simply adopted: copied into a new store at the next append,
+    or kept in place when it is a leading cut of the store. The first states are kept as
+    given, uncopied, until the first append."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key_store: torch.Tensor | None = None
+        self._value_store: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append `[batch, heads, new, head_dim]` keys and values; returns the whole views."""
+        keys, values = self.keys, self.values
+        if not self.is_initialized or keys is None or values is None or keys.numel() == 0:
+            # the first states are kept as given (a prefill, a row of a batch)
+            self.is_initialized, self.device = True, key_states.device
+            self.keys, self.values = key_states, value_states
+            return key_states, value_states
+        old, new = keys.shape[2], key_states.shape[2]
+        key_store, value_store = self._key_store, self._value_store
+        if (key_store is None or value_store is None or not _is_leading_cut(keys, key_store, old + new)
+                or not _is_leading_cut(values, value_store, old + new)):
+            key_store, value_store = _store_for(keys, old + new), _store_for(values, old + new)
+            self._key_store, self._value_store = key_store, value_store
+        key_store[:, :, old:old + new] = key_states
+        value_store[:, :, old:old + new] = value_states
+        self.keys, self.values = key_store[:, :, :old + new], value_store[:, :, :old + new]
+        return self.keys, self.values
+
+
+def _is_leading_cut(view: torch.Tensor, store: torch.Tensor, needed: int) -> bool:
+    """Whether `view` is `store[:, :, :n]` and the store holds `needed` slots."""
+    return (view.data_ptr() == store.data_ptr() and view.stride() == store.stride()
+            and view.shape[:2] == store.shape[:2] and view.shape[3] == store.shape[3] and store.shape[2] >= needed)
+
+
+def _store_for(current: torch.Tensor, needed: int) -> torch.Tensor:
+    """A new store holding `current`'s slots, with room for `needed` and spare slots."""
+    batch, heads, slots, dim = current.shape
+    store = current.new_empty(batch, heads, needed + max(SPARE_SLOTS_MIN, needed // 4), dim)
+    store[:, :, :slots] = current
+    return store
+
+
+def growing_cache() -> DynamicCache:
+    """An empty transformers `DynamicCache` whose layers are `GrowingLayer`s."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
 
 
 class BatchKV:
@@ -29,9 +89,7 @@ class BatchKV:
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> BatchKV:
-        from transformers import DynamicCache
-
-        return cls(DynamicCache(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+        return cls(growing_cache(), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
 
     @property
     def batch_size(self) -> int:
@@ -122,20 +180,24 @@ class BatchKV:
 
     def repeat_rows(self, times: int) -> BatchKV:
         """A new batch with every row repeated `times` times (shared prompt prefill)."""
-        from transformers import DynamicCache
-
-        clone = BatchKV(DynamicCache(), self.valid.repeat_interleave(times, dim=0))
+        clone = BatchKV(growing_cache(), self.valid.repeat_interleave(times, dim=0))
         if _has_layers(self.cache):
             clone._copy_layers_from(self, lambda t: t.repeat_interleave(times, dim=0))
         return clone
 
+    def first_slots(self, slots: int) -> BatchKV:
+        """A new batch holding copies of this batch's first `slots` slots (a prompt's prefix
+        when the rows were prefilled in order)."""
+        head = BatchKV(growing_cache(), self.valid[:, :slots].clone())
+        if _has_layers(self.cache):
+            head._copy_layers_from(self, lambda t: t[:, :, :slots].clone())
+        return head
+
     def split_rows(self) -> list[BatchKV]:
         """One single-row batch per row (views of this batch's tensors, no copy)."""
-        from transformers import DynamicCache
-
         rows = []
         for row in range(self.batch_size):
-            single = BatchKV(DynamicCache(), self.valid[row : row + 1])
+            single = BatchKV(growing_cache(), self.valid[row : row + 1])
             if _has_layers(self.cache):
                 single._copy_layers_from(self, lambda t, row=row: t[row : row + 1])
             rows.append(single)

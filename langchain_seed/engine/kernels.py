@@ -153,7 +153,9 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     """
     if dropout == 0.0 and _takes_native_path(module, query, key, value, attention_mask, kwargs):
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        return native.attention(query, key, value, attention_mask, scale), None
+        mask = _additive(attention_mask) if attention_mask is not None or query.shape[2] == 1 else \
+            _causal(query.shape[0], query.shape[2])
+        return native.attention(query, key, value, mask, scale), None
     if not _takes_grouped_path(module, query, key, value, attention_mask, kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -164,21 +166,46 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     return output.transpose(1, 2).contiguous(), None
 
 
+def batch_invariant(module: Any) -> bool:
+    """Whether an attention module's layer must compute every row the same way whatever the
+    batch, its size or the cache's layout: its projections say so (`batch_invariant`, set by
+    the 8-bit-activation linears of `engine.weights.int8_dot`, whose rounding turns any float
+    difference into a different model). Its attention then runs natively at every size."""
+    return bool(getattr(getattr(module, "q_proj", None), "batch_invariant", False))
+
+
+def _causal(batch: int, tokens: int) -> torch.Tensor:
+    """The additive causal mask `[batch, 1, tokens, tokens]` of a prefill without a cache."""
+    visible = torch.ones(tokens, tokens, dtype=torch.bool).tril()
+    return torch.zeros(tokens, tokens).masked_fill_(~visible, float("-inf")).expand(batch, 1, tokens, tokens)
+
+
+def _additive(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A boolean attention mask (True: visible) as the additive float32 mask the kernel takes."""
+    if mask is None or mask.dtype is torch.float32:
+        return mask
+    return torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+
+
 def _takes_native_path(module, query, key, value, attention_mask, kwargs) -> bool:
-    """Inside `engine_kernels("native")`: CPU float32, up to `NATIVE_MAX_ROWS` new tokens,
-    one token or an additive float mask over exactly the keys, a head size the kernel takes,
+    """Inside `engine_kernels("native")`: CPU float32, up to `NATIVE_MAX_ROWS` new tokens
+    (any number for a `batch_invariant` layer), one token or a mask over exactly the keys
+    (additive float32, or boolean: transformers' causal mask for one sequence; a
+    `batch_invariant` layer's prefill without a cache also unmasked), a head size the kernel takes,
     no autograd, and nothing exotic."""
     if getattr(_state, "kernel", None) != "native" or not native.available():
         return False
     if not all(t.is_cpu and t.dtype is torch.float32 for t in (query, key, value)):
         return False
     batch, heads, new, dim = query.shape
+    invariant = batch_invariant(module)
     if attention_mask is None:
-        if new != 1:
+        if new != 1 and not (invariant and new == key.shape[2]):  # causal over exactly the new tokens
             return False
-    elif attention_mask.dtype is not torch.float32 or attention_mask.shape != (batch, 1, new, key.shape[2]):
+    elif (attention_mask.dtype not in (torch.float32, torch.bool)
+          or attention_mask.shape != (batch, 1, new, key.shape[2])):
         return False
-    return (new <= NATIVE_MAX_ROWS and dim % 8 == 0 and dim <= native.ATTENTION_MAX_HEAD_DIM
+    return ((new <= NATIVE_MAX_ROWS or invariant) and dim % 8 == 0 and dim <= native.ATTENTION_MAX_HEAD_DIM
             and key.dim() == 4 and value.shape == key.shape and key.shape[0] == batch and key.shape[3] == dim
             and heads == key.shape[1] * getattr(module, "num_key_value_groups", 1)
             and not any(kwargs.get(name) is not None for name in _EXOTIC_ATTENTION_KWARGS)

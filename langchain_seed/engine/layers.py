@@ -4,7 +4,7 @@ Inside `engine_kernels("native")`, every installed `LlamaDecoderLayer` runs
 `native_layer_forward`: transformers' computation (norm, q/k/v projections, rotary
 embedding, cache append, grouped-query attention, output projection, residual, norm,
 SiLU MLP, residual), step for step, on `engine.native`'s kernels; its linears may be
-`nn.Linear`s or `QuantizedLinear`s (`engine.weights`), each on its own kernel. Routing each module
+`nn.Linear`s, `QuantizedLinear`s or `Int8Linear`s (`engine.weights`), each on its own kernel. Routing each module
 separately (`routing.install`) already runs the same kernels; what this removes is the
 Python between them: twelve module calls, keyword plumbing and a routing check per op,
 about 150 us a layer, or 4-5 ms of a 30-layer forward at decoding sizes.
@@ -18,15 +18,17 @@ decides that per call, after the cache append, exactly as the routed module woul
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from langchain_seed.engine import kernels, native
+from langchain_seed.engine.weights.int8_dot import Int8Linear
 from langchain_seed.engine.weights.modules import QuantizedLinear
 
-LINEAR_CLASSES = (torch.nn.Linear, QuantizedLinear)
+LINEAR_CLASSES = (torch.nn.Linear, QuantizedLinear, Int8Linear)
 """The projections `native_layer_forward` runs (each on its own kernel)."""
 
 LAYER_CLASSES = frozenset({"LlamaDecoderLayer"})
@@ -115,9 +117,12 @@ def _parameters(layer: Any) -> list[torch.Tensor | None]:
 
 
 def _row_limit(layer: Any) -> int:
-    """The most rows the kernels of this layer's linears take."""
+    """The most rows the kernels of this layer's linears take: any number for a layer of
+    `Int8Linear`s, which must compute every row the same way at every size (`kernels.batch_invariant`)."""
+    if all(type(linear) is Int8Linear for linear in _linears(layer)):
+        return sys.maxsize  # every size on the same kernels: the model's rows must not depend on the batch
     quantized = any(type(linear) is QuantizedLinear for linear in _linears(layer))
-    dense = any(type(linear) is torch.nn.Linear for linear in _linears(layer))
+    dense = any(type(linear) in (torch.nn.Linear, Int8Linear) for linear in _linears(layer))
     limits = ([kernels.quantized_max_rows()] if quantized else []) + ([kernels.native_max_rows()] if dense else [])
     return min(limits)
 
@@ -129,14 +134,17 @@ def _is_silu_mlp(mlp: Any) -> bool:
     projections = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     return (type(mlp).__name__ in kernels.MLP_CLASSES
             and type(getattr(mlp, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU")
-            and all(type(p) is QuantizedLinear for p in projections)
+            and any(all(type(p) is kind for p in projections) for kind in (QuantizedLinear, Int8Linear))
             and mlp.gate_proj.fmt == mlp.up_proj.fmt and mlp.gate_proj.bias is None and mlp.up_proj.bias is None
-            and mlp.gate_proj.blocks.shape == mlp.up_proj.blocks.shape
-            and mlp.down_proj.in_features == mlp.gate_proj.out_features)
+            and _weight_data(mlp.gate_proj).shape == _weight_data(mlp.up_proj).shape
+            and mlp.down_proj.in_features == mlp.gate_proj.out_features
+            and (type(mlp.gate_proj) is not Int8Linear or mlp.gate_proj.out_features % 8 == 0))
 
 
 def _gate_up_silu(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     """`silu(gate_proj(x)) * up_proj(x)` on the kernel of the MLP's weights."""
+    if type(mlp.gate_proj) is Int8Linear:
+        return native.int8_gate_up_silu(x, mlp.gate_proj.groups, mlp.up_proj.groups, mlp.gate_proj.fmt)
     if type(mlp.gate_proj) is QuantizedLinear:
         return native.quantized_gate_up_silu(x, mlp.gate_proj.blocks, mlp.up_proj.blocks, mlp.gate_proj.fmt)
     return native.gate_up_silu(x, mlp.gate_proj.weight, mlp.up_proj.weight)
@@ -147,13 +155,19 @@ def _fits(parameter: torch.Tensor | None, grad: bool) -> bool:
                                  and not (grad and parameter.requires_grad))
 
 
-def _project(linear: torch.nn.Linear | QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+def _weight_data(linear: QuantizedLinear | Int8Linear) -> torch.Tensor:
+    return linear.groups if isinstance(linear, Int8Linear) else linear.blocks
+
+
+def _project(linear: torch.nn.Linear | QuantizedLinear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    if type(linear) is Int8Linear:
+        return linear(x)
     if type(linear) is QuantizedLinear:
         return native.quantized_linear(x, linear.blocks, linear.fmt, linear.bias)
     return native.skinny_linear(x, linear.weight, linear.bias)
 
 
-def _heads(linear: torch.nn.Linear | QuantizedLinear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+def _heads(linear: torch.nn.Linear | QuantizedLinear | Int8Linear, x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The projection of x `[batch, new, hidden]` as `[batch, heads, new, head_dim]` (a view)."""
     return _project(linear, x).view(*x.shape[:2], -1, head_dim).transpose(1, 2)
 

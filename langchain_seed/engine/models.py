@@ -8,7 +8,10 @@ Weights (`weights=`, `WEIGHTS`): a GGUF file (or a directory holding one and no
 safetensors) is used as shipped by default, its Q4_1/Q8_0 tensors kept in blocks
 (`engine.weights.gguf`); ``"float32"`` dequantises it instead. A float model can be
 quantised on load with ``"int8"`` (Q8_0 blocks) or ``"int4"`` (Q4_1 blocks); the quantised
-model is then the target every mode reproduces. A layers-only draft directory (its
+model is then the target every mode reproduces. With ``activations="int8"`` a quantised
+target's linears also quantise their input to 8 bits per block of 32 and multiply with
+integer dot products, as llama.cpp does (`engine.weights.int8_dot`); that model is then the
+target. A layers-only draft directory (its
 ``draft_layers.safetensors`` without an embedding) is built on the target's embedding and
 shares its memory (`load_draft`).
 """
@@ -27,6 +30,9 @@ WEIGHTS = ("auto", "float32", "int8", "int4")
 """How a model's weights are kept: "auto" (a GGUF as shipped, in blocks; any other model in
 `dtype`), "float32" (dense; a GGUF is dequantised), "int8" / "int4" (a float model quantised
 into Q8_0 / Q4_1 blocks, `engine.weights.convert`)."""
+ACTIVATIONS = ("float32", "int8")
+"""How a quantised model's linears take their input: "float32" (the dequantised model,
+exactly) or "int8" (8-bit activations and integer dot products, llama.cpp's arithmetic)."""
 DRAFT_LAYERS_FILE = "draft_layers.safetensors"
 """A layers-only draft's weights: every tensor but the embedding, which is the target's."""
 
@@ -49,9 +55,28 @@ def load_model(
     allow_pickle: bool = False,
     role: str = "model",
     weights: str = "auto",
+    activations: str = "float32",
 ):
     """A causal LM from a local directory, GGUF file or hub id, in eval mode, its weights
-    kept as `weights` says (`WEIGHTS`; `role` names it in errors)."""
+    kept as `weights` says (`WEIGHTS`) and its quantised linears taking `activations`
+    (`ACTIVATIONS`); `role` names it in errors."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
+    model = _load_model(name_or_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                        allow_pickle=allow_pickle, role=role, weights=weights)
+    if activations == "int8":
+        from langchain_seed.engine.weights.convert import is_quantized_model, use_int8_activations
+
+        if not is_quantized_model(model):
+            raise ValueError(f"{role}: activations='int8' needs weights in blocks (a GGUF as shipped, or "
+                             f"weights='int8' / 'int4'); got weights={weights!r}")
+        use_int8_activations(model)
+    return model
+
+
+def _load_model(name_or_path: str | Path, *, dtype, device_map, trust_remote_code: bool, allow_pickle: bool,
+                role: str, weights: str):
+    """`load_model` before any change of activations."""
     from transformers import AutoModelForCausalLM
 
     if weights not in WEIGHTS:
@@ -148,10 +173,15 @@ def load_models(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     weights: str = "auto",
+    activations: str = "float32",
+    draft_activations: str = "float32",
 ) -> LoadedModels:
     """Target, optional draft and the target's tokenizer, checked to share a vocabulary.
 
-    `weights` applies to the target (`WEIGHTS`). A `draft` directory holding a feature draft
+    `weights` and `activations` apply to the target (`WEIGHTS`, `ACTIVATIONS`);
+    `draft_activations="int8"` runs the draft's layers on Q8_0 weights with 8-bit
+    activations (`convert.int8_draft_layers`: cheaper draft steps, the output unchanged).
+    A `draft` directory holding a feature draft
     (`engine.feature_draft`) or a layers-only draft (`DRAFT_LAYERS_FILE`) is assembled with
     the target's embedding (and LM head); any other is loaded as a causal LM.
     """
@@ -160,8 +190,14 @@ def load_models(
     options: dict[str, Any] = dict(dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
                                    allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(target, trust_remote_code=trust_remote_code)
-    target_model = load_model(target, role="target", weights=weights, **options)
+    target_model = load_model(target, role="target", weights=weights, activations=activations, **options)
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
+    if draft_activations not in ACTIVATIONS:
+        raise ValueError(f"draft_activations must be one of {', '.join(ACTIVATIONS)}; got {draft_activations!r}")
+    if draft_model is not None and draft_activations == "int8":
+        from langchain_seed.engine.weights.convert import int8_draft_layers
+
+        int8_draft_layers(draft_model)
     return LoadedModels(target_model, draft_model, tokenizer)
 
 
@@ -221,11 +257,14 @@ def load_layers_draft(draft: str | Path, target_model):
 
 def _share_embedding(draft_model, target_model) -> None:
     """Give the draft the target's embedding module and an LM head on the same table."""
+    from langchain_seed.engine.weights.int8_dot import Int8Embedding
     from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedLinear
 
     embedding = target_model.get_input_embeddings()
     draft_model.set_input_embeddings(embedding)
-    if isinstance(embedding, QuantizedEmbedding):
+    if isinstance(embedding, Int8Embedding):
+        draft_model.set_output_embeddings(target_model.get_output_embeddings())
+    elif isinstance(embedding, QuantizedEmbedding):
         draft_model.set_output_embeddings(QuantizedLinear(embedding.blocks, embedding.fmt, embedding.embedding_dim,
                                                           name="lm_head"))
     else:

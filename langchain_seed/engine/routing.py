@@ -10,9 +10,10 @@ torch or transformers is rebound.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from langchain_seed.engine.kernels import (
     RMS_NORM_CLASSES,
     eligible_weight,
     engine_attention,
+    engine_kernels,
     is_silu_mlp,
     linear_forward,
     mlp_forward,
@@ -83,6 +85,27 @@ class KernelRouting:
 _routings: weakref.WeakKeyDictionary[torch.nn.Module, KernelRouting] = weakref.WeakKeyDictionary()
 """The routing of every model with the engine's kernels installed (one per model, shared by
 the engines on it)."""
+
+
+@contextlib.contextmanager
+def engine_forward(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, in this thread, `model`'s own forward (transformers' `generate`,
+    say) runs on the engine's native kernels, exactly as the engine computes it. A model
+    with 8-bit activations (`needs_engine_forward`) is defined by those kernels: run its
+    transformers baselines and references here."""
+    routing = install(model)
+    try:
+        with engine_kernels("native"):
+            yield
+    finally:
+        routing.remove()
+
+
+def needs_engine_forward(model: torch.nn.Module) -> bool:
+    """Whether any of `model`'s modules must compute every row the same way at any batch
+    size (`batch_invariant`: the 8-bit-activation linears), so that only the engine's
+    kernels compute the model (`engine_forward`)."""
+    return any(getattr(module, "batch_invariant", False) for module in model.modules())
 
 
 def install(model: torch.nn.Module) -> KernelRouting:

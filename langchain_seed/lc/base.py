@@ -173,7 +173,8 @@ class SeedModelMixin(BaseModel):
     def from_pretrained(cls, target: str | Path, draft: str | Path | None = None, *, dtype: str = "float32",
                         device_map: str | dict | None = None, trust_remote_code: bool = False,
                         allow_pickle: bool = False, draft_head_token_ids: Sequence[int] | None = None,
-                        weights: str = "auto", **fields: Any):
+                        weights: str = "auto", activations: str = "float32", draft_activations: str = "float32",
+                        **fields: Any):
         """Load a target (and optional draft) from local directories, GGUF files or hub ids.
 
         Safetensors only unless `allow_pickle=True` (pickled weights can run code when
@@ -182,10 +183,16 @@ class SeedModelMixin(BaseModel):
         `weights`: "auto" (a GGUF as shipped, its Q4_1/Q8_0 weights kept in blocks; other
         models in `dtype`), "float32" (dense; a GGUF dequantised), or "int8" / "int4" (a float
         model quantised into Q8_0 / Q4_1 blocks on load; the quantised model is then the
-        target whose greedy output every mode reproduces). See `engine.weights`.
+        target whose greedy output every mode reproduces). `activations`: "float32" (the
+        quantised weights' exact float32 model) or "int8" (a quantised target's linears take
+        8-bit activations with integer dot products, llama.cpp's arithmetic: about twice as
+        fast on the CPU; that model is then the target). `draft_activations="int8"` runs the
+        draft's layers that way (Q8_0 weights): cheaper draft steps, the output unchanged.
+        See `engine.weights`.
         """
         loaded = load_models(target, draft, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
-                             allow_pickle=allow_pickle, weights=weights)
+                             allow_pickle=allow_pickle, weights=weights, activations=activations,
+                             draft_activations=draft_activations)
         if draft_head_token_ids is None and draft is not None:
             draft_head_token_ids = read_head_token_ids(draft)
         if "model" not in fields and "model_name" not in fields:
@@ -194,7 +201,8 @@ class SeedModelMixin(BaseModel):
                                draft_head_token_ids=draft_head_token_ids, **fields)
 
     @classmethod
-    def from_default(cls, draft: str | Path | None = None, *, weights: str = "auto", **fields: Any):
+    def from_default(cls, draft: str | Path | None = None, *, weights: str = "auto", activations: str = "float32",
+                     draft_activations: str = "float32", **fields: Any):
         """The embedded default pair (SmolLM2-135M-Instruct and its distilled draft), fetched
         and built once into the cache (see `langchain-seed models`); `k_config` and
         `draft_confidence` default to those measured best for that draft
@@ -202,7 +210,8 @@ class SeedModelMixin(BaseModel):
         distill --out` wrote for the default target (e.g. with `--prompts`, trained on your
         app's prompts), used instead of the shipped draft. `weights`: "auto" runs the target
         as shipped (its GGUF's Q4_1 and Q8_0 blocks), "float32" on the dequantised weights
-        (the same numbers, four to six times the memory)."""
+        (the same numbers, four to six times the memory). `activations="int8"`: the target's
+        linears take 8-bit activations as llama.cpp computes the GGUF (`from_pretrained`)."""
         # pair/ is a sibling layer (fetching and assembling files), needed only by this factory
         from langchain_seed.pair.assemble import ensure_default_draft, ensure_default_pair
         from langchain_seed.pair.paths import DEFAULT_PAIR_OPTIONS, default_seed_draft_dir
@@ -215,7 +224,8 @@ class SeedModelMixin(BaseModel):
             fields["model_name"] = "SmolLM2-135M-Instruct"
         for name, value in DEFAULT_PAIR_OPTIONS.items():
             fields.setdefault(name, value)
-        return cls.from_pretrained(target_dir, draft_dir, weights=weights, **fields)
+        return cls.from_pretrained(target_dir, draft_dir, weights=weights, activations=activations,
+                                   draft_activations=draft_activations, **fields)
 
     # ----- running ----------------------------------------------------------------------
     def _call_options(self, kwargs: dict[str, Any], ignored: Sequence[str] = ()) -> CallOptions:

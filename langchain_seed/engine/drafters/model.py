@@ -46,6 +46,7 @@ class ModelDrafter:
         self.lookup = PromptLookup()
         self.forwards = 0
         self.vocab_size, self.head_ids, self.head_weight = self._head_of(model, head_token_ids)
+        self.int8_head = _int8_head(model, self.head_weight)
 
     @staticmethod
     def _head_of(model, head_token_ids: list[int] | None):
@@ -197,6 +198,8 @@ class ModelDrafter:
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the head's tokens, `[..., head]`."""
+        if self.int8_head is not None:
+            return self.int8_head(hidden)
         return linear(hidden, self.head_weight)
 
     def _empty_probs(self, tree: DraftTree) -> torch.Tensor:
@@ -359,3 +362,15 @@ def _top_probability(logits: torch.Tensor) -> float:
 
 def _pad_picks(picks: list[int], count: int) -> list[int]:
     return picks + picks[-1:] * (count - len(picks))
+
+
+def _int8_head(model, head_weight: torch.Tensor):
+    """A draft whose layers take 8-bit activations (`engine.weights.int8_dot`) computes its
+    head the same way, on the head's rows quantised to Q8_0; None for any other draft."""
+    from langchain_seed.engine.weights.convert import has_int8_activations
+    from langchain_seed.engine.weights.formats import quantize
+    from langchain_seed.engine.weights.int8_dot import Int8Linear
+
+    if not has_int8_activations(model) or head_weight.shape[-1] % 32 or not head_weight.is_cpu:
+        return None
+    return Int8Linear.from_blocks(quantize(head_weight, "q8_0"), "q8_0", head_weight.shape[-1])

@@ -55,7 +55,8 @@ ENV_BUILD_DIR = "LANGCHAIN_SEED_NATIVE_DIR"
 ENV_HOME = "LANGCHAIN_SEED_HOME"
 """The package's cache directory, whose ``native/`` holds the library by default."""
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("skinny_linear.c", "quantized_linear.c", "rotary.c", "rms_norm.c", "attention.c"))
+                for name in ("skinny_linear.c", "quantized_linear.c", "int8_dot.c", "rotary.c", "rms_norm.c",
+                             "attention.c"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "linear_tiles.h"))
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 """-ffp-contract=off: no multiply-add is fused unless the source asks for it (the matmul's
@@ -69,12 +70,15 @@ _P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 _SIGNATURES = {
     "linear": ("seed_skinny_linear", None, [_P] * 4 + [_L] * 3 + [_I]),
     "gate_up_silu": ("seed_gate_up_silu", None, [_P] * 4 + [_L] * 3 + [_I]),
-    "attention": ("seed_attention", _I, [_P] * 5 + [_L] * 6 + [_F, _I]),
+    "attention": ("seed_attention", _I, [_P] * 5 + [_L] * 10 + [_F, _I]),
     "rotary": ("seed_rotary", None, [_P, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L]),
     "rms_norm": ("seed_rms_norm", None, [_P, _L, _P, _F, _P, _L, _L]),
     "quantized_linear": ("seed_quantized_linear", _I, [_P, _P, _I, _P, _P] + [_L] * 3 + [_I]),
     "quantized_gate_up_silu": ("seed_quantized_gate_up_silu", _I, [_P, _P, _P, _I, _P] + [_L] * 3 + [_I]),
     "dequantize": ("seed_dequantize", None, [_P, _I, _P, _L, _L, _I]),
+    "int8_linear": ("seed_int8_linear", _I, [_P, _P, _I, _P, _P] + [_L] * 3 + [_I]),
+    "int8_gate_up_silu": ("seed_int8_gate_up_silu", _I, [_P, _P, _P, _I, _P] + [_L] * 3 + [_I]),
+    "quantize_activations": ("seed_quantize_activations", None, [_P] * 4 + [_L] * 2 + [_I]),
 }
 """Each kernel's Python name: (C symbol, return type, argument types)."""
 
@@ -91,6 +95,9 @@ class _Library:
     quantized_linear: Callable[..., Any] | None
     quantized_gate_up_silu: Callable[..., Any] | None
     dequantize: Callable[..., Any] | None
+    int8_linear: Callable[..., Any] | None
+    int8_gate_up_silu: Callable[..., Any] | None
+    quantize_activations: Callable[..., Any] | None
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
         self.reason = reason
@@ -163,6 +170,56 @@ def dequantize(blocks: torch.Tensor, fmt: str, in_features: int) -> torch.Tensor
     return out
 
 
+INT8_GROUP_BYTES = {"q8_0": 16 + 256, "q4_1": 32 + 128}
+"""Bytes of one block of 32 values for a group of 8 rows in the int8 kernels' repacked
+layout (`int8_dot.c`; `engine.weights.int8_dot.repack` writes it)."""
+
+
+def int8_linear(x: torch.Tensor, groups: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x `[..., in]` float32 (`in` a multiple of 32), its rows quantised to 8 bits per block
+    of 32, times the weight in `groups` (`[out / 8, in / 32 * group bytes]` uint8, repacked
+    `fmt` blocks) with integer dot products, plus bias `[out]`. Returns `[..., out]`."""
+    n_in = _int8_in_features(groups, fmt, x.shape[-1])
+    return _quantized_rowwise("int8_linear", x, n_in, groups.shape[0] * 8, groups.data_ptr(), QUANTIZED_FORMATS[fmt],
+                              None if bias is None else bias.data_ptr())
+
+
+def int8_gate_up_silu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, fmt: str) -> torch.Tensor:
+    """`silu(int8_linear(x, gate)) * int8_linear(x, up)` in one pass, x quantised once.
+    gate, up: repacked `[out / 8, in / 32 * group bytes]` uint8 of one shape."""
+    if gate.shape != up.shape:
+        raise ValueError(f"int8_gate_up_silu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+    n_in = _int8_in_features(gate, fmt, x.shape[-1])
+    return _quantized_rowwise("int8_gate_up_silu", x, n_in, gate.shape[0] * 8, gate.data_ptr(), up.data_ptr(),
+                              QUANTIZED_FORMATS[fmt])
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x `[rows, in]` float32 (`in` a multiple of 32) as the int8 kernels quantise it: values
+    `[rows, in]` int8, scales and scaled sums `[rows, in / 32]` float32 (each an fp16 value)."""
+    rows, n_in = x.shape
+    if n_in % 32:
+        raise ValueError(f"quantize_activations: {n_in} values a row are not a multiple of 32")
+    x = x.contiguous()
+    values = torch.empty(rows, n_in, dtype=torch.int8)
+    scales, sums = (torch.empty(rows, n_in // 32, dtype=torch.float32) for _ in range(2))
+    _function("quantize_activations")(x.data_ptr(), values.data_ptr(), scales.data_ptr(), sums.data_ptr(), rows, n_in,
+                                      threads())
+    return values, scales, sums
+
+
+def _int8_in_features(groups: torch.Tensor, fmt: str, in_features: int) -> int:
+    """`in_features`, checked against the repacked weight's shape, type and layout."""
+    if fmt not in INT8_GROUP_BYTES:
+        raise ValueError(f"unknown block format {fmt!r}; the int8 kernels read {', '.join(INT8_GROUP_BYTES)}")
+    if (groups.dtype is not torch.uint8 or groups.dim() != 2 or not groups.is_contiguous() or not groups.is_cpu
+            or in_features % 32 or groups.shape[1] != in_features // 32 * INT8_GROUP_BYTES[fmt]):
+        raise ValueError(f"repacked {fmt} weight {tuple(groups.shape)} ({groups.dtype}) does not hold rows of "
+                         f"{in_features} values (expected contiguous uint8 [out / 8, "
+                         f"{in_features // 32 * INT8_GROUP_BYTES[fmt]}], in_features a multiple of 32)")
+    return in_features
+
+
 def _quantized_in_features(blocks: torch.Tensor, fmt: str, in_features: int) -> int:
     """`in_features`, checked against the blocks' shape, type and layout."""
     if fmt not in QUANTIZED_FORMATS:
@@ -182,7 +239,7 @@ def _quantized_rowwise(name: str, x: torch.Tensor, n_in: int, n_out: int, *weigh
     x = x.contiguous()
     out = x.new_empty((*x.shape[:-1], n_out))
     if function(x.data_ptr(), *weights, out.data_ptr(), x.numel() // n_in, n_in, n_out, threads()) != 0:
-        raise MemoryError(f"{name}: no memory for its dequantisation buffers ({n_in} values a row)")
+        raise MemoryError(f"{name}: no memory for its buffers ({n_in} values a row)")
     return out
 
 
@@ -257,7 +314,8 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
               scale: float) -> torch.Tensor:
     """softmax(query @ key.T * scale + mask) @ value for grouped query heads, on the C kernel.
 
-    query: `[batch, heads, new, dim]`; key, value: `[batch, kv_heads, slots, dim]` (heads a
+    query: `[batch, heads, new, dim]`; key, value: `[batch, kv_heads, slots, dim]`, each slot's
+    `dim` values contiguous, any batch and head strides (heads a
     multiple of kv_heads, dim a multiple of 8 up to `ATTENTION_MAX_HEAD_DIM`); mask:
     `[batch, 1, new, slots]` additive float32, or None (every slot visible); all float32 on
     the CPU. Returns `[batch, new, heads, dim]`, as transformers' attention functions do.
@@ -270,14 +328,23 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
         raise ValueError(f"attention: query {tuple(query.shape)}, key {tuple(key.shape)}, value "
                          f"{tuple(value.shape)}, mask {None if mask is None else tuple(mask.shape)} do not fit")
     function = _function("attention")
-    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    query, key, value = query.contiguous(), _rows_contiguous(key), _rows_contiguous(value)
     mask = None if mask is None else mask.contiguous()
     out = query.new_empty((batch, new, heads, dim))
     status = function(query.data_ptr(), key.data_ptr(), value.data_ptr(), None if mask is None else mask.data_ptr(),
-                      out.data_ptr(), batch, heads, kv_heads, new, slots, dim, scale, threads())
+                      out.data_ptr(), batch, heads, kv_heads, new, slots, dim, key.stride(0), key.stride(1),
+                      value.stride(0), value.stride(1), scale, threads())
     if status != 0:
         raise MemoryError(f"attention: no memory for {batch * heads * new * slots} scores")
     return out
+
+
+def _rows_contiguous(cache: torch.Tensor) -> torch.Tensor:
+    """A `[batch, heads, slots, dim]` cache whose slots are contiguous rows of `dim` values
+    (any batch and head strides: a growing cache's view), else a contiguous copy."""
+    if cache.stride(3) == 1 and cache.stride(2) == cache.shape[3]:
+        return cache
+    return cache.contiguous()
 
 
 def _function(name: str):

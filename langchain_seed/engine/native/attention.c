@@ -3,11 +3,16 @@
  * At decoding sizes (1 to a few dozen query tokens, a few hundred cached slots) torch's
  * CPU SDPA spends most of a call on set-up: 100-300 us a layer for about 3 MFLOP. Here one
  * OpenMP task per (batch row, query head) does the whole head: its T query rows against
- * the S keys of its key/value head with the matmul kernel's register tiles, the additive
- * mask, a softmax with a vectorised exp, and the weighted sum of values.
+ * the S keys of its key/value head, the additive mask, a softmax with a vectorised exp,
+ * and the weighted sum of values.
  *
- * q: [B, H, T, D] contiguous; k, v: [B, KV, S, D] contiguous (head h reads key/value head
- * h / (H / KV)); mask: [B, 1, T, S] contiguous additive float, or NULL (every slot
+ * Every sum runs in slot order with masked slots contributing exact zeros, and each score
+ * in one fixed order: a query row's output depends only on its own visible keys and values
+ * in their order, not on the batch, the other query rows, or holes and padding in the
+ * cache (what a model with 8-bit activations needs to decode the same in every mode).
+ *
+ * q: [B, H, T, D] contiguous; k, v: [B, KV, S, D] with each slot's D values contiguous and
+ * slots D apart, batch and head strides given (head h reads key/value head h / (H / KV)); mask: [B, 1, T, S] contiguous additive float, or NULL (every slot
  * visible); out: [B, T, H, D] contiguous, the layout transformers' attention returns.
  */
 #include <immintrin.h>
@@ -16,7 +21,12 @@
 
 #include "vector_math.h"
 
-void seed_linear_serial(const float *x, const float *w, float *out, long n_rows, long n_in, long n_out);
+static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 
 static inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -25,7 +35,13 @@ static inline float hmax(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-/* scores[0:S] (scaled, masked) -> probabilities, in place. */
+/* Scores below this are masked (an additive mask's -inf or the dtype's minimum): they get
+ * probability exactly 0, so a masked slot changes no sum. */
+#define MASKED_BELOW -1e30f
+
+/* scores[0:S] (scaled, masked) -> probabilities, in place. The normaliser is summed slot by
+ * slot in slot order, so a slot's probability does not depend on where in the cache its
+ * row's slots lie or how many masked slots sit between them. */
 static void softmax_row(float *scores, const float *mask, long S, float scale) {
   __m256 tops = _mm256_set1_ps(-INFINITY);
   long j = 0;
@@ -40,22 +56,44 @@ static void softmax_row(float *scores, const float *mask, long S, float scale) {
     scores[t] = scores[t] * scale + (mask ? mask[t] : 0.0f);
     top = scores[t] > top ? scores[t] : top;
   }
-  __m256 sums = _mm256_setzero_ps();
-  for (j = 0; j + 8 <= S; j += 8) {
-    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(top)));
-    _mm256_storeu_ps(scores + j, e);
-    sums = _mm256_add_ps(sums, e);
+  const __m256 floor = _mm256_set1_ps(MASKED_BELOW);
+  float total = 0.0f;
+  for (j = 0; j < S; j += 8) {
+    float chunk[8] = {0};
+    const long n = S - j < 8 ? S - j : 8;
+    for (long t = 0; t < n; ++t) chunk[t] = scores[j + t];
+    const __m256 x = _mm256_loadu_ps(chunk);
+    __m256 e = exp8(_mm256_sub_ps(x, _mm256_set1_ps(top)));
+    e = _mm256_and_ps(e, _mm256_cmp_ps(x, floor, _CMP_GT_OQ));
+    _mm256_storeu_ps(chunk, e);
+    for (long t = 0; t < n; ++t) scores[j + t] = chunk[t], total += chunk[t];
   }
-  float tail[8] = {0}, total = 0.0f;
-  for (long t = 0; j + t < S; ++t) tail[t] = scores[j + t] - top;
-  __m256 e = exp8(_mm256_loadu_ps(tail));
-  _mm256_storeu_ps(tail, e);
-  for (long t = 0; j + t < S; ++t) scores[j + t] = tail[t], total += tail[t];
-  _mm256_storeu_ps(tail, sums);
-  for (int t = 0; t < 8; ++t) total += tail[t];
-  const __m256 inverse = _mm256_set1_ps(1.0f / total);
-  for (j = 0; j + 8 <= S; j += 8) _mm256_storeu_ps(scores + j, _mm256_mul_ps(_mm256_loadu_ps(scores + j), inverse));
-  for (; j < S; ++j) scores[j] *= 1.0f / total;
+  const float inverse = total > 0.0f ? 1.0f / total : 0.0f; /* a row that sees no slot gets zeros */
+  const __m256 inverses = _mm256_set1_ps(inverse);
+  for (j = 0; j + 8 <= S; j += 8) _mm256_storeu_ps(scores + j, _mm256_mul_ps(_mm256_loadu_ps(scores + j), inverses));
+  for (; j < S; ++j) scores[j] *= inverse;
+}
+
+/* scores[t, j] = q[t] . k[j] for T query rows and S slots (D a multiple of 8, slots D
+ * apart): each score summed in the same order whatever S, T or the slot's index. */
+static void slot_scores(const float *q, const float *k, float *scores, long T, long S, long D) {
+  for (long t = 0; t < T; ++t) {
+    const float *query = q + t * D;
+    long j = 0;
+    for (; j + 4 <= S; j += 4) {
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (long d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(query + d);
+        for (int i = 0; i < 4; ++i) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (j + i) * D + d), acc[i]);
+      }
+      for (int i = 0; i < 4; ++i) scores[t * S + j + i] = hsum8(acc[i]);
+    }
+    for (; j < S; ++j) {
+      __m256 acc = _mm256_setzero_ps();
+      for (long d = 0; d < D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + d), _mm256_loadu_ps(k + j * D + d), acc);
+      scores[t * S + j] = hsum8(acc);
+    }
+  }
 }
 
 /* out[0:8*LANES] = sum_j p[j] * v[j, 0:8*LANES], v's rows `stride` apart; LANES is a
@@ -65,6 +103,7 @@ static void softmax_row(float *scores, const float *mask, long S, float scale) {
     __m256 acc[LANES];                                                                        \
     for (int d = 0; d < LANES; ++d) acc[d] = _mm256_setzero_ps();                             \
     for (long j = 0; j < S; ++j) {                                                            \
+      if (p[j] == 0.0f) continue; /* a masked slot: its values may be anything, even NaN */  \
       const __m256 weight = _mm256_set1_ps(p[j]);                                             \
       for (int d = 0; d < LANES; ++d)                                                         \
         acc[d] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + j * stride + 8 * d), acc[d]);    \
@@ -85,20 +124,21 @@ static void weighted_values(const float *p, const float *v, float *out, long S, 
 /* Returns 0, or -1 when D is not a multiple of 8 up to 256, heads are not a multiple of
  * kv heads, or memory ran out. */
 int seed_attention(const float *q, const float *k, const float *v, const float *mask, float *out,
-                   long B, long H, long KV, long T, long S, long D, float scale, int threads) {
+                   long B, long H, long KV, long T, long S, long D, long k_batch, long k_head, long v_batch,
+                   long v_head, float scale, int threads) {
   if (D % 8 || D > 256 || H % KV) return -1;
   const long group = H / KV;
   int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
   for (long task = 0; task < B * H; ++task) {
     const long b = task / H, h = task % H;
-    const float *keys = k + (b * KV + h / group) * S * D, *values = v + (b * KV + h / group) * S * D;
+    const float *keys = k + b * k_batch + (h / group) * k_head, *values = v + b * v_batch + (h / group) * v_head;
     float *scores = malloc(sizeof(float) * T * S); /* per task: small, so no fresh pages */
     if (!scores) {
       failed = 1;
       continue;
     }
-    seed_linear_serial(q + task * T * D, keys, scores, T, D, S);
+    slot_scores(q + task * T * D, keys, scores, T, S, D);
     for (long t = 0; t < T; ++t) {
       softmax_row(scores + t * S, mask ? mask + (b * T + t) * S : 0, S, scale);
       weighted_values(scores + t * S, values, out + ((b * T + t) * H + h) * D, S, D);

@@ -26,16 +26,6 @@ void seed_skinny_linear(const float *x, const float *w, const float *bias, float
     rows_1(w + o * n_in, x, bias ? bias + o : 0, out + o, n_rows, n_in, n_out, 0);
 }
 
-/* The same product on the calling thread only (for kernels that run it inside their own
- * parallel loop, such as attention's query-key scores). */
-void seed_linear_serial(const float *x, const float *w, float *out, long n_rows, long n_in, long n_out) {
-  const long blocks = n_out / 4;
-  for (long b = 0; b < blocks; ++b)
-    rows_4(w + 4 * b * n_in, x, 0, out + 4 * b, n_rows, n_in, n_out, 0);
-  for (long o = 4 * blocks; o < n_out; ++o)
-    rows_1(w + o * n_in, x, 0, out + o, n_rows, n_in, n_out, 0);
-}
-
 /* x: [n_rows, n_in]; gate, up: [n_out, n_in]; out: [n_rows, n_out]; contiguous float32. */
 void seed_gate_up_silu(const float *x, const float *gate, const float *up, float *out, long n_rows, long n_in,
                        long n_out, int threads) {

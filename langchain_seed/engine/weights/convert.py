@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from langchain_seed.engine.weights.formats import BLOCK_VALUES, quantize
+from langchain_seed.engine.weights.int8_dot import Int8Embedding, Int8Linear
 from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedLinear
 
 WEIGHT_FORMATS = {"int8": "q8_0", "int4": "q4_1"}
@@ -54,6 +55,50 @@ def _quantized(module: torch.nn.Module, fmt: str, shared: dict[int, torch.Tensor
     return QuantizedLinear(shared[key], fmt, module.in_features, module.bias, name=name)
 
 
+def use_int8_activations(model: torch.nn.Module) -> int:
+    """Replace `model`'s `QuantizedLinear`s by `Int8Linear`s (repacked; the old blocks are
+    released) and an embedding tied to such a linear by an `Int8Embedding` on the same
+    repacked table; returns how many linears were replaced. The model is then the model
+    with 8-bit activations, and the engine's target is that model."""
+    repacked: dict[int, Int8Linear] = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantizedLinear):
+            key = module.blocks.data_ptr()
+            if key not in repacked:
+                repacked[key] = Int8Linear.from_blocks(module.blocks, module.fmt, module.in_features)
+            shared = repacked[key]
+            _replace(model, name, shared if module.bias is None else
+                     Int8Linear(shared.groups, module.fmt, module.in_features, module.out_features, module.bias))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantizedEmbedding) and module.blocks.data_ptr() in repacked:
+            _replace(model, name, Int8Embedding(repacked[module.blocks.data_ptr()]))
+    return sum(isinstance(m, Int8Linear) for m in model.modules())
+
+
+def int8_draft_layers(draft: torch.nn.Module) -> int:
+    """Quantise a draft's decoder layers' linears to Q8_0 and give them 8-bit activations
+    (`use_int8_activations`), leaving its embedding (often the target's own module) alone;
+    returns how many linears now take int8. A draft's arithmetic never changes the output
+    (the target verifies every token), only how often the target agrees and what a draft
+    step costs."""
+    get_decoder = getattr(draft, "get_decoder", None)
+    layers = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
+    if not isinstance(layers, torch.nn.Module):
+        raise ValueError("int8 draft layers need a decoder model with .layers")
+    quantize_model(layers, "int8")
+    return use_int8_activations(layers)
+
+
+def has_int8_activations(model: torch.nn.Module) -> bool:
+    """Whether any of `model`'s linears quantise their input (`use_int8_activations`)."""
+    return any(isinstance(m, Int8Linear) for m in model.modules())
+
+
+def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` with its block-quantised modules dense again (`dequantize_model`):
     the same model, computed by transformers' and torch's own code (the benchmark's float32
@@ -91,7 +136,7 @@ def _dense(module: QuantizedLinear | QuantizedEmbedding, tables: dict[int, torch
 
 def is_quantized_model(model: torch.nn.Module) -> bool:
     """Whether any of `model`'s modules keeps its weight in blocks."""
-    return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in model.modules())
+    return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding, Int8Linear)) for m in model.modules())
 
 
 def dense_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -276,15 +276,16 @@ def test_attention_runs_native_inside_the_native_block_where_it_fits(monkeypatch
         with kernels.engine_kernels("native"):
             got, _ = kernels.engine_attention(module, query, key, value, mask, scaling=0.25)
             single, _ = kernels.engine_attention(module, one_token, key, value, None, scaling=0.25)
-            assert natives == [1, 1]
+            # transformers' boolean causal mask (True: visible) means the same additive mask
+            from_bool, _ = kernels.engine_attention(module, query, key, value, mask == 0, scaling=0.25)
+            assert natives == [1, 1, 1] and torch.equal(from_bool, got)
             kernels.engine_attention(module, query, key, value, None)  # causal without a mask: SDPA
             kernels.engine_attention(module, query, key, value, mask[:1])  # a mask broadcast over the batch
-            kernels.engine_attention(module, query, key, value, mask > 0)  # a bool mask
             kernels.engine_attention(module, query, key, value, mask, dropout=0.1)
             kernels.engine_attention(module, query, key, value, mask, position_bias=torch.zeros(1, 8, 5, 45))
         with kernels.engine_kernels("onednn"):
             kernels.engine_attention(module, query, key, value, mask)
-    assert natives == [1, 1]
+    assert natives == [1, 1, 1]
     for output, queries, visible in ((got, query, mask), (single, one_token, None)):
         in_float64 = numerics.attention(queries, key, value, visible, 0.25)
         expected, _ = sdpa_attention_forward(module, queries, key, value, visible, scaling=0.25)

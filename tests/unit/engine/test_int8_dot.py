@@ -1,0 +1,129 @@
+"""8-bit activations (`engine.weights.int8_dot`): the kernel, the model, and every mode
+decoding the same tokens as the model's own greedy generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, native
+from langchain_seed.engine.routing import engine_forward, needs_engine_forward
+from langchain_seed.engine.weights import formats, int8_dot
+from langchain_seed.engine.weights.convert import quantize_model, use_int8_activations
+
+from engine_fixtures import build_model, hf_greedy, needs_kernel, noisy_copy
+
+pytestmark = needs_kernel
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+@pytest.mark.parametrize(("out_features", "in_features"), [(24, 64), (19, 96), (64, 576)])
+def test_repacking_is_lossless(fmt, out_features, in_features):
+    blocks = formats.quantize(torch.randn(out_features, in_features), fmt)
+    groups = int8_dot.repack(blocks, fmt, in_features)
+    assert torch.equal(int8_dot.unpack_rows(groups, fmt, in_features, torch.arange(out_features)), blocks)
+    linear = int8_dot.Int8Linear.from_blocks(blocks, fmt, in_features)
+    assert torch.equal(linear.weight, formats.dequantize(blocks, fmt, in_features))
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+@pytest.mark.parametrize(("out_features", "in_features"), [(24, 64), (19, 96), (64, 576)])
+@pytest.mark.parametrize("rows", [1, 3, 5, 13])
+def test_kernel_equals_its_reference_and_each_row_is_its_own(fmt, out_features, in_features, rows):
+    torch.manual_seed(rows)
+    blocks = formats.quantize(torch.randn(out_features, in_features), fmt)
+    linear = int8_dot.Int8Linear.from_blocks(blocks, fmt, in_features, bias=torch.randn(out_features))
+    x = torch.randn(rows, in_features) * 3
+    got = linear(x)
+    reference = int8_dot.reference_linear(x, linear.groups, fmt, in_features, linear.padded_bias)[:, :out_features]
+    assert torch.equal(got, reference)
+    assert torch.equal(got, torch.cat([linear(x[r:r + 1]) for r in range(rows)]))
+    # llama.cpp's arithmetic is close to the float product on the same weights, not equal
+    dense = torch.nn.functional.linear(x, linear.weight, linear.bias)
+    assert 0 < (got - dense).abs().max() <= 0.02 * dense.abs().max()
+
+
+def test_activations_are_quantised_as_the_reference_does():
+    x = torch.randn(7, 96) * torch.logspace(-3, 2, 96)
+    x[2] = 0  # an all-zero block has scale 0 and values 0
+    values, scales, sums = native.quantize_activations(x)
+    expected = int8_dot.quantize_activations(x)
+    assert torch.equal(values.int(), expected[0]) and torch.equal(scales, expected[1]) and torch.equal(sums, expected[2])
+    assert values.abs().max() <= 127 and not scales[2].any()
+
+
+def test_bad_repacked_weights_are_refused():
+    with pytest.raises(ValueError, match="repacked q4_1 weight must be uint8"):
+        int8_dot.Int8Linear(torch.zeros(3, 160, dtype=torch.uint8), "q4_1", 64, 24)
+    linear = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(8, 64), "q8_0"), "q8_0", 64)
+    with pytest.raises(ValueError, match="input has 32 features, expected 64"):
+        linear(torch.randn(2, 32))
+
+
+def int8_model(seed: int, weights: str = "int4"):
+    model = build_model("llama", seed=seed)
+    quantize_model(model, weights)
+    use_int8_activations(model)
+    return model
+
+
+def test_a_model_with_int8_activations_is_computed_by_the_engine_kernels():
+    model = int8_model(11)
+    assert needs_engine_forward(model) and not needs_engine_forward(build_model("llama"))
+    assert all(type(m).__name__ != "QuantizedLinear" for m in model.modules())
+
+
+PROMPTS = [[(5 * i + k) % 60 + 1 for i in range(n)] for k, n in ((1, 3), (2, 9), (3, 40), (4, 150))]
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+@pytest.mark.parametrize(("mode", "k_config", "verify"), [
+    ("autoregressive", (1,), "batched"), ("speculative", (1, 1, 1), "batched"), ("speculative", (2, 2, 1), "batched"),
+    ("scheduled", (1, 1, 1), "batched"), ("scheduled", (2, 1), "batched"), ("scheduled", (1, 1, 1), "rounds")])
+def test_every_mode_decodes_the_int8_models_greedy_output(weights, mode, k_config, verify):
+    target = int8_model(12, weights)
+    draft = noisy_copy(build_model("llama", seed=12), 0.05)
+    with engine_forward(target):
+        reference = [hf_greedy(target, prompt, 24) for prompt in PROMPTS]
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=k_config, verify=verify))
+    try:
+        results = engine.generate(PROMPTS, SamplingParams(max_tokens=24), mode=mode)
+        again = [engine.generate([p], SamplingParams(max_tokens=24), mode=mode)[0] for p in PROMPTS]
+    finally:
+        engine.close()
+    assert [r.token_ids for r in results] == reference
+    assert [r.token_ids for r in again] == reference
+
+
+def _last_logits(model, ids: list[int], split: int | None = None, pad_before: int = 0) -> torch.Tensor:
+    """The model's logits after `ids`: in one forward, or prefilled up to `split` and then
+    fed the rest over the cache, or left-padded by `pad_before` slots in a batch of two."""
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        if split is not None:
+            cache = DynamicCache()
+            model(input_ids=torch.tensor([ids[:split]]), cache=cache, use_cache=True)
+            return model(input_ids=torch.tensor([ids[split:]]), cache=cache, use_cache=True).logits[0, -1]
+        if pad_before:
+            width = len(ids) + pad_before
+            other = [(3 * i) % 60 + 1 for i in range(width)]
+            input_ids = torch.tensor([[0] * pad_before + ids, other])
+            mask = torch.tensor([[0] * pad_before + [1] * len(ids), [1] * width])
+            return model(input_ids=input_ids, attention_mask=mask).logits[0, -1]
+        return model(input_ids=torch.tensor([ids])).logits[0, -1]
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+def test_a_tokens_logits_do_not_depend_on_the_batch_or_the_split(weights):
+    """What identity in every mode rests on: under the engine's kernels a token's logits are
+    the same bits whether its prompt came in one forward, over a cache in pieces, or padded
+    in a batch with another (8-bit activations turn any float difference into a different
+    rounding, so nearly equal is not enough)."""
+    model = int8_model(13, weights)
+    ids = PROMPTS[3]
+    with engine_forward(model):
+        whole = _last_logits(model, ids)
+        assert torch.equal(_last_logits(model, ids, split=len(ids) - 5), whole)
+        assert torch.equal(_last_logits(model, ids, split=1), whole)
+        assert torch.equal(_last_logits(model, ids, pad_before=7), whole)
