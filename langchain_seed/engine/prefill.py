@@ -7,8 +7,14 @@ is prefilled once, copied to its members, and the members' remaining suffixes ar
 prefilled together in one batched forward. Every prompt's last token is left out: it is
 the pending token that the first verification (or draft step) feeds.
 
+For a model that keeps a store of earlier prompts (`engine.prefix_cache`: 8-bit
+activations), prefixes come from it where one shares at least `prefix_cache.MIN_REUSE`
+tokens, and go into it.
+
 A prompt's own text (past the prefix its cluster shares; a lone prompt's whole text) of
-at most `pending_up_to` tokens is not prefilled at all: it stays pending for the
+at most `pending_up_to` tokens is not prefilled at all (with a store, a lone prompt's
+only up to `BATCHED_PENDING_MAX` tokens, or past a stored prefix; a longer one is
+prefilled and stored): it stays pending for the
 sequence's first verification, which feeds it together with the first draft, as
 transformers' assisted generation does. That saves a target forward, most of the cost of a
 short generation: one per request where each sequence is verified alone ("rounds", any
@@ -24,6 +30,7 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
+from langchain_seed.engine.prefix_cache import prefill_cached, store_for
 
 MIN_SHARED_PREFIX = 8
 BATCHED_PENDING_MAX = 32
@@ -88,13 +95,17 @@ def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
     caches: list[BatchKV | None] = [None] * len(token_lists)
     done = Prefilled([], 0, [0] * len(token_lists), [None] * len(token_lists) if with_features else None)
     for length, members in cluster_by_prefix(token_lists):
-        if len(members) == 1 and len(token_lists[members[0]]) <= pending_up_to:
-            caches[members[0]] = BatchKV.empty(1)
-            done.unfilled[members[0]] = len(token_lists[members[0]])
+        if len(members) == 1 and len(token_lists[members[0]]) <= pending_up_to and not with_features:
+            caches[members[0]], done.unfilled[members[0]], forwards = _lone_prompt(model, token_lists[members[0]])
+            done.forwards += forwards
             continue
         prefix = token_lists[members[0]][:length]
-        kv, prefix_features = prefill(model, prefix, with_features)
-        done.forwards += 1 if prefix else 0
+        if with_features:
+            kv, prefix_features = prefill(model, prefix, with_features)
+            done.forwards += 1 if prefix else 0
+        else:
+            (kv, forwards), prefix_features = prefill_cached(model, prefix), None
+            done.forwards += forwards
         if len(members) > 1:
             kv = kv.repeat_rows(len(members))
         suffixes = [token_lists[m][length:] for m in members]
@@ -114,6 +125,21 @@ def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
     # the clusters partition the lists, so every one got its cache
     done.caches = [kv for kv in caches if kv is not None]
     return done
+
+
+def _lone_prompt(model, tokens: list[int]) -> tuple[BatchKV, int, int]:
+    """(cache, tokens left pending, forwards) for a prompt alone in its cluster that may stay
+    pending: short text stays pending whole; a longer one takes the model's stored prompt
+    prefix (`engine.prefix_cache`) and leaves the rest pending, or without one is prefilled
+    and stored for the prompts that follow."""
+    store = store_for(model)
+    if len(tokens) <= BATCHED_PENDING_MAX or store is None:
+        return BatchKV.empty(1), len(tokens), 0
+    shared, kv = store.longest(tokens)
+    if kv is not None:
+        return kv, len(tokens) - shared, 0
+    kv, forwards = prefill_cached(model, tokens)
+    return kv, 0, forwards
 
 
 def _join(chunks: list[torch.Tensor | None]) -> torch.Tensor | None:

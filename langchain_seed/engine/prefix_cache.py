@@ -1,0 +1,122 @@
+"""Prompt prefixes kept between requests: a prompt that starts as an earlier one did
+prefills only the rest (what llama.cpp's prompt cache does for its serial requests), for
+models whose rows are computed the same way at every size (`reuses_prompts`), where a
+reused prefix is exactly what a fresh prefill computes.
+
+Tree-of-Thoughts prompts repeat their template (instructions, examples, the question)
+from one request to the next: every step's samples, every evaluation. `prefill_cached`
+looks up, for one model, the stored prompt sharing the longest prefix with the new one
+(at least `MIN_REUSE` tokens), copies that many slots of its cache and prefills the rest on
+top; the new prompt's cache is stored in turn. The store is per model, least recently used
+first out, within `MAX_BYTES`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+
+import torch
+
+from langchain_seed.engine.cache import BatchKV
+from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
+
+MIN_REUSE = 16
+"""The fewest shared tokens worth a copy of the stored cache."""
+MAX_BYTES = 48 * 2**20
+"""The most bytes of keys and values kept per model (the default target's 30 layers take
+46 KB a token: about 1,000 tokens of prompts)."""
+
+
+class PrefixStore:
+    """One model's stored prompt caches, by token tuple, least recently used first."""
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], BatchKV] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reused_tokens = 0
+
+    def longest(self, tokens: list[int]) -> tuple[int, BatchKV | None]:
+        """(shared length, a copy of the cache of that many tokens) for the stored prompt
+        sharing the longest prefix with `tokens`; (0, None) under `MIN_REUSE`."""
+        with self._lock:
+            best, best_key = 0, None
+            for key in self._entries:
+                shared = _shared_length(key, tokens)
+                if shared > best:
+                    best, best_key = shared, key
+            if best_key is None or best < MIN_REUSE:
+                return 0, None
+            self._entries.move_to_end(best_key)
+            self.reused_tokens += best
+            return best, self._entries[best_key].first_slots(best)
+
+    def put(self, tokens: list[int], kv: BatchKV) -> None:
+        """Store a copy of the one-row cache `kv` holding `tokens`, evicting the oldest
+        entries past `max_bytes` (a cache larger than that is not stored)."""
+        if len(tokens) < MIN_REUSE or kv.nbytes() > self.max_bytes:
+            return
+        with self._lock:
+            self._entries[tuple(tokens)] = kv.first_slots(len(tokens))
+            self._entries.move_to_end(tuple(tokens))
+            while sum(entry.nbytes() for entry in self._entries.values()) > self.max_bytes:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+
+def store_for(model) -> PrefixStore | None:
+    """The model's store (made on first use; gone with the model), or None for a model whose
+    rows are not computed the same way at every size (`reuses_prompts`)."""
+    with _stores_lock:
+        if model not in _stores:
+            _stores[model] = PrefixStore() if reuses_prompts(model) else None
+        return _stores[model]
+
+
+def reuses_prompts(model) -> bool:
+    """Whether a stored prefix holds exactly the bits a fresh prefill would: only for a
+    model whose every row is computed the same way at any batch size and split
+    (`batch_invariant` modules: 8-bit activations on the engine's kernels). A float model's
+    large prefills go through torch's matmuls, whose sums depend on the row count, so a
+    reused prefix could differ in its last bits and make one request's output depend on
+    the requests before it."""
+    return any(getattr(module, "batch_invariant", False) for module in model.modules())
+
+
+def prefill_cached(model, token_ids: list[int]) -> tuple[BatchKV, int]:
+    """A one-row cache holding `token_ids` (as `forward.prefill`), reusing the model's
+    stored prompt with the longest shared prefix where it has a store; also the forwards it
+    made (0 or 1)."""
+    store = store_for(model)
+    if store is None:
+        return prefill(model, token_ids)[0], 1 if token_ids else 0
+    shared, stored = store.longest(token_ids)
+    if stored is None:
+        kv = prefill(model, token_ids)[0]
+    else:
+        kv = stored
+        rest = token_ids[shared:]
+        if rest:
+            with torch.inference_mode():
+                forward_hidden(model, kv, [causal_row(rest, shared)])
+            kv.commit_new_slots(torch.ones(1, len(rest), dtype=torch.bool))
+    store.put(token_ids, kv)
+    return kv, 1 if len(token_ids) > shared else 0
+
+
+def _shared_length(a: tuple[int, ...], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
