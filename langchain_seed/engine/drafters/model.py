@@ -8,6 +8,9 @@ where the model is unsure take prompt lookup's token first (`ngram.PromptLookup`
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import torch
 
 from langchain_seed.engine.cache import BatchKV
@@ -45,8 +48,7 @@ class ModelDrafter:
         self._node_slots: dict[int, list[int]] = {}
         self.lookup = PromptLookup()
         self.forwards = 0
-        self.vocab_size, self.head_ids, self.head_weight = self._head_of(model, head_token_ids)
-        self.int8_head = _int8_head(model, self.head_weight)
+        self.vocab_size, self.head_ids, self.head_weight, self.int8_head = _head_for(type(self), model, head_token_ids)
 
     @staticmethod
     def _head_of(model, head_token_ids: list[int] | None):
@@ -362,6 +364,23 @@ def _top_probability(logits: torch.Tensor) -> float:
 
 def _pad_picks(picks: list[int], count: int) -> list[int]:
     return picks + picks[-1:] * (count - len(picks))
+
+
+_heads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_heads_lock = threading.Lock()
+
+
+def _head_for(drafter_class, model, head_token_ids: list[int] | None):
+    """`ModelDrafter._head_of` and `_int8_head`, built once per draft model and token ids: a
+    one-at-a-time engine makes a drafter per request, and a restricted head costs 5 ms to
+    dequantise (50 ms to quantise for an int8 draft)."""
+    key = (drafter_class, None if head_token_ids is None else tuple(sorted(set(head_token_ids))))
+    with _heads_lock:
+        built = _heads.setdefault(model, {})
+        if key not in built:
+            vocab_size, ids, weight = drafter_class._head_of(model, head_token_ids)
+            built[key] = (vocab_size, ids, weight, _int8_head(model, weight))
+        return built[key]
 
 
 def _int8_head(model, head_weight: torch.Tensor):
