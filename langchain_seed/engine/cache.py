@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-SPARE_SLOTS_MIN = 64
-"""Spare slots a growing layer reserves at least (and a quarter of its length)."""
+SPARE_SLOTS_MIN = 16
+"""Spare slots a growing layer reserves at least (and an eighth of its length: more spare
+slots cost memory on every row of a batch, fewer cost copies)."""
 
 
 class GrowingLayer(DynamicLayer):
@@ -62,7 +63,7 @@ def _is_leading_cut(view: torch.Tensor, store: torch.Tensor, needed: int) -> boo
 def _store_for(current: torch.Tensor, needed: int) -> torch.Tensor:
     """A new store holding `current`'s slots, with room for `needed` and spare slots."""
     batch, heads, slots, dim = current.shape
-    store = current.new_empty(batch, heads, needed + max(SPARE_SLOTS_MIN, needed // 4), dim)
+    store = current.new_empty(batch, heads, needed + max(SPARE_SLOTS_MIN, needed // 8), dim)
     store[:, :, :slots] = current
     return store
 
