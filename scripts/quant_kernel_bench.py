@@ -9,11 +9,14 @@ forward. Candidates:
   then the dense tiles), Q4_1 layers and a Q8_0 head as the GGUF ships them;
 - `q4_1-dequant+mkl`: dequantise each weight (C) then `F.linear` (the route above the
   native row limit);
+- `q4_1-int8act`: 8-bit activations times repacked Q4_1 layers and Q8_0 head with integer
+  dot products (`activations="int8"`, `engine/native/int8_dot.c`: llama.cpp's arithmetic, a
+  different model);
 - `int8pack`: torch's `_weight_int8pack_mm` (int8 weights, a float scale per output row);
 - `int4pack`: torch's `_weight_int4pack_mm_for_cpu` (4-bit groups of 32, scale and zero);
 - `torchao-int8`: torchao's `Int8WeightOnlyConfig` on an nn.Linear, when torchao is installed.
 
-Usage: python scripts/quant_kernel_bench.py [--rows 1,3,6,18,48,128] [--json PATH]
+Usage: python scripts/quant_kernel_bench.py [--rows 1,3,6,18,48,128] [--candidates a,b] [--json PATH]
 Prints milliseconds per pass (best of --repeats), and the CPU model.
 """
 
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 from langchain_seed.engine import native
 from langchain_seed.engine.calibration import cpu_model_name
-from langchain_seed.engine.weights import formats
+from langchain_seed.engine.weights import formats, int8_dot
 
 HIDDEN, INTERMEDIATE, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
 LAYER_SHAPES = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN), (INTERMEDIATE, HIDDEN),
@@ -58,6 +61,10 @@ def _candidates(layers: list[torch.Tensor], head: torch.Tensor) -> dict[str, lis
                              for b, w in zip(q4, layers, strict=True)]
         + [lambda x: F.linear(x, native.dequantize(q8_head, "q8_0", HIDDEN))],
     }
+    q4_groups = [int8_dot.repack(b, "q4_1", w.shape[1]) for b, w in zip(q4, layers, strict=True)]
+    q8_head_groups = int8_dot.repack(q8_head, "q8_0", HIDDEN)
+    out["q4_1-int8act"] = [lambda x, g=g: native.int8_linear(x, g, "q4_1") for g in q4_groups] + [
+        lambda x: native.int8_linear(x, q8_head_groups, "q8_0")]
     out["int8pack"] = [_int8pack(w) for w in dense]
     out["int4pack"] = [_int4pack(w) for w in dense]
     torchao = _torchao_int8(dense)
@@ -114,11 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,3,6,18,48,128")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--candidates", default=None, help="comma-separated candidate names (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     layers, head = _weights()
     dense = [*layers, head]
     candidates = _candidates(layers, head)
+    if args.candidates:
+        candidates = {name: candidates[name] for name in args.candidates.split(",")}
     table: dict[str, dict[int, float]] = {name: {} for name in candidates}
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):

@@ -45,18 +45,23 @@ static inline float hmax(__m256 v) {
 static void softmax_row(float *scores, const float *mask, long S, float scale) {
   __m256 tops = _mm256_set1_ps(-INFINITY);
   long j = 0;
+  const __m256 floor = _mm256_set1_ps(MASKED_BELOW), minus_infinity = _mm256_set1_ps(-INFINITY);
   for (; j + 8 <= S; j += 8) {
     __m256 x = _mm256_mul_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(scale));
-    if (mask) x = _mm256_add_ps(x, _mm256_loadu_ps(mask + j));
+    if (mask) {
+      const __m256 m = _mm256_loadu_ps(mask + j);
+      /* a masked slot is -inf whatever its key held (even NaN), so it never sets the max */
+      x = _mm256_blendv_ps(minus_infinity, _mm256_add_ps(x, m), _mm256_cmp_ps(m, floor, _CMP_GT_OQ));
+    }
     _mm256_storeu_ps(scores + j, x);
     tops = _mm256_max_ps(tops, x);
   }
   float top = hmax(tops);
   for (long t = j; t < S; ++t) {
-    scores[t] = scores[t] * scale + (mask ? mask[t] : 0.0f);
+    const int masked = mask && !(mask[t] > MASKED_BELOW);
+    scores[t] = masked ? -INFINITY : scores[t] * scale + (mask ? mask[t] : 0.0f);
     top = scores[t] > top ? scores[t] : top;
   }
-  const __m256 floor = _mm256_set1_ps(MASKED_BELOW);
   float total = 0.0f;
   for (j = 0; j < S; j += 8) {
     float chunk[8] = {0};

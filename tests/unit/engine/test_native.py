@@ -236,3 +236,32 @@ def test_the_build_is_cached(rebuilt, tmp_path):
     native._library.cache_clear()
     assert native.available()
     assert built[0].stat().st_mtime_ns == stamp
+
+
+@needs_kernel
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_attention_does_not_depend_on_masked_slots_or_where_the_visible_ones_sit(tokens):
+    """A query's output is the same bits over its visible keys alone, or with masked slots
+    (holding anything, NaN included) spread between and after them, in a batch with other rows."""
+    torch.manual_seed(tokens)
+    query = torch.randn(1, 4, tokens, 16)
+    key, value = torch.randn(1, 2, 37, 16), torch.randn(1, 2, 37, 16)
+    alone = native.attention(query, key, value, None if tokens == 1 else _causal_tail(tokens, 37), 0.25)
+    holes = torch.tensor([3, 9, 10, 20, 36, 41])  # the masked slots' positions in the wider cache
+    wide = 37 + len(holes) + 2
+    visible_slots = torch.tensor([s for s in range(wide) if s not in holes.tolist()][:37])
+    wide_key = torch.full((2, 2, wide, 16), float("nan"))
+    wide_value = torch.full((2, 2, wide, 16), float("nan"))
+    wide_key[0, :, visible_slots], wide_value[0, :, visible_slots] = key[0], value[0]
+    wide_key[1], wide_value[1] = torch.randn(2, wide, 16), torch.randn(2, wide, 16)
+    mask = torch.full((2, 1, tokens, wide), float("-inf"))
+    mask[0, :, :, visible_slots] = _causal_tail(tokens, 37)[0]
+    mask[1] = 0.0
+    batched = native.attention(torch.cat([query, torch.randn_like(query)]), wide_key, wide_value, mask, 0.25)
+    assert torch.equal(batched[:1], alone)
+
+
+def _causal_tail(tokens: int, slots: int) -> torch.Tensor:
+    """`[1, 1, tokens, slots]`: new token t sees every slot up to its own (the last `tokens` slots)."""
+    visible = torch.ones(tokens, slots, dtype=torch.bool).tril(slots - tokens)
+    return torch.zeros(1, 1, tokens, slots).masked_fill_(~visible, float("-inf"))
