@@ -181,10 +181,16 @@ def _causal(batch: int, tokens: int) -> torch.Tensor:
 
 
 def _additive(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """A boolean attention mask (True: visible) as the additive float32 mask the kernel takes."""
+    """A boolean attention mask (True: visible) as the additive float32 mask the kernel takes
+    (converted once per forward: every layer gets the same mask tensor)."""
     if mask is None or mask.dtype is torch.float32:
         return mask
-    return torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+    last = getattr(_state, "additive", None)
+    if last is not None and last[0] is mask:
+        return last[1]
+    additive = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+    _state.additive = (mask, additive)
+    return additive
 
 
 def _takes_native_path(module, query, key, value, attention_mask, kwargs) -> bool:

@@ -19,7 +19,9 @@ decides that per call, after the cache append, exactly as the routed module woul
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -99,7 +101,34 @@ def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwarg
     grad = torch.is_grad_enabled()
     if grad and hidden_states.requires_grad:
         return False
+    if not grad:
+        return _facts(layer).fits
     return all(_fits(parameter, grad) for parameter in _parameters(layer))
+
+
+@dataclass(frozen=True)
+class _LayerFacts:
+    """What `_applies` checks of a layer's own modules, once per layer (the engine does not
+    expect a model's weights to change kind or type while it runs its kernels)."""
+
+    all_int8: bool
+    quantized: bool
+    dense: bool
+    fits: bool  # every float parameter on the CPU, float32, contiguous (without autograd)
+
+
+_layer_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _facts(layer: Any) -> _LayerFacts:
+    facts = _layer_facts.get(layer)
+    if facts is None:
+        kinds = [type(linear) for linear in _linears(layer)]
+        facts = _layer_facts[layer] = _LayerFacts(
+            all(kind is Int8Linear for kind in kinds), QuantizedLinear in kinds,
+            any(kind in (torch.nn.Linear, Int8Linear) for kind in kinds),
+            all(_fits(parameter, False) for parameter in _parameters(layer)))
+    return facts
 
 
 def _linears(layer: Any) -> tuple[Any, ...]:
@@ -119,11 +148,11 @@ def _parameters(layer: Any) -> list[torch.Tensor | None]:
 def _row_limit(layer: Any) -> int:
     """The most rows the kernels of this layer's linears take: any number for a layer of
     `Int8Linear`s, which must compute every row the same way at every size (`kernels.batch_invariant`)."""
-    if all(type(linear) is Int8Linear for linear in _linears(layer)):
+    facts = _facts(layer)
+    if facts.all_int8:
         return sys.maxsize  # every size on the same kernels: the model's rows must not depend on the batch
-    quantized = any(type(linear) is QuantizedLinear for linear in _linears(layer))
-    dense = any(type(linear) in (torch.nn.Linear, Int8Linear) for linear in _linears(layer))
-    limits = ([kernels.quantized_max_rows()] if quantized else []) + ([kernels.native_max_rows()] if dense else [])
+    limits = ([kernels.quantized_max_rows()] if facts.quantized else []) + \
+        ([kernels.native_max_rows()] if facts.dense else [])
     return min(limits)
 
 
