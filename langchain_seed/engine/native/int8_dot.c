@@ -30,7 +30,8 @@
 
 #define BLOCK_VALUES 32
 #define GROUP_ROWS 8
-#define ROW_TILE 4
+#define ROW_TILE 4      /* input rows per tile on AVX2 (16 vector registers) */
+#define ROW_TILE_VNNI 8 /* and with AVX-512VL's 32 */
 
 static inline long group_block_bytes(int format) { return format == 0 ? 16 + 256 : 32 + 128; }
 
@@ -95,14 +96,14 @@ static inline __m256i broadcast4(const int8_t *p) {
 /* One group of 8 outputs for RB input rows (rows r0.. of xq), every block. DOT is the
  * dot-product step; FORMAT the weight format. Written once as a macro so that the AVX2 and
  * the VNNI variants are the same code. */
-#define DEFINE_GROUP_TILE(NAME, ATTR, DOT)                                                            \
+#define DEFINE_GROUP_TILE(NAME, ATTR, DOT, TILE)                                                      \
   ATTR static inline void NAME(const uint8_t *wg, int format, const int8_t *xq, const float *xd,     \
                                const float *xs, const float *bias, float *out, long rb, long n_in,   \
                                long n_out) {                                                          \
     const long blocks = n_in / BLOCK_VALUES, bytes = group_block_bytes(format);                      \
     const __m256i low4 = _mm256_set1_epi8(0x0F);                                                     \
-    __m256 acc[ROW_TILE];                                                                            \
-    for (int r = 0; r < ROW_TILE; ++r) acc[r] = _mm256_setzero_ps();                                 \
+    __m256 acc[TILE];                                                                            \
+    for (int r = 0; r < TILE; ++r) acc[r] = _mm256_setzero_ps();                                 \
     for (long b = 0; b < blocks; ++b) {                                                              \
       const uint8_t *blk = wg + b * bytes;                                                           \
       const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk));                       \
@@ -114,7 +115,7 @@ static inline __m256i broadcast4(const int8_t *p) {
           lo[j] = _mm256_and_si256(p, low4);                                                         \
           hi[j] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low4);                                   \
         }                                                                                             \
-        for (int r = 0; r < ROW_TILE; ++r) {                                                         \
+        for (int r = 0; r < TILE; ++r) {                                                         \
           if (r >= rb) break;                                                                         \
           const int8_t *xb = xq + r * n_in + b * BLOCK_VALUES;                                       \
           __m256i isum = _mm256_setzero_si256();                                                     \
@@ -129,7 +130,7 @@ static inline __m256i broadcast4(const int8_t *p) {
       } else {                                                                                       \
         __m256i w[8];                                                                                \
         for (int j = 0; j < 8; ++j) w[j] = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j)); \
-        for (int r = 0; r < ROW_TILE; ++r) {                                                         \
+        for (int r = 0; r < TILE; ++r) {                                                         \
           if (r >= rb) break;                                                                         \
           const int8_t *xb = xq + r * n_in + b * BLOCK_VALUES;                                       \
           __m256i isum = _mm256_setzero_si256();                                                     \
@@ -141,14 +142,14 @@ static inline __m256i broadcast4(const int8_t *p) {
       }                                                                                               \
     }                                                                                                 \
     const __m256 bv = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();                            \
-    for (int r = 0; r < ROW_TILE; ++r) {                                                             \
+    for (int r = 0; r < TILE; ++r) {                                                             \
       if (r >= rb) break;                                                                             \
       _mm256_storeu_ps(out + r * n_out, bias ? _mm256_add_ps(acc[r], bv) : acc[r]);                  \
     }                                                                                                 \
   }
 
-DEFINE_GROUP_TILE(group_tile_avx2, , dot_avx2)
-DEFINE_GROUP_TILE(group_tile_vnni, __attribute__((target("avx512vnni,avx512vl"))), dot_vnni)
+DEFINE_GROUP_TILE(group_tile_avx2, , dot_avx2, ROW_TILE)
+DEFINE_GROUP_TILE(group_tile_vnni, __attribute__((target("avx512vnni,avx512vl"))), dot_vnni, ROW_TILE_VNNI)
 
 static int has_vnni(void) {
   static int cached = -1;
@@ -165,8 +166,9 @@ static void run_groups(const uint8_t *w, int format, const int8_t *xq, const flo
                        const float *bias, float *out, long n_rows, long n_in, long n_out, long g) {
   const long blocks = n_in / BLOCK_VALUES, group_bytes = blocks * group_block_bytes(format);
   const int vnni = has_vnni();
-  for (long r0 = 0; r0 < n_rows; r0 += ROW_TILE) {
-    const long rb = n_rows - r0 < ROW_TILE ? n_rows - r0 : ROW_TILE;
+  const long tile = vnni ? ROW_TILE_VNNI : ROW_TILE;
+  for (long r0 = 0; r0 < n_rows; r0 += tile) {
+    const long rb = n_rows - r0 < tile ? n_rows - r0 : tile;
     const int8_t *x = xq + r0 * n_in;
     const float *d = xd + r0 * blocks, *s = xs + r0 * blocks, *b = bias ? bias + g * GROUP_ROWS : 0;
     float *o = out + r0 * n_out + g * GROUP_ROWS;

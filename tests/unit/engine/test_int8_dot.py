@@ -127,3 +127,28 @@ def test_a_tokens_logits_do_not_depend_on_the_batch_or_the_split(weights):
         assert torch.equal(_last_logits(model, ids, split=len(ids) - 5), whole)
         assert torch.equal(_last_logits(model, ids, split=1), whole)
         assert torch.equal(_last_logits(model, ids, pad_before=7), whole)
+
+
+_PATHS_SCRIPT = """
+import hashlib, torch
+from langchain_seed.engine.weights import formats, int8_dot
+torch.manual_seed(5)
+for fmt in ("q4_1", "q8_0"):
+    linear = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(40, 96), fmt), fmt, 96)
+    print(hashlib.sha256(linear(torch.randn(11, 96) * 4).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_the_avx2_and_vnni_paths_give_the_same_bits():
+    """VNNI's dpbusd and AVX2's maddubs + madd sum the same integers (the kernel picks one per
+    CPU; LANGCHAIN_SEED_NO_VNNI=1 forces AVX2), so a model computes alike on either machine."""
+    import os
+    import subprocess
+    import sys
+
+    def run(no_vnni: str) -> str:
+        env = {**os.environ, "LANGCHAIN_SEED_NO_VNNI": no_vnni}
+        return subprocess.run([sys.executable, "-c", _PATHS_SCRIPT], env=env, capture_output=True, text=True,
+                              check=True, timeout=300).stdout
+
+    assert run("1") == run("0")
