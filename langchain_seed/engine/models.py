@@ -62,6 +62,7 @@ def load_model(
     (`ACTIVATIONS`); `role` names it in errors."""
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
+    _check_int8_kernels(activations, role)
     model = _load_model(name_or_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle, role=role, weights=weights)
     if activations == "int8":
@@ -72,6 +73,16 @@ def load_model(
                              f"weights='int8' / 'int4'); got weights={weights!r}")
         use_int8_activations(model)
     return model
+
+
+def _check_int8_kernels(activations: str, role: str) -> None:
+    """8-bit activations need the native kernels: only they compute every row the same way
+    in every mode (`kernels.batch_invariant`), so without them the modes could disagree."""
+    from langchain_seed.engine import native
+
+    if activations == "int8" and not native.available():
+        raise ValueError(f"{role}: activations='int8' needs the engine's native kernels, which cannot run here: "
+                         f"{native.unavailable_reason()}")
 
 
 def _load_model(name_or_path: str | Path, *, dtype, device_map, trust_remote_code: bool, allow_pickle: bool,
@@ -194,6 +205,7 @@ def load_models(
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
     if draft_activations not in ACTIVATIONS:
         raise ValueError(f"draft_activations must be one of {', '.join(ACTIVATIONS)}; got {draft_activations!r}")
+    _check_int8_kernels(draft_activations, "draft")
     if draft_model is not None and draft_activations == "int8":
         from langchain_seed.engine.weights.convert import int8_draft_layers
 

@@ -152,3 +152,14 @@ def test_the_avx2_and_vnni_paths_give_the_same_bits():
                               check=True, timeout=300).stdout
 
     assert run("1") == run("0")
+
+
+def test_int8_activations_are_refused_without_the_native_kernels(monkeypatch):
+    from langchain_seed.engine import models
+
+    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C compiler")
+    with pytest.raises(ValueError, match="activations='int8' needs the engine's native kernels.*no C compiler"):
+        models.load_model("anything", activations="int8")
+    with pytest.raises(ValueError, match="activations must be one of"):
+        models.load_model("anything", activations="int4")
