@@ -69,9 +69,8 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
     attention = layer.self_attn
     normed = _norm(layer.input_layernorm, hidden_states)
     cos, sin = position_embeddings
-    query = native.rotary(_heads(attention.q_proj, normed, attention.head_dim), cos, sin)
-    key = native.rotary(_heads(attention.k_proj, normed, attention.head_dim), cos, sin)
-    value = _heads(attention.v_proj, normed, attention.head_dim)
+    query, key, value = _query_key_value(layer, normed)
+    query, key = native.rotary(query, cos, sin), native.rotary(key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, attention.layer_idx, kwargs={})
     attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
@@ -115,6 +114,7 @@ class _LayerFacts:
     quantized: bool
     dense: bool
     fits: bool  # every float parameter on the CPU, float32, contiguous (without autograd)
+    fused_qkv: bool  # query, key and value: Int8Linears of one format, no bias, whole groups
 
 
 _layer_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -127,8 +127,14 @@ def _facts(layer: Any) -> _LayerFacts:
         facts = _layer_facts[layer] = _LayerFacts(
             all(kind is Int8Linear for kind in kinds), QuantizedLinear in kinds,
             any(kind in (torch.nn.Linear, Int8Linear) for kind in kinds),
-            all(_fits(parameter, False) for parameter in _parameters(layer)))
+            all(_fits(parameter, False) for parameter in _parameters(layer)), _fusable_qkv(layer))
     return facts
+
+
+def _fusable_qkv(layer: Any) -> bool:
+    projections = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+    return (all(type(p) is Int8Linear and p.bias is None and p.out_features % 8 == 0 for p in projections)
+            and len({p.fmt for p in projections}) == 1 and len({p.in_features for p in projections}) == 1)
 
 
 def _linears(layer: Any) -> tuple[Any, ...]:
@@ -194,6 +200,22 @@ def _project(linear: torch.nn.Linear | QuantizedLinear | Int8Linear, x: torch.Te
     if type(linear) is QuantizedLinear:
         return native.quantized_linear(x, linear.blocks, linear.fmt, linear.bias)
     return native.skinny_linear(x, linear.weight, linear.bias)
+
+
+def _query_key_value(layer: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention's query, key and value projections of x `[batch, new, hidden]`, each as
+    `[batch, heads, new, head_dim]`: in one int8 call where the layer allows (`_facts`)."""
+    attention = layer.self_attn
+    head_dim = attention.head_dim
+    if not _facts(layer).fused_qkv:
+        return (_heads(attention.q_proj, x, head_dim), _heads(attention.k_proj, x, head_dim),
+                _heads(attention.v_proj, x, head_dim))
+    query, key, value = native.int8_linear3(x, attention.q_proj.groups, attention.k_proj.groups,
+                                            attention.v_proj.groups, attention.q_proj.fmt)
+    def heads(projection: torch.Tensor) -> torch.Tensor:
+        return projection.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
+
+    return heads(query), heads(key), heads(value)
 
 
 def _heads(linear: torch.nn.Linear | QuantizedLinear | Int8Linear, x: torch.Tensor, head_dim: int) -> torch.Tensor:

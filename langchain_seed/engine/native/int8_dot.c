@@ -194,6 +194,31 @@ int seed_int8_linear(const float *x, const uint8_t *w, int format, const float *
   return 0;
 }
 
+/* Three products of one input (a layer's query, key and value projections), x quantised
+ * once: out_i [n_rows, n_out_i] = x . w_i, each exactly as seed_int8_linear computes it.
+ * Returns 0, or 1 without memory. */
+int seed_int8_linear3(const float *x, const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, int format,
+                      float *out0, float *out1, float *out2, long n_rows, long n_in, long n_out0, long n_out1,
+                      long n_out2, int threads) {
+  const long blocks = n_in / BLOCK_VALUES, g0 = n_out0 / GROUP_ROWS, g1 = n_out1 / GROUP_ROWS;
+  const long groups = g0 + g1 + n_out2 / GROUP_ROWS;
+  int8_t *xq = malloc(n_rows * n_in + 2 * n_rows * blocks * sizeof(float));
+  if (!xq) return 1;
+  float *xd = (float *)(xq + n_rows * n_in), *xs = xd + n_rows * blocks;
+  seed_quantize_activations(x, xq, xd, xs, n_rows, n_in, threads);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long g = 0; g < groups; ++g) {
+    if (g < g0)
+      run_groups(w0, format, xq, xd, xs, 0, out0, n_rows, n_in, n_out0, g);
+    else if (g < g0 + g1)
+      run_groups(w1, format, xq, xd, xs, 0, out1, n_rows, n_in, n_out1, g - g0);
+    else
+      run_groups(w2, format, xq, xd, xs, 0, out2, n_rows, n_in, n_out2, g - g0 - g1);
+  }
+  free(xq);
+  return 0;
+}
+
 /* The MLP's first half, silu(gate(x)) * up(x), with both products as in seed_int8_linear
  * (x quantised once); gate and up repacked [n_out / 8 groups]; out [n_rows, n_out]. The SiLU
  * is the dense kernels' (x / (1 + exp(-x))). Returns 0, or 1 without memory. */

@@ -163,3 +163,12 @@ def test_int8_activations_are_refused_without_the_native_kernels(monkeypatch):
         models.load_model("anything", activations="int8")
     with pytest.raises(ValueError, match="activations must be one of"):
         models.load_model("anything", activations="int4")
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+def test_query_key_value_in_one_call_equal_three_calls(fmt):
+    torch.manual_seed(9)
+    linears = [int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(n, 64), fmt), fmt, 64) for n in (32, 16, 16)]
+    x = torch.randn(2, 5, 64)
+    fused = native.int8_linear3(x, *(linear.groups for linear in linears), fmt)
+    assert all(torch.equal(got, linear(x)) for got, linear in zip(fused, linears, strict=True))
