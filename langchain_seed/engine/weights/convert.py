@@ -60,18 +60,17 @@ def use_int8_activations(model: torch.nn.Module) -> int:
     released) and an embedding tied to such a linear by an `Int8Embedding` on the same
     repacked table; returns how many linears were replaced. The model is then the model
     with 8-bit activations, and the engine's target is that model."""
-    repacked: dict[int, Int8Linear] = {}
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedLinear):
-            key = module.blocks.data_ptr()
-            if key not in repacked:
-                repacked[key] = Int8Linear.from_blocks(module.blocks, module.fmt, module.in_features)
-            shared = repacked[key]
-            _replace(model, name, shared if module.bias is None else
-                     Int8Linear(shared.groups, module.fmt, module.in_features, module.out_features, module.bias))
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedEmbedding) and module.blocks.data_ptr() in repacked:
-            _replace(model, name, Int8Embedding(repacked[module.blocks.data_ptr()]))
+    # Modules sharing blocks (a tied head and embedding) by the blocks' address, taken while
+    # all are alive; then each group is repacked and replaced in turn, so its old blocks are
+    # freed before the next group's copy is made (no second copy of the whole model at once).
+    tied: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+            tied.setdefault(module.blocks.data_ptr(), []).append(name)
+    for names in tied.values():
+        linears = [name for name in names if isinstance(model.get_submodule(name), QuantizedLinear)]
+        if linears:  # an embedding tied to no linear keeps its blocks
+            _repack_group(model, names, linears[0])
     return sum(isinstance(m, Int8Linear) for m in model.modules())
 
 
@@ -87,6 +86,25 @@ def int8_draft_layers(draft: torch.nn.Module) -> int:
         raise ValueError("int8 draft layers need a decoder model with .layers")
     quantize_model(layers, "int8")
     return use_int8_activations(layers)
+
+
+def _repack_group(model: torch.nn.Module, names: list[str], first_linear: str) -> None:
+    """Replace the modules `names` (sharing one weight's blocks) by `Int8Linear`s on one
+    repacked copy and, for an embedding among them, an `Int8Embedding` on it."""
+    first = model.get_submodule(first_linear)
+    assert isinstance(first, QuantizedLinear)  # chosen so by the caller; for the type checker
+    shared = Int8Linear.from_blocks(first.blocks, first.fmt, first.in_features)
+    del first
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, QuantizedEmbedding):
+            replacement: torch.nn.Module = Int8Embedding(shared)
+        elif not isinstance(module, QuantizedLinear) or module.bias is None:
+            replacement = shared
+        else:
+            replacement = Int8Linear(shared.groups, shared.fmt, shared.in_features, shared.out_features, module.bias)
+        del module
+        _replace(model, name, replacement)
 
 
 def has_int8_activations(model: torch.nn.Module) -> bool:

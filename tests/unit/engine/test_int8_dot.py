@@ -172,3 +172,17 @@ def test_query_key_value_in_one_call_equal_three_calls(fmt):
     x = torch.randn(2, 5, 64)
     fused = native.int8_linear3(x, *(linear.groups for linear in linears), fmt)
     assert all(torch.equal(got, linear(x)) for got, linear in zip(fused, linears, strict=True))
+
+
+def test_a_tied_embedding_shares_the_repacked_head():
+    from langchain_seed.engine.weights.int8_dot import Int8Embedding
+
+    model = build_model("llama", seed=14)
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied, as the default target is
+    quantize_model(model, "int8")
+    embedding_rows = model.model.embed_tokens.weight.clone()
+    use_int8_activations(model)
+    embedding, head = model.model.embed_tokens, model.lm_head
+    assert isinstance(embedding, Int8Embedding) and isinstance(head, int8_dot.Int8Linear)
+    assert embedding.groups.data_ptr() == head.groups.data_ptr()  # one table, not two
+    assert torch.equal(embedding(torch.tensor([3, 7])), embedding_rows[[3, 7]])
