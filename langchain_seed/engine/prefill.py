@@ -30,20 +30,11 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
-from langchain_seed.engine.prefix_cache import prefill_cached, store_for
+from langchain_seed.engine.prefix_cache import prefill_cached, shared_prefix_length, store_for
 
 MIN_SHARED_PREFIX = 8
 BATCHED_PENDING_MAX = 32
 """Own text a batched lane leaves for the first verification (longer text is prefilled)."""
-
-
-def shared_prefix_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
 
 
 def cluster_by_prefix(token_lists: list[list[int]]) -> list[tuple[int, list[int]]]:

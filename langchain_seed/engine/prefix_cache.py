@@ -1,6 +1,6 @@
 """Prompt prefixes kept between requests: a prompt that starts as an earlier one did
 prefills only the rest (what llama.cpp's prompt cache does for its serial requests), for
-models whose rows are computed the same way at every size (`reuses_prompts`), where a
+models whose rows are computed the same way at every size (`store_for`), where a
 reused prefix is exactly what a fresh prefill computes.
 
 Tree-of-Thoughts prompts repeat their template (instructions, examples, the question)
@@ -16,17 +16,29 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
+from langchain_seed.engine.routing import needs_engine_forward
 
 MIN_REUSE = 16
 """The fewest shared tokens worth a copy of the stored cache."""
 MAX_BYTES = 48 * 2**20
 """The most bytes of keys and values kept per model (the default target's 30 layers take
 46 KB a token: about 1,000 tokens of prompts)."""
+
+
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` have in common."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
 
 
 class PrefixStore:
@@ -44,7 +56,7 @@ class PrefixStore:
         with self._lock:
             best, best_key = 0, None
             for key in self._entries:
-                shared = _shared_length(key, tokens)
+                shared = shared_prefix_length(key, tokens)
                 if shared > best:
                     best, best_key = shared, key
             if best_key is None or best < MIN_REUSE:
@@ -64,10 +76,6 @@ class PrefixStore:
             while sum(entry.nbytes() for entry in self._entries.values()) > self.max_bytes:
                 self._entries.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 _stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _stores_lock = threading.Lock()
@@ -75,21 +83,17 @@ _stores_lock = threading.Lock()
 
 def store_for(model) -> PrefixStore | None:
     """The model's store (made on first use; gone with the model), or None for a model whose
-    rows are not computed the same way at every size (`reuses_prompts`)."""
+    rows are not computed the same way at every size.
+
+    A stored prefix must hold exactly the bits a fresh prefill would: so only a model of
+    `batch_invariant` modules (8-bit activations on the engine's kernels,
+    `routing.needs_engine_forward`) keeps one. A float model's large prefills go through
+    torch's matmuls, whose sums depend on the row count, so a reused prefix could differ in
+    its last bits and make one request's output depend on the requests before it."""
     with _stores_lock:
         if model not in _stores:
-            _stores[model] = PrefixStore() if reuses_prompts(model) else None
+            _stores[model] = PrefixStore() if needs_engine_forward(model) else None
         return _stores[model]
-
-
-def reuses_prompts(model) -> bool:
-    """Whether a stored prefix holds exactly the bits a fresh prefill would: only for a
-    model whose every row is computed the same way at any batch size and split
-    (`batch_invariant` modules: 8-bit activations on the engine's kernels). A float model's
-    large prefills go through torch's matmuls, whose sums depend on the row count, so a
-    reused prefix could differ in its last bits and make one request's output depend on
-    the requests before it."""
-    return any(getattr(module, "batch_invariant", False) for module in model.modules())
 
 
 def prefill_cached(model, token_ids: list[int]) -> tuple[BatchKV, int]:
@@ -112,11 +116,3 @@ def prefill_cached(model, token_ids: list[int]) -> tuple[BatchKV, int]:
     store.put(token_ids, kv)
     return kv, 1 if len(token_ids) > shared else 0
 
-
-def _shared_length(a: tuple[int, ...], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length

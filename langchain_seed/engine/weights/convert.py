@@ -31,8 +31,7 @@ def quantize_model(model: torch.nn.Module, weights: str) -> int:
     for name, module in list(model.named_modules()):
         replacement = _quantized(module, fmt, shared, name)
         if replacement is not None:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, replacement)
+            _replace(model, name, replacement)
             replaced += 1
     return replaced
 
@@ -133,8 +132,7 @@ def dequantize_model(model: torch.nn.Module) -> torch.nn.Module:
     tables: dict[int, torch.nn.Parameter] = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, _dense(module, tables))
+            _replace(model, name, _dense(module, tables))
     return model.eval()
 
 

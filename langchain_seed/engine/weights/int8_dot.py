@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from langchain_seed.engine import native
 from langchain_seed.engine.weights.formats import BLOCK_VALUES, block_format, dequantize
+from langchain_seed.engine.weights.modules import embedding_lookup
 
 GROUP_ROWS = 8
 """Output rows per repacked group (one lane each in a vector of 8 int32 sums)."""
@@ -161,8 +162,7 @@ class Int8Linear(torch.nn.Module):
 
     def rows(self, output_ids: torch.Tensor) -> torch.Tensor:
         """The dequantised float32 weight rows of `output_ids` (`[n]` int64): `[n, in]`."""
-        blocks = unpack_rows(self.groups, self.fmt, self.in_features, output_ids.cpu().long())
-        return dequantize(blocks, self.fmt, self.in_features)
+        return dequantized_rows(self.groups, self.fmt, self.in_features, output_ids)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: `[..., in_features]` -> `[..., out_features]` (float32)."""
@@ -200,13 +200,13 @@ class Int8Embedding(torch.nn.Module):
 
     def rows(self, token_ids: torch.Tensor) -> torch.Tensor:
         """The float32 rows of `token_ids` (`[n]` int64): `[n, embedding_dim]`."""
-        blocks = unpack_rows(self.groups, self.fmt, self.embedding_dim, token_ids.cpu().long())
-        return dequantize(blocks, self.fmt, self.embedding_dim)
+        return dequantized_rows(self.groups, self.fmt, self.embedding_dim, token_ids)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids: `[...]` int64 -> `[..., embedding_dim]` float32."""
-        flat = input_ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
-            raise IndexError(f"token ids must be in [0, {self.num_embeddings}); got {int(flat.min())}.."
-                             f"{int(flat.max())}")
-        return self.rows(flat).view(*input_ids.shape, self.embedding_dim)
+        return embedding_lookup(self, input_ids)
+
+
+def dequantized_rows(groups: torch.Tensor, fmt: str, in_features: int, row_ids: torch.Tensor) -> torch.Tensor:
+    """Rows `row_ids` (`[n]` int64) of a repacked weight, dequantised: `[n, in_features]` float32."""
+    return dequantize(unpack_rows(groups, fmt, in_features, row_ids.cpu().long()), fmt, in_features)

@@ -83,14 +83,20 @@ class QuantizedEmbedding(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids: `[...]` int64 -> `[..., embedding_dim]` float32."""
-        flat = input_ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
-            raise IndexError(f"token ids must be in [0, {self.num_embeddings}); got {int(flat.min())}.."
-                             f"{int(flat.max())}")
-        return self.rows(flat).view(*input_ids.shape, self.embedding_dim)
+        return embedding_lookup(self, input_ids)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, fmt={self.fmt}"
+
+
+def embedding_lookup(embedding, input_ids: torch.Tensor) -> torch.Tensor:
+    """An embedding kept in blocks looked up: `input_ids` `[...]` int64 checked against its
+    `num_embeddings`, then its `rows` -> `[..., embedding_dim]` float32."""
+    flat = input_ids.reshape(-1)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= embedding.num_embeddings):
+        raise IndexError(f"token ids must be in [0, {embedding.num_embeddings}); got {int(flat.min())}.."
+                         f"{int(flat.max())}")
+    return embedding.rows(flat).view(*input_ids.shape, embedding.embedding_dim)
 
 
 def _takes_kernel(x: torch.Tensor, in_features: int) -> bool:
