@@ -153,9 +153,7 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     """
     if dropout == 0.0 and _takes_native_path(module, query, key, value, attention_mask, kwargs):
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        mask = _additive(attention_mask) if attention_mask is not None or query.shape[2] == 1 else \
-            _causal(query.shape[0], query.shape[2])
-        return native.attention(query, key, value, mask, scale), None
+        return native.attention(query, key, value, native_attention_mask(query, attention_mask), scale), None
     if not _takes_grouped_path(module, query, key, value, attention_mask, kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -164,6 +162,21 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                             scale=scaling, enable_gqa=True)
     return output.transpose(1, 2).contiguous(), None
+
+
+def takes_native_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None) -> bool:
+    """Whether `engine_attention` would run this call (no dropout, no other arguments) on
+    the native kernel; the mask it then takes is `native_attention_mask`."""
+    return _takes_native_path(module, query, key, value, attention_mask, {})
+
+
+def native_attention_mask(query: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The additive float32 mask `[batch, 1, new, slots]` the native kernel takes for
+    `attention_mask` (None: every slot visible), where `takes_native_attention` holds."""
+    if attention_mask is not None or query.shape[2] == 1:
+        return _additive(attention_mask)
+    return _causal(query.shape[0], query.shape[2])
 
 
 def batch_invariant(module: Any) -> bool:

@@ -67,12 +67,18 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
         return replaced(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                         use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
     attention = layer.self_attn
-    normed = _norm(layer.input_layernorm, hidden_states)
     cos, sin = position_embeddings
-    query, key, value = _query_key_value(layer, normed)
-    query, key = native.rotary(query, cos, sin), native.rotary(key, cos, sin)
+    fused = _facts(layer).int8_layer
+    if fused is not None:
+        query, key, value = native.int8_layer_qkv(fused, hidden_states, cos, sin)
+    else:
+        query, key, value = _query_key_value(layer, _norm(layer.input_layernorm, hidden_states))
+        query, key = native.rotary(query, cos, sin), native.rotary(key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, attention.layer_idx, kwargs={})
+    if fused is not None and kernels.takes_native_attention(attention, query, key, value, attention_mask):
+        return native.int8_layer_rest(fused, hidden_states, query, key, value,
+                                      kernels.native_attention_mask(query, attention_mask), attention.scaling)
     attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
     hidden_states = hidden_states + _project(attention.o_proj, attended.flatten(2))
     mlp = layer.mlp
@@ -115,6 +121,7 @@ class _LayerFacts:
     dense: bool
     fits: bool  # every float parameter on the CPU, float32, contiguous (without autograd)
     fused_qkv: bool  # query, key and value: Int8Linears of one format, no bias, whole groups
+    int8_layer: native.Int8LayerWeights | None  # the whole layer in two int8 calls, where it fits
 
 
 _layer_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -124,11 +131,26 @@ def _facts(layer: Any) -> _LayerFacts:
     facts = _layer_facts.get(layer)
     if facts is None:
         kinds = [type(linear) for linear in _linears(layer)]
+        all_int8, fits = all(kind is Int8Linear for kind in kinds), all(_fits(p, False) for p in _parameters(layer))
+        fused_qkv = _fusable_qkv(layer)
         facts = _layer_facts[layer] = _LayerFacts(
-            all(kind is Int8Linear for kind in kinds), QuantizedLinear in kinds,
-            any(kind in (torch.nn.Linear, Int8Linear) for kind in kinds),
-            all(_fits(parameter, False) for parameter in _parameters(layer)), _fusable_qkv(layer))
+            all_int8, QuantizedLinear in kinds, any(kind in (torch.nn.Linear, Int8Linear) for kind in kinds), fits,
+            fused_qkv, _int8_layer(layer) if all_int8 and fits and fused_qkv else None)
     return facts
+
+
+def _int8_layer(layer: Any) -> native.Int8LayerWeights | None:
+    """The layer's weights for `native.int8_layer_qkv` / `int8_layer_rest`, or None where
+    its sizes do not fit those kernels (it then runs kernel by kernel)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    try:
+        return native.int8_layer_weights(
+            layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, attention.q_proj.kernel_args(),
+            attention.k_proj.kernel_args(), attention.v_proj.kernel_args(), attention.o_proj.kernel_args(),
+            layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+            mlp.gate_proj.kernel_args(), mlp.up_proj.kernel_args(), mlp.down_proj.kernel_args(), attention.head_dim)
+    except ValueError:
+        return None
 
 
 def _fusable_qkv(layer: Any) -> bool:

@@ -160,6 +160,10 @@ class Int8Linear(torch.nn.Module):
         """The dequantised float32 weight `[out, in]` (built on each access)."""
         return self.rows(torch.arange(self.out_features))
 
+    def kernel_args(self) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+        """(groups, format, bias padded to whole groups or None): what `native.int8_linear` takes."""
+        return self.groups, self.fmt, self.padded_bias
+
     def rows(self, output_ids: torch.Tensor) -> torch.Tensor:
         """The dequantised float32 weight rows of `output_ids` (`[n]` int64): `[n, in]`."""
         return dequantized_rows(self.groups, self.fmt, self.in_features, output_ids)
