@@ -20,6 +20,10 @@
  * with every product of two fp16 values exact in float32 and nothing fused, so the result
  * depends only on that row and that output: the same whatever else is in the batch, with
  * or without VNNI, and equal to `engine.weights.int8_dot`'s torch reference.
+ *
+ * Paths, picked once per process (`dot_path`): AVX2 (4 input rows a tile), 256-bit VNNI (8),
+ * and where the CPU has AVX-512BW too, 512-bit VNNI on two groups at a time (16 outputs a
+ * vector; 20-25 % faster than 256 bits from 12 rows up on an Intel Xeon with AVX-512).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -151,45 +155,145 @@ static inline __m256i broadcast4(const int8_t *p) {
 DEFINE_GROUP_TILE(group_tile_avx2, , dot_avx2, ROW_TILE)
 DEFINE_GROUP_TILE(group_tile_vnni, __attribute__((target("avx512vnni,avx512vl"))), dot_vnni, ROW_TILE_VNNI)
 
-static int has_vnni(void) {
+/* Two neighbouring groups (16 outputs) in 512-bit vectors: group g in lanes 0-7, g + 1 in
+ * lanes 8-15, each lane computing exactly what group_tile_vnni computes for its output (the
+ * same integer sums, the same float operations in the same order), with half the
+ * instructions. AVX-512 has no sign_epi8: Q8_0's signed weights are made unsigned by
+ * negating x where the weight is negative (x is within [-127, 127]). */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+AVX512_TARGET static inline __m512i pair_load(const uint8_t *first, long group_bytes) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)first)),
+                            _mm256_loadu_si256((const __m256i *)(first + group_bytes)), 1);
+}
+
+AVX512_TARGET static inline __m512 pair_halves(const uint8_t *first, long group_bytes) {
+  const __m128i a = _mm_loadu_si128((const __m128i *)first), b = _mm_loadu_si128((const __m128i *)(first + group_bytes));
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1));
+}
+
+AVX512_TARGET static inline __m512i broadcast4_512(const int8_t *p) {
+  int32_t word;
+  memcpy(&word, p, sizeof word);
+  return _mm512_set1_epi32(word);
+}
+
+AVX512_TARGET static void pair_tile_vnni512(const uint8_t *wg, long group_bytes, int format, const int8_t *xq,
+                                            const float *xd, const float *xs, const float *bias, float *out, long rb,
+                                            long n_in, long n_out) {
+  const long blocks = n_in / BLOCK_VALUES, bytes = group_block_bytes(format);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[ROW_TILE_VNNI];
+  for (int r = 0; r < ROW_TILE_VNNI; ++r) acc[r] = _mm512_setzero_ps();
+  for (long b = 0; b < blocks; ++b) {
+    const uint8_t *blk = wg + b * bytes;
+    const __m512 dw = pair_halves(blk, group_bytes);
+    if (format == 1) {
+      const __m512 mw = pair_halves(blk + 16, group_bytes);
+      __m512i lo[4], hi[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m512i p = pair_load(blk + 32 + 32 * j, group_bytes);
+        lo[j] = _mm512_and_si512(p, low4);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+      }
+      for (int r = 0; r < ROW_TILE_VNNI && r < rb; ++r) {
+        const int8_t *xb = xq + r * n_in + b * BLOCK_VALUES;
+        __m512i isum = _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) {
+          isum = _mm512_dpbusd_epi32(isum, lo[j], broadcast4_512(xb + 4 * j));
+          isum = _mm512_dpbusd_epi32(isum, hi[j], broadcast4_512(xb + 16 + 4 * j));
+        }
+        const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * blocks + b]));
+        acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(isum), scale));
+        acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(mw, _mm512_set1_ps(xs[r * blocks + b])));
+      }
+    } else {
+      __m512i w[8];
+      __mmask64 negative[8];
+      for (int j = 0; j < 8; ++j) {
+        const __m512i v = pair_load(blk + 16 + 32 * j, group_bytes);
+        negative[j] = _mm512_movepi8_mask(v);
+        w[j] = _mm512_abs_epi8(v);
+      }
+      for (int r = 0; r < ROW_TILE_VNNI && r < rb; ++r) {
+        const int8_t *xb = xq + r * n_in + b * BLOCK_VALUES;
+        __m512i isum = _mm512_setzero_si512();
+        for (int j = 0; j < 8; ++j) {
+          const __m512i x = broadcast4_512(xb + 4 * j);
+          isum = _mm512_dpbusd_epi32(isum, w[j], _mm512_mask_sub_epi8(x, negative[j], _mm512_setzero_si512(), x));
+        }
+        const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * blocks + b]));
+        acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(isum), scale));
+      }
+    }
+  }
+  const __m512 bv = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  for (int r = 0; r < ROW_TILE_VNNI && r < rb; ++r)
+    _mm512_storeu_ps(out + r * n_out, bias ? _mm512_add_ps(acc[r], bv) : acc[r]);
+}
+
+/* Which dot-product path runs: 2 = 512-bit VNNI, 1 = 256-bit VNNI, 0 = AVX2. The environment
+ * can narrow it (LANGCHAIN_SEED_INT8_PATH=avx2 or vnni256), e.g. to compare their bits. */
+static int dot_path(void) {
   static int cached = -1;
   if (cached < 0) {
-    const char *off = getenv("LANGCHAIN_SEED_NO_VNNI");
-    cached = (!off || !*off || *off == '0') && __builtin_cpu_supports("avx512vnni") &&
-             __builtin_cpu_supports("avx512vl");
+    const char *forced = getenv("LANGCHAIN_SEED_INT8_PATH");
+    const int vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    const int wide = vnni && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512f");
+    if (forced && strcmp(forced, "avx2") == 0)
+      cached = 0;
+    else if (forced && strcmp(forced, "vnni256") == 0)
+      cached = vnni;
+    else
+      cached = wide ? 2 : vnni;
   }
   return cached;
 }
 
-/* Every output group g of [g0, g1) for every input row, into out [n_rows, n_out_padded]. */
-static void run_groups(const uint8_t *w, int format, const int8_t *xq, const float *xd, const float *xs,
-                       const float *bias, float *out, long n_rows, long n_in, long n_out, long g) {
+/* The work units of a weight with `groups` groups: pairs of groups on the 512-bit path (the
+ * last one alone when odd), single groups otherwise. */
+static inline long unit_count(long groups) { return dot_path() == 2 ? (groups + 1) / 2 : groups; }
+
+/* Unit u of the weight (module notes) for every input row, into out [n_rows, n_out]. */
+static void run_unit(const uint8_t *w, int format, const int8_t *xq, const float *xd, const float *xs,
+                     const float *bias, float *out, long n_rows, long n_in, long n_out, long u) {
   const long blocks = n_in / BLOCK_VALUES, group_bytes = blocks * group_block_bytes(format);
-  const int vnni = has_vnni();
-  const long tile = vnni ? ROW_TILE_VNNI : ROW_TILE;
+  const int path = dot_path();
+  const long tile = path ? ROW_TILE_VNNI : ROW_TILE, groups = n_out / GROUP_ROWS;
+  const long g = path == 2 ? 2 * u : u;
+  const int pair = path == 2 && g + 1 < groups;
   for (long r0 = 0; r0 < n_rows; r0 += tile) {
     const long rb = n_rows - r0 < tile ? n_rows - r0 : tile;
     const int8_t *x = xq + r0 * n_in;
     const float *d = xd + r0 * blocks, *s = xs + r0 * blocks, *b = bias ? bias + g * GROUP_ROWS : 0;
     float *o = out + r0 * n_out + g * GROUP_ROWS;
-    if (vnni)
+    if (pair)
+      pair_tile_vnni512(w + g * group_bytes, group_bytes, format, x, d, s, b, o, rb, n_in, n_out);
+    else if (path)
       group_tile_vnni(w + g * group_bytes, format, x, d, s, b, o, rb, n_in, n_out);
     else
       group_tile_avx2(w + g * group_bytes, format, x, d, s, b, o, rb, n_in, n_out);
   }
 }
 
+/* The outputs unit u of a weight with n_out outputs writes: [first, first + count). */
+static inline void unit_outputs(long u, long n_out, long *first, long *count) {
+  const long per = dot_path() == 2 ? 2 * GROUP_ROWS : GROUP_ROWS;
+  *first = u * per;
+  *count = n_out - *first < per ? n_out - *first : per;
+}
+
 /* out [n_rows, n_out] = x [n_rows, n_in] (quantised here) . w ([n_out / 8 groups] repacked,
  * n_out a multiple of 8) + bias. Returns 0, or 1 without memory for the quantised rows. */
 int seed_int8_linear(const float *x, const uint8_t *w, int format, const float *bias, float *out, long n_rows,
                      long n_in, long n_out, int threads) {
-  const long blocks = n_in / BLOCK_VALUES, groups = n_out / GROUP_ROWS;
+  const long blocks = n_in / BLOCK_VALUES, units = unit_count(n_out / GROUP_ROWS);
   int8_t *xq = malloc(n_rows * n_in + 2 * n_rows * blocks * sizeof(float));
   if (!xq) return 1;
   float *xd = (float *)(xq + n_rows * n_in), *xs = xd + n_rows * blocks;
   seed_quantize_activations(x, xq, xd, xs, n_rows, n_in, threads);
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (long g = 0; g < groups; ++g) run_groups(w, format, xq, xd, xs, bias, out, n_rows, n_in, n_out, g);
+  for (long u = 0; u < units; ++u) run_unit(w, format, xq, xd, xs, bias, out, n_rows, n_in, n_out, u);
   free(xq);
   return 0;
 }
@@ -200,20 +304,20 @@ int seed_int8_linear(const float *x, const uint8_t *w, int format, const float *
 int seed_int8_linear3(const float *x, const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, int format,
                       float *out0, float *out1, float *out2, long n_rows, long n_in, long n_out0, long n_out1,
                       long n_out2, int threads) {
-  const long blocks = n_in / BLOCK_VALUES, g0 = n_out0 / GROUP_ROWS, g1 = n_out1 / GROUP_ROWS;
-  const long groups = g0 + g1 + n_out2 / GROUP_ROWS;
+  const long blocks = n_in / BLOCK_VALUES, u0 = unit_count(n_out0 / GROUP_ROWS), u1 = unit_count(n_out1 / GROUP_ROWS);
+  const long units = u0 + u1 + unit_count(n_out2 / GROUP_ROWS);
   int8_t *xq = malloc(n_rows * n_in + 2 * n_rows * blocks * sizeof(float));
   if (!xq) return 1;
   float *xd = (float *)(xq + n_rows * n_in), *xs = xd + n_rows * blocks;
   seed_quantize_activations(x, xq, xd, xs, n_rows, n_in, threads);
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (long g = 0; g < groups; ++g) {
-    if (g < g0)
-      run_groups(w0, format, xq, xd, xs, 0, out0, n_rows, n_in, n_out0, g);
-    else if (g < g0 + g1)
-      run_groups(w1, format, xq, xd, xs, 0, out1, n_rows, n_in, n_out1, g - g0);
+  for (long u = 0; u < units; ++u) {
+    if (u < u0)
+      run_unit(w0, format, xq, xd, xs, 0, out0, n_rows, n_in, n_out0, u);
+    else if (u < u0 + u1)
+      run_unit(w1, format, xq, xd, xs, 0, out1, n_rows, n_in, n_out1, u - u0);
     else
-      run_groups(w2, format, xq, xd, xs, 0, out2, n_rows, n_in, n_out2, g - g0 - g1);
+      run_unit(w2, format, xq, xd, xs, 0, out2, n_rows, n_in, n_out2, u - u0 - u1);
   }
   free(xq);
   return 0;
@@ -224,21 +328,24 @@ int seed_int8_linear3(const float *x, const uint8_t *w0, const uint8_t *w1, cons
  * is the dense kernels' (x / (1 + exp(-x))). Returns 0, or 1 without memory. */
 int seed_int8_gate_up_silu(const float *x, const uint8_t *gate, const uint8_t *up, int format, float *out,
                            long n_rows, long n_in, long n_out, int threads) {
-  const long blocks = n_in / BLOCK_VALUES, groups = n_out / GROUP_ROWS;
+  const long blocks = n_in / BLOCK_VALUES, units = unit_count(n_out / GROUP_ROWS);
   int8_t *xq = malloc(n_rows * n_in + 2 * n_rows * blocks * sizeof(float) + n_rows * n_out * sizeof(float));
   if (!xq) return 1;
   float *xd = (float *)(xq + n_rows * n_in), *xs = xd + n_rows * blocks, *ups = xs + n_rows * blocks;
   seed_quantize_activations(x, xq, xd, xs, n_rows, n_in, threads);
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (long g = 0; g < groups; ++g) {
-    run_groups(gate, format, xq, xd, xs, 0, out, n_rows, n_in, n_out, g);
-    run_groups(up, format, xq, xd, xs, 0, ups, n_rows, n_in, n_out, g);
-    for (long r = 0; r < n_rows; ++r) {
-      float *gv = out + r * n_out + g * GROUP_ROWS;
-      const __m256 gx = _mm256_loadu_ps(gv), ux = _mm256_loadu_ps(ups + r * n_out + g * GROUP_ROWS);
-      const __m256 silu = _mm256_div_ps(gx, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gx))));
-      _mm256_storeu_ps(gv, _mm256_mul_ps(silu, ux));
-    }
+  for (long u = 0; u < units; ++u) {
+    run_unit(gate, format, xq, xd, xs, 0, out, n_rows, n_in, n_out, u);
+    run_unit(up, format, xq, xd, xs, 0, ups, n_rows, n_in, n_out, u);
+    long first, count;
+    unit_outputs(u, n_out, &first, &count);
+    for (long r = 0; r < n_rows; ++r)
+      for (long o = first; o < first + count; o += GROUP_ROWS) {
+        float *gv = out + r * n_out + o;
+        const __m256 gx = _mm256_loadu_ps(gv), ux = _mm256_loadu_ps(ups + r * n_out + o);
+        const __m256 silu = _mm256_div_ps(gx, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gx))));
+        _mm256_storeu_ps(gv, _mm256_mul_ps(silu, ux));
+      }
   }
   free(xq);
   return 0;

@@ -197,27 +197,36 @@ def test_a_layer_the_two_calls_do_not_fit_runs_kernel_by_kernel():
 
 _PATHS_SCRIPT = """
 import hashlib, torch
+from langchain_seed.engine import native
 from langchain_seed.engine.weights import formats, int8_dot
 torch.manual_seed(5)
 for fmt in ("q4_1", "q8_0"):
-    linear = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(40, 96), fmt), fmt, 96)
-    print(hashlib.sha256(linear(torch.randn(11, 96) * 4).numpy().tobytes()).hexdigest())
+    # 5 groups of outputs (two pairs and one alone on the 512-bit path), 11 rows (a tile and 3)
+    linear = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(40, 96), fmt), fmt, 96,
+                                             bias=torch.randn(40))
+    up = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(40, 96), fmt), fmt, 96)
+    x = torch.randn(11, 96) * 4
+    for out in (linear(x), native.int8_gate_up_silu(x, linear.groups, up.groups, fmt)):
+        print(hashlib.sha256(out.numpy().tobytes()).hexdigest())
 """
 
 
 def test_the_avx2_and_vnni_paths_give_the_same_bits():
-    """VNNI's dpbusd and AVX2's maddubs + madd sum the same integers (the kernel picks one per
-    CPU; LANGCHAIN_SEED_NO_VNNI=1 forces AVX2), so a model computes alike on either machine."""
+    """VNNI's dpbusd on 512 or 256 bits and AVX2's maddubs + madd sum the same integers, and
+    each output's float steps are the same (the kernel picks the widest the CPU has;
+    LANGCHAIN_SEED_INT8_PATH=avx2 or vnni256 narrows it), so a model computes alike on any
+    machine. Where the CPU lacks VNNI the paths coincide and this checks nothing more."""
     import os
     import subprocess
     import sys
 
-    def run(no_vnni: str) -> str:
-        env = {**os.environ, "LANGCHAIN_SEED_NO_VNNI": no_vnni}
+    def run(path: str) -> str:
+        env = {**os.environ, "LANGCHAIN_SEED_INT8_PATH": path}
         return subprocess.run([sys.executable, "-c", _PATHS_SCRIPT], env=env, capture_output=True, text=True,
                               check=True, timeout=300).stdout
 
-    assert run("1") == run("0")
+    widest = run("")
+    assert len(widest.split()) == 4 and run("avx2") == widest and run("vnni256") == widest
 
 
 def test_int8_activations_are_refused_without_the_native_kernels(monkeypatch):
