@@ -68,17 +68,17 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
                         use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
     attention = layer.self_attn
     cos, sin = position_embeddings
-    fused = _facts(layer).int8_layer
+    fused = _facts(layer).fused
     if fused is not None:
-        query, key, value = native.int8_layer_qkv(fused, hidden_states, cos, sin)
+        query, key, value = native.layer_qkv(fused, hidden_states, cos, sin)
     else:
         query, key, value = _query_key_value(layer, _norm(layer.input_layernorm, hidden_states))
         query, key = native.rotary(query, cos, sin), native.rotary(key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, attention.layer_idx, kwargs={})
     if fused is not None and kernels.takes_native_attention(attention, query, key, value, attention_mask):
-        return native.int8_layer_rest(fused, hidden_states, query, key, value,
-                                      kernels.native_attention_mask(query, attention_mask), attention.scaling)
+        return native.layer_rest(fused, hidden_states, query, key, value,
+                                 kernels.native_attention_mask(query, attention_mask), attention.scaling)
     attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
     hidden_states = hidden_states + _project(attention.o_proj, attended.flatten(2))
     mlp = layer.mlp
@@ -121,7 +121,7 @@ class _LayerFacts:
     dense: bool
     fits: bool  # every float parameter on the CPU, float32, contiguous (without autograd)
     fused_qkv: bool  # query, key and value: Int8Linears of one format, no bias, whole groups
-    int8_layer: native.Int8LayerWeights | None  # the whole layer in two int8 calls, where it fits
+    fused: native.LayerWeights | None  # the whole layer in two native calls, where it fits
 
 
 _layer_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -135,22 +135,29 @@ def _facts(layer: Any) -> _LayerFacts:
         fused_qkv = _fusable_qkv(layer)
         facts = _layer_facts[layer] = _LayerFacts(
             all_int8, QuantizedLinear in kinds, any(kind in (torch.nn.Linear, Int8Linear) for kind in kinds), fits,
-            fused_qkv, _int8_layer(layer) if all_int8 and fits and fused_qkv else None)
+            fused_qkv, _fused_layer(layer) if fits else None)
     return facts
 
 
-def _int8_layer(layer: Any) -> native.Int8LayerWeights | None:
-    """The layer's weights for `native.int8_layer_qkv` / `int8_layer_rest`, or None where
-    its sizes do not fit those kernels (it then runs kernel by kernel)."""
-    attention, mlp = layer.self_attn, layer.mlp
+def _fused_layer(layer: Any) -> native.LayerWeights | None:
+    """The layer's weights for `native.layer_qkv` / `layer_rest`, or None where they do not
+    fit those calls (it then runs kernel by kernel)."""
     try:
-        return native.int8_layer_weights(
-            layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, attention.q_proj.kernel_args(),
-            attention.k_proj.kernel_args(), attention.v_proj.kernel_args(), attention.o_proj.kernel_args(),
-            layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-            mlp.gate_proj.kernel_args(), mlp.up_proj.kernel_args(), mlp.down_proj.kernel_args(), attention.head_dim)
+        return native.layer_weights(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+                                    tuple(map(_kernel_linear, _linears(layer))), layer.post_attention_layernorm.weight,
+                                    layer.post_attention_layernorm.variance_epsilon, layer.self_attn.head_dim)
     except ValueError:
         return None
+
+
+def _kernel_linear(linear: Any) -> native.LayerLinear:
+    """How `native.layer_weights` takes one of `LINEAR_CLASSES`."""
+    if type(linear) is Int8Linear:
+        groups, fmt, bias = linear.kernel_args()
+        return "int8", groups, fmt, bias
+    if type(linear) is QuantizedLinear:
+        return "blocks", linear.blocks, linear.fmt, linear.bias
+    return "dense", linear.weight, None, linear.bias
 
 
 def _fusable_qkv(layer: Any) -> bool:

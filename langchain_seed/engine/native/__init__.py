@@ -56,7 +56,7 @@ ENV_BUILD_DIR = "LANGCHAIN_SEED_NATIVE_DIR"
 ENV_HOME = "LANGCHAIN_SEED_HOME"
 """The package's cache directory, whose ``native/`` holds the library by default."""
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("skinny_linear.c", "quantized_linear.c", "int8_dot.c", "int8_layer.c", "rotary.c",
+                for name in ("skinny_linear.c", "quantized_linear.c", "int8_dot.c", "layer.c", "rotary.c",
                              "rms_norm.c", "attention.c"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "linear_tiles.h"))
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
@@ -81,10 +81,8 @@ _SIGNATURES = {
     "int8_gate_up_silu": ("seed_int8_gate_up_silu", _I, [_P, _P, _P, _I, _P] + [_L] * 3 + [_I]),
     "quantize_activations": ("seed_quantize_activations", None, [_P] * 4 + [_L] * 2 + [_I]),
     "int8_linear3": ("seed_int8_linear3", _I, [_P] * 4 + [_I] + [_P] * 3 + [_L] * 5 + [_I]),
-    "int8_layer_qkv": ("seed_int8_layer_qkv", _I, [_P, _P, _F] + [_P] * 3 + [_I, _P, _P, _L] + [_P] * 3 + [_L] * 6
-                       + [_I]),
-    "int8_layer_rest": ("seed_int8_layer_rest", _I, [_P] * 5 + [_L] * 5 + [_F, _P, _I, _P, _P, _F, _P, _P, _I, _P, _I]
-                        + [_P] * 2 + [_L] * 7 + [_I]),
+    "layer_qkv": ("seed_layer_qkv", _I, [_P, _P, _F] + [_P] * 4 + [_P, _P, _L] + [_P] * 3 + [_L] * 6 + [_I]),
+    "layer_rest": ("seed_layer_rest", _I, [_P] * 5 + [_L] * 5 + [_F] + [_P] * 4 + [_P, _F, _P] + [_L] * 7 + [_I]),
 }
 """Each kernel's Python name: (C symbol, return type, argument types)."""
 
@@ -105,8 +103,8 @@ class _Library:
     int8_gate_up_silu: Callable[..., Any] | None
     quantize_activations: Callable[..., Any] | None
     int8_linear3: Callable[..., Any] | None
-    int8_layer_qkv: Callable[..., Any] | None
-    int8_layer_rest: Callable[..., Any] | None
+    layer_qkv: Callable[..., Any] | None
+    layer_rest: Callable[..., Any] | None
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
         self.reason = reason
@@ -234,16 +232,24 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return values, scales, sums
 
 
+LINEAR_KINDS = {"dense": 0, "blocks": 1, "int8": 2}
+"""How a layer's linear keeps its weight (`layer.c`): a float32 `[out, in]` tensor
+(`skinny_linear`), GGML blocks with float32 activations (`quantized_linear`), or groups
+repacked for 8-bit activations (`int8_linear`)."""
+
+
 @dataclass(frozen=True)
-class Int8LayerWeights:
-    """A Llama decoder layer's fixed arguments for `int8_layer_qkv` and `int8_layer_rest`:
-    every linear repacked for 8-bit activations (`int8_linear`; query, key and value in one
-    format, without biases), the two RMS norms' weights, and the sizes. Build it with
-    `int8_layer_weights`, which checks them once; it keeps the tensors alive."""
+class LayerWeights:
+    """A Llama decoder layer's fixed arguments for `layer_qkv` and `layer_rest` (`layer.c`):
+    its seven linears (query, key, value, output, gate, up, down) as C arrays of kinds,
+    format codes, weight and bias pointers, the two RMS norms, and the sizes. Build it with
+    `layer_weights`, which checks them once; it keeps the tensors alive."""
 
     tensors: tuple[torch.Tensor, ...]
-    qkv_args: tuple  # norm weight, eps, query / key / value groups, their format code
-    rest_args: tuple  # output groups, format, bias; norm weight, eps; gate, up, format; down, format, bias
+    arrays: tuple  # the four ctypes arrays: kinds, formats, weights, biases
+    linears: tuple  # their addresses, as the calls take them
+    input_norm: tuple  # weight pointer, eps
+    post_norm: tuple
     hidden: int
     heads: int
     kv_heads: int
@@ -251,93 +257,113 @@ class Int8LayerWeights:
     intermediate: int
 
 
-def int8_layer_weights(input_norm: torch.Tensor, input_eps: float, query, key, value, output,
-                       post_norm: torch.Tensor, post_eps: float, gate, up, down, head_dim: int) -> Int8LayerWeights:
-    """`Int8LayerWeights` from the norms' weights `[hidden]` and epsilons, and each linear as
-    (repacked groups, format, bias or None), e.g. `Int8Linear.kernel_args()`. Raises
-    ValueError when the shapes or formats do not make a layer the kernels take."""
+LayerLinear = tuple[str, torch.Tensor, str | None, torch.Tensor | None]
+"""One linear for `layer_weights`: (kind in `LINEAR_KINDS`, weight tensor, block format or
+None for dense, bias `[out]` or None)."""
+
+
+def layer_weights(input_norm: torch.Tensor, input_eps: float, linears: tuple[LayerLinear, ...],
+                  post_norm: torch.Tensor, post_eps: float, head_dim: int) -> LayerWeights:
+    """`LayerWeights` from the norms' weights `[hidden]` and epsilons and the seven linears
+    (query, key, value, output, gate, up, down; `LayerLinear`s). Raises ValueError, naming
+    the problem, when they do not make a layer the kernels take."""
+    if len(linears) != 7:
+        raise ValueError(f"layer: seven linears (q, k, v, o, gate, up, down) expected, got {len(linears)}")
     hidden = input_norm.shape[0]
-    heads, kv_heads = query[0].shape[0] * 8 // head_dim, key[0].shape[0] * 8 // head_dim
-    intermediate = gate[0].shape[0] * 8
-    expected = [(query, hidden, heads * head_dim), (key, hidden, kv_heads * head_dim),
-                (value, hidden, kv_heads * head_dim), (output, heads * head_dim, hidden), (gate, hidden, intermediate),
-                (up, hidden, intermediate), (down, intermediate, hidden)]
-    for (groups, fmt, bias), n_in, n_out in expected:
-        _int8_in_features(groups, fmt, n_in)
-        if groups.shape[0] * 8 != n_out or (bias is not None and (bias.shape != (n_out,) or not _dense(bias))):
-            raise ValueError(f"int8 layer: a weight {tuple(groups.shape)} ({fmt}) does not give {n_out} outputs")
-    if (len({query[1], key[1], value[1]}) != 1 or gate[1] != up[1]
-            or any(linear[2] is not None for linear in (query, key, value, gate, up))
-            or head_dim % 8 or head_dim > ATTENTION_MAX_HEAD_DIM or heads % kv_heads
+    heads, kv_heads = _outputs(linears[0]) // head_dim, _outputs(linears[1]) // head_dim
+    intermediate = _outputs(linears[4])
+    sizes = [(hidden, heads * head_dim), (hidden, kv_heads * head_dim), (hidden, kv_heads * head_dim),
+             (heads * head_dim, hidden), (hidden, intermediate), (hidden, intermediate), (intermediate, hidden)]
+    for linear, (n_in, n_out) in zip(linears, sizes, strict=True):
+        _check_layer_linear(linear, n_in, n_out)
+    gate, up = linears[4], linears[5]
+    if (gate[0], gate[2]) != (up[0], up[2]) or gate[3] is not None or up[3] is not None:
+        raise ValueError("layer: gate and up must share a kind and a format and have no bias")
+    if (head_dim % 8 or head_dim > ATTENTION_MAX_HEAD_DIM or heads % kv_heads
+            or heads * head_dim != _outputs(linears[0])
             or not all(_dense(norm) and norm.shape == (hidden,) for norm in (input_norm, post_norm))):
-        raise ValueError("int8 layer: query, key and value (and gate and up) must share a format and have no bias, "
-                         f"the head size ({head_dim}) be a multiple of 8 up to {ATTENTION_MAX_HEAD_DIM}, and the "
-                         "norms contiguous float32 weights of the hidden size")
-    linears = (query, key, value, output, gate, up, down)
-    tensors = (input_norm, post_norm, *(t for linear in linears for t in (linear[0], linear[2]) if t is not None))
-
-    def pointer(tensor):
-        return None if tensor is None else tensor.data_ptr()
-
-    qkv_args = (input_norm.data_ptr(), input_eps, *(p[0].data_ptr() for p in (query, key, value)),
-                QUANTIZED_FORMATS[query[1]])
-    rest_args = (output[0].data_ptr(), QUANTIZED_FORMATS[output[1]], pointer(output[2]), post_norm.data_ptr(), post_eps,
-                 gate[0].data_ptr(), up[0].data_ptr(), QUANTIZED_FORMATS[gate[1]], down[0].data_ptr(),
-                 QUANTIZED_FORMATS[down[1]], pointer(down[2]))
-    return Int8LayerWeights(tensors, qkv_args, rest_args, hidden, heads, kv_heads, head_dim, intermediate)
+        raise ValueError(f"layer: the head size ({head_dim}) must be a multiple of 8 up to {ATTENTION_MAX_HEAD_DIM} "
+                         "dividing the projections, and the norms contiguous float32 weights of the hidden size")
+    arrays = ((ctypes.c_int * 7)(*(LINEAR_KINDS[kind] for kind, *_ in linears)),
+              (ctypes.c_int * 7)(*(QUANTIZED_FORMATS.get(fmt or "", 0) for _, _, fmt, _ in linears)),
+              (ctypes.c_void_p * 7)(*(weight.data_ptr() for _, weight, _, _ in linears)),
+              (ctypes.c_void_p * 7)(*(None if bias is None else bias.data_ptr() for *_, bias in linears)))
+    tensors = (input_norm, post_norm, *(t for _, weight, _, bias in linears for t in (weight, bias) if t is not None))
+    return LayerWeights(tensors, arrays, tuple(ctypes.addressof(array) for array in arrays),
+                        (input_norm.data_ptr(), input_eps), (post_norm.data_ptr(), post_eps), hidden, heads, kv_heads,
+                        head_dim, intermediate)
 
 
-def int8_layer_qkv(layer: Int8LayerWeights, hidden: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first half of the layer (`int8_layer.c`): the input norm, the query, key and value
+def _outputs(linear: LayerLinear) -> int:
+    kind, weight = linear[0], linear[1]
+    return weight.shape[0] * 8 if kind == "int8" else weight.shape[0]
+
+
+def _check_layer_linear(linear: LayerLinear, n_in: int, n_out: int) -> None:
+    kind, weight, fmt, bias = linear
+    if kind not in LINEAR_KINDS:
+        raise ValueError(f"layer: unknown linear kind {kind!r} (one of {', '.join(LINEAR_KINDS)})")
+    if kind == "dense":
+        fits = _dense(weight) and weight.shape == (n_out, n_in)
+    elif kind == "blocks":
+        fits = _quantized_in_features(weight, fmt or "", n_in) == n_in and weight.shape[0] == n_out
+    else:
+        fits = _int8_in_features(weight, fmt or "", n_in) == n_in and weight.shape[0] * 8 == n_out
+    if not fits or (bias is not None and (bias.shape != (n_out,) or not _dense(bias))):
+        raise ValueError(f"layer: a {kind} weight {tuple(weight.shape)} ({fmt}) does not map {n_in} to {n_out} values")
+
+
+def layer_qkv(layer: LayerWeights, hidden: torch.Tensor, cos: torch.Tensor,
+              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first half of the layer (`layer.c`): the input norm, the query, key and value
     projections, and the rotary embedding of query and key. hidden: `[batch, new, hidden]`;
     cos, sin: `[batch or 1, new, head_dim]`, all float32 on the CPU. Returns query
     `[batch, heads, new, head_dim]`, key and value `[batch, kv_heads, new, head_dim]`,
-    contiguous, the same bits as `rms_norm`, `int8_linear3` and `rotary` one after another."""
+    contiguous, the same bits as `rms_norm`, the projections and `rotary` one after another."""
     batch, tokens, width = hidden.shape
     dim = layer.head_dim
     if (width != layer.hidden or cos.shape[1:] != (tokens, dim) or cos.shape[0] not in (1, batch)
             or sin.shape != cos.shape):
-        raise ValueError(f"int8_layer_qkv: hidden {tuple(hidden.shape)}, cos {tuple(cos.shape)}, sin "
+        raise ValueError(f"layer_qkv: hidden {tuple(hidden.shape)}, cos {tuple(cos.shape)}, sin "
                          f"{tuple(sin.shape)} do not fit a layer of {layer.hidden} values and heads of {dim}")
     hidden, cos, sin = hidden.contiguous(), cos.contiguous(), sin.contiguous()
     query = torch.empty(batch, layer.heads, tokens, dim)
     key, value = torch.empty(batch, layer.kv_heads, tokens, dim), torch.empty(batch, layer.kv_heads, tokens, dim)
-    status = _function("int8_layer_qkv")(hidden.data_ptr(), *layer.qkv_args, cos.data_ptr(), sin.data_ptr(),
-                                         0 if cos.shape[0] == 1 else tokens * dim, query.data_ptr(), key.data_ptr(),
-                                         value.data_ptr(), batch, tokens, width, layer.heads, layer.kv_heads, dim,
-                                         threads())
+    status = _function("layer_qkv")(hidden.data_ptr(), *layer.input_norm, *layer.linears, cos.data_ptr(),
+                                    sin.data_ptr(), 0 if cos.shape[0] == 1 else tokens * dim, query.data_ptr(),
+                                    key.data_ptr(), value.data_ptr(), batch, tokens, width, layer.heads,
+                                    layer.kv_heads, dim, threads())
     if status != 0:
-        raise MemoryError(f"int8_layer_qkv: no memory for its buffers ({batch * tokens} rows)")
+        raise MemoryError(f"layer_qkv: no memory for its buffers ({batch * tokens} rows)")
     return query, key, value
 
 
-def int8_layer_rest(layer: Int8LayerWeights, hidden: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
-                    value: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """The rest of the layer (`int8_layer.c`): `attention` of query over key and value
-    (shapes and mask as there), the output projection and residual, the post-attention norm,
-    the SiLU MLP and its residual. hidden: `[batch, new, hidden]`, the layer's input.
-    Returns its output `[batch, new, hidden]`, the same bits as those kernels one after
-    another (and the additions as torch makes them)."""
+def layer_rest(layer: LayerWeights, hidden: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """The rest of the layer (`layer.c`): `attention` of query over key and value (shapes
+    and mask as there), the output projection and residual, the post-attention norm, the
+    SiLU MLP and its residual. hidden: `[batch, new, hidden]`, the layer's input. Returns
+    its output `[batch, new, hidden]`, the same bits as those kernels one after another
+    (and the additions as torch makes them)."""
     batch, heads, tokens, dim = query.shape
     slots = key.shape[2]
     if (hidden.shape != (batch, tokens, layer.hidden) or (heads, dim) != (layer.heads, layer.head_dim)
             or key.shape != (batch, layer.kv_heads, slots, dim) or value.shape != key.shape
             or (mask is not None and (mask.shape != (batch, 1, tokens, slots) or mask.dtype is not torch.float32))):
-        raise ValueError(f"int8_layer_rest: hidden {tuple(hidden.shape)}, query {tuple(query.shape)}, key "
+        raise ValueError(f"layer_rest: hidden {tuple(hidden.shape)}, query {tuple(query.shape)}, key "
                          f"{tuple(key.shape)}, value {tuple(value.shape)}, mask "
                          f"{None if mask is None else tuple(mask.shape)} do not fit the layer")
     hidden, query = hidden.contiguous(), query.contiguous()
     key, value = _rows_contiguous(key), _rows_contiguous(value)
     mask = None if mask is None else mask.contiguous()
     out = torch.empty(batch, tokens, layer.hidden)
-    status = _function("int8_layer_rest")(hidden.data_ptr(), query.data_ptr(), key.data_ptr(), value.data_ptr(),
-                                          None if mask is None else mask.data_ptr(), slots, key.stride(0),
-                                          key.stride(1), value.stride(0), value.stride(1), scale, *layer.rest_args,
-                                          out.data_ptr(), batch, tokens, layer.hidden, heads, layer.kv_heads, dim,
-                                          layer.intermediate, threads())
+    status = _function("layer_rest")(hidden.data_ptr(), query.data_ptr(), key.data_ptr(), value.data_ptr(),
+                                     None if mask is None else mask.data_ptr(), slots, key.stride(0), key.stride(1),
+                                     value.stride(0), value.stride(1), scale, *layer.linears, *layer.post_norm,
+                                     out.data_ptr(), batch, tokens, layer.hidden, heads, layer.kv_heads, dim,
+                                     layer.intermediate, threads())
     if status != 0:
-        raise MemoryError(f"int8_layer_rest: no memory for its buffers ({batch * tokens} rows, {slots} slots)")
+        raise MemoryError(f"layer_rest: no memory for its buffers ({batch * tokens} rows, {slots} slots)")
     return out
 
 

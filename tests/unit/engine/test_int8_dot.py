@@ -149,52 +149,6 @@ def test_a_tokens_logits_do_not_depend_on_the_batch_or_the_split(weights):
         assert torch.equal(_last_logits(model, ids, pad_before=7), whole)
 
 
-@pytest.mark.parametrize("weights", ["int4", "int8"])
-@pytest.mark.parametrize(("split", "pad_before"), [(None, 0), (1, 0), (37, 0), (None, 7)])
-def test_a_layer_in_two_calls_gives_the_kernel_by_kernel_bits(weights, split, pad_before, monkeypatch):
-    """`native.int8_layer_qkv` / `int8_layer_rest` (a decoder layer of Int8Linears in two
-    calls) against the same layer kernel by kernel, on prefills, cached steps and a padded
-    batch: the same logits, bit for bit."""
-    from langchain_seed.engine import layers
-
-    model = int8_model(15, weights)
-    ids = PROMPTS[3]
-    with engine_forward(model):
-        fused = _last_logits(model, ids, split=split, pad_before=pad_before)
-        assert all(layers._facts(layer).int8_layer is not None for layer in model.model.layers)
-        monkeypatch.setattr(layers, "_int8_layer", lambda layer: None)
-        layers._layer_facts.clear()
-        stepwise = _last_logits(model, ids, split=split, pad_before=pad_before)
-        assert all(layers._facts(layer).int8_layer is None for layer in model.model.layers)
-    layers._layer_facts.clear()
-    assert torch.equal(fused, stepwise)
-
-
-def test_a_layer_the_two_calls_do_not_fit_runs_kernel_by_kernel():
-    """Sizes the layer kernels do not take (heads of 4 values) are refused with the reason
-    and the layer still decodes on the engine's kernels."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from langchain_seed.engine import layers
-
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    quantize_model(model, "int8")
-    use_int8_activations(model)
-    layer = model.model.layers[0]
-    attention = layer.self_attn
-    with pytest.raises(ValueError, match="head size \\(4\\)"):
-        native.int8_layer_weights(layer.input_layernorm.weight, 1e-6, *(
-            getattr(attention, name).kernel_args() for name in ("q_proj", "k_proj", "v_proj", "o_proj")),
-            layer.post_attention_layernorm.weight, 1e-6,
-            *(getattr(layer.mlp, name).kernel_args() for name in ("gate_proj", "up_proj", "down_proj")), 4)
-    with engine_forward(model):
-        logits = _last_logits(model, [1, 2, 3, 4, 5])
-        assert layers._facts(layer).int8_layer is None
-    assert torch.isfinite(logits).all()
-
-
 _PATHS_SCRIPT = """
 import hashlib, torch
 from langchain_seed.engine import native

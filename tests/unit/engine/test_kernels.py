@@ -245,14 +245,16 @@ def test_silu_mlps_run_their_first_half_natively_inside_the_native_block(monkeyp
 
 @needs_kernel
 def test_an_installed_llama_layer_runs_rotary_natively_without_rebinding_transformers(tiny_target, monkeypatch):
-    """The native layer forward calls `native.rotary` itself: transformers' module-level
+    """The native layer forward embeds positions itself (`native.rotary`, or inside
+    `native.layer_qkv`, which rotates query and key): transformers' module-level
     `apply_rotary_pos_emb` stays its own function, installed or not."""
     from transformers.models.llama import modeling_llama
 
     stock = modeling_llama.apply_rotary_pos_emb
     natives = []
-    rotary = native.rotary
+    rotary, layer_qkv = native.rotary, native.layer_qkv
     monkeypatch.setattr(native, "rotary", lambda *a: natives.append(1) or rotary(*a))
+    monkeypatch.setattr(native, "layer_qkv", lambda *a: natives.extend((1, 1)) or layer_qkv(*a))
     with routing.install(tiny_target), torch.inference_mode():
         assert modeling_llama.apply_rotary_pos_emb is stock
         tiny_target(torch.tensor([[1, 2, 3]]))

@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from langchain_seed.engine import kernels, layers, routing
+from langchain_seed.engine import kernels, layers, native, routing
+from langchain_seed.engine.weights.convert import quantize_model, use_int8_activations
 
 import numerics
 from engine_fixtures import needs_kernel
@@ -113,3 +114,55 @@ def test_calls_it_does_not_implement_go_to_the_layers_forward(routed, taken):
         assert layers._applies(layer, hidden, (cos, sin), {"output_attentions": False})
         assert not layers._applies(layer, hidden, (cos, sin), {"output_attentions": True})
         assert not layers._applies(layer, hidden.double(), (cos, sin), {})
+
+
+@pytest.mark.parametrize("weights", ["float32", "int4", "int8", "int4+int8 activations", "int8+int8 activations"])
+@pytest.mark.parametrize("batch, new", [(1, 1), (3, 6)])
+def test_a_layer_in_two_native_calls_gives_the_kernel_by_kernel_bits(tiny_target, weights, batch, new, monkeypatch):
+    """`native.layer_qkv` / `layer_rest` (the whole layer in two calls) against the same
+    layer kernel by kernel (`layers._fused_layer` off), for each kind of linear: dense,
+    blocks with float activations, and 8-bit activations. Logits and cached keys bit for bit."""
+    from transformers import DynamicCache
+
+    model = copy.deepcopy(tiny_target)
+    if weights != "float32":
+        quantize_model(model, weights.split("+")[0])
+        if weights.endswith("activations"):
+            use_int8_activations(model)
+    prompt = torch.randint(3, 100, (batch, 20))
+    ids, positions, mask = _masked_step(batch, 20, new)
+    calls = []
+    layer_qkv = native.layer_qkv
+    monkeypatch.setattr(native, "layer_qkv", lambda *a: calls.append(1) or layer_qkv(*a))
+    results = []
+    with routing.install(model):
+        for fused in (True, False):
+            if not fused:
+                monkeypatch.setattr(layers, "_fused_layer", lambda layer: None)
+            layers._layer_facts.clear()
+            cache = DynamicCache()
+            _forward(model, prompt, cache)
+            logits = _forward(model, ids, cache, mask if new > 1 else None, position_ids=positions)
+            results.append((logits, [layer.keys.clone() for layer in cache.layers], len(calls)))
+    layers._layer_facts.clear()
+    assert results[0][2] == 4 and results[1][2] == 4  # 2 layers x (prompt, step) in two calls, then none
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_a_layer_the_two_calls_do_not_take_runs_kernel_by_kernel(monkeypatch):
+    """Heads of 4 values (the attention kernel takes multiples of 8): `layer_weights`
+    refuses them naming the head size, and the layer still runs on the engine's kernels."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    layer = model.model.layers[0]
+    with pytest.raises(ValueError, match=r"head size \(4\)"):
+        native.layer_weights(layer.input_layernorm.weight, 1e-6, tuple(map(layers._kernel_linear, layers._linears(layer))),
+                             layer.post_attention_layernorm.weight, 1e-6, 4)
+    with routing.install(model):
+        logits = _forward(model, torch.tensor([[1, 2, 3, 4, 5]]))
+        assert layers._facts(layer).fused is None and layers.supports(layer)
+    assert torch.isfinite(logits).all()
