@@ -3,8 +3,11 @@
  * At decoding sizes (1 to a few dozen query tokens, a few hundred cached slots) torch's
  * CPU SDPA spends most of a call on set-up: 100-300 us a layer for about 3 MFLOP. Here one
  * OpenMP task per (batch row, query head) does the whole head: its T query rows against
- * the S keys of its key/value head, the additive mask, a softmax with a vectorised exp,
- * and the weighted sum of values.
+ * the S keys of its key/value head (two rows at a time, each key vector loaded once for
+ * both), the additive mask, a softmax with a vectorised exp (the rows' normalisers summed
+ * side by side), and the weighted sum of values. Tiling rows that way halved the kernel's
+ * time on a batched verification (3 rows x 6 tokens over 400 slots: 340 -> 177 us a
+ * layer) without changing a bit.
  *
  * Every sum runs in slot order with masked slots contributing exact zeros, and each score
  * in one fixed order: a query row's output depends only on its own visible keys and values
@@ -12,8 +15,9 @@
  * cache (what a model with 8-bit activations needs to decode the same in every mode).
  *
  * q: [B, H, T, D] contiguous; k, v: [B, KV, S, D] with each slot's D values contiguous and
- * slots D apart, batch and head strides given (head h reads key/value head h / (H / KV)); mask: [B, 1, T, S] contiguous additive float, or NULL (every slot
- * visible); out: [B, T, H, D] contiguous, the layout transformers' attention returns.
+ * slots D apart, batch and head strides given (head h reads key/value head h / (H / KV));
+ * mask: [B, 1, T, S] contiguous additive float, or NULL (every slot visible); out:
+ * [B, T, H, D] contiguous, the layout transformers' attention returns.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -39,10 +43,9 @@ static inline float hmax(__m256 v) {
  * probability exactly 0, so a masked slot changes no sum. */
 #define MASKED_BELOW -1e30f
 
-/* scores[0:S] (scaled, masked) -> probabilities, in place. The normaliser is summed slot by
- * slot in slot order, so a slot's probability does not depend on where in the cache its
- * row's slots lie or how many masked slots sit between them. */
-static void softmax_row(float *scores, const float *mask, long S, float scale) {
+/* scores[0:S] -> scale * scores + mask, masked slots -inf (even a NaN score); returns the
+ * row's maximum. */
+static float scale_and_mask(float *scores, const float *mask, long S, float scale) {
   __m256 tops = _mm256_set1_ps(-INFINITY);
   long j = 0;
   const __m256 floor = _mm256_set1_ps(MASKED_BELOW), minus_infinity = _mm256_set1_ps(-INFINITY);
@@ -62,42 +65,96 @@ static void softmax_row(float *scores, const float *mask, long S, float scale) {
     scores[t] = masked ? -INFINITY : scores[t] * scale + (mask ? mask[t] : 0.0f);
     top = scores[t] > top ? scores[t] : top;
   }
-  float total = 0.0f;
-  for (j = 0; j < S; j += 8) {
+  return top;
+}
+
+/* scores[0:S] -> exp(scores - top), masked slots exactly 0. */
+static void exponentials(float *scores, long S, float top) {
+  const __m256 floor = _mm256_set1_ps(MASKED_BELOW), tops = _mm256_set1_ps(top);
+  long j = 0;
+  for (; j + 8 <= S; j += 8) {
+    const __m256 x = _mm256_loadu_ps(scores + j);
+    _mm256_storeu_ps(scores + j, _mm256_and_ps(exp8(_mm256_sub_ps(x, tops)), _mm256_cmp_ps(x, floor, _CMP_GT_OQ)));
+  }
+  if (j < S) {
     float chunk[8] = {0};
-    const long n = S - j < 8 ? S - j : 8;
+    const long n = S - j;
     for (long t = 0; t < n; ++t) chunk[t] = scores[j + t];
     const __m256 x = _mm256_loadu_ps(chunk);
-    __m256 e = exp8(_mm256_sub_ps(x, _mm256_set1_ps(top)));
-    e = _mm256_and_ps(e, _mm256_cmp_ps(x, floor, _CMP_GT_OQ));
-    _mm256_storeu_ps(chunk, e);
-    for (long t = 0; t < n; ++t) scores[j + t] = chunk[t], total += chunk[t];
+    _mm256_storeu_ps(chunk, _mm256_and_ps(exp8(_mm256_sub_ps(x, tops)), _mm256_cmp_ps(x, floor, _CMP_GT_OQ)));
+    for (long t = 0; t < n; ++t) scores[j + t] = chunk[t];
   }
-  const float inverse = total > 0.0f ? 1.0f / total : 0.0f; /* a row that sees no slot gets zeros */
-  const __m256 inverses = _mm256_set1_ps(inverse);
-  for (j = 0; j + 8 <= S; j += 8) _mm256_storeu_ps(scores + j, _mm256_mul_ps(_mm256_loadu_ps(scores + j), inverses));
-  for (; j < S; ++j) scores[j] *= inverse;
+}
+
+/* Rows scores[t * S: (t + 1) * S] (scaled, masked) -> probabilities, in place, for T rows.
+ * Each row's normaliser is summed slot by slot in slot order, so a slot's probability does
+ * not depend on where in the cache its row's slots lie or how many masked slots sit between
+ * them; the rows' sums run side by side (independent chains, the same order each). */
+static void softmax_rows(float *scores, const float *mask, long mask_stride, long T, long S, float scale) {
+  enum { SIDE_BY_SIDE = 8 };
+  for (long t0 = 0; t0 < T; t0 += SIDE_BY_SIDE) {
+    const long rows = T - t0 < SIDE_BY_SIDE ? T - t0 : SIDE_BY_SIDE;
+    float total[SIDE_BY_SIDE] = {0};
+    for (long t = t0; t < t0 + rows; ++t)
+      exponentials(scores + t * S, S, scale_and_mask(scores + t * S, mask ? mask + t * mask_stride : 0, S, scale));
+    for (long j = 0; j < S; ++j)
+      for (long r = 0; r < rows; ++r) total[r] += scores[(t0 + r) * S + j];
+    for (long r = 0; r < rows; ++r) {
+      float *row = scores + (t0 + r) * S;
+      const float inverse = total[r] > 0.0f ? 1.0f / total[r] : 0.0f; /* a row that sees no slot gets zeros */
+      const __m256 inverses = _mm256_set1_ps(inverse);
+      long j = 0;
+      for (; j + 8 <= S; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), inverses));
+      for (; j < S; ++j) row[j] *= inverse;
+    }
+  }
+}
+
+/* scores[t, j] = q[t] . k[j] for rows t0 .. t0 + ROWS - 1 and slots j0 .. j0 + 3: each
+ * key vector loaded once for the ROWS query rows. */
+#define DEFINE_SCORE_TILE(ROWS)                                                                       \
+  static inline void score_tile_##ROWS(const float *q, const float *k, float *scores, long t0, long j0, \
+                                       long S, long D) {                                              \
+    __m256 acc[ROWS][4];                                                                              \
+    for (int r = 0; r < ROWS; ++r)                                                                    \
+      for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_setzero_ps();                                    \
+    for (long d = 0; d < D; d += 8) {                                                                 \
+      __m256 qv[ROWS];                                                                                \
+      for (int r = 0; r < ROWS; ++r) qv[r] = _mm256_loadu_ps(q + (t0 + r) * D + d);                   \
+      for (int i = 0; i < 4; ++i) {                                                                   \
+        const __m256 kv = _mm256_loadu_ps(k + (j0 + i) * D + d);                                      \
+        for (int r = 0; r < ROWS; ++r) acc[r][i] = _mm256_fmadd_ps(qv[r], kv, acc[r][i]);             \
+      }                                                                                               \
+    }                                                                                                 \
+    for (int r = 0; r < ROWS; ++r)                                                                    \
+      for (int i = 0; i < 4; ++i) scores[(t0 + r) * S + j0 + i] = hsum8(acc[r][i]);                  \
+  }
+
+DEFINE_SCORE_TILE(2)
+DEFINE_SCORE_TILE(1)
+
+/* One score, summed as the tiles sum each of theirs. */
+static inline float score_one(const float *query, const float *key, long D) {
+  __m256 acc = _mm256_setzero_ps();
+  for (long d = 0; d < D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + d), _mm256_loadu_ps(key + d), acc);
+  return hsum8(acc);
 }
 
 /* scores[t, j] = q[t] . k[j] for T query rows and S slots (D a multiple of 8, slots D
- * apart): each score summed in the same order whatever S, T or the slot's index. */
+ * apart): each score is 8-lane products in ascending d then hsum8, the same whatever S, T,
+ * the tile it fell in or the slot's index. */
 static void slot_scores(const float *q, const float *k, float *scores, long T, long S, long D) {
-  for (long t = 0; t < T; ++t) {
-    const float *query = q + t * D;
+  long t = 0;
+  for (; t + 2 <= T; t += 2) {
     long j = 0;
-    for (; j + 4 <= S; j += 4) {
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (long d = 0; d < D; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(query + d);
-        for (int i = 0; i < 4; ++i) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (j + i) * D + d), acc[i]);
-      }
-      for (int i = 0; i < 4; ++i) scores[t * S + j + i] = hsum8(acc[i]);
-    }
-    for (; j < S; ++j) {
-      __m256 acc = _mm256_setzero_ps();
-      for (long d = 0; d < D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + d), _mm256_loadu_ps(k + j * D + d), acc);
-      scores[t * S + j] = hsum8(acc);
-    }
+    for (; j + 4 <= S; j += 4) score_tile_2(q, k, scores, t, j, S, D);
+    for (; j < S; ++j)
+      for (int r = 0; r < 2; ++r) scores[(t + r) * S + j] = score_one(q + (t + r) * D, k + j * D, D);
+  }
+  for (; t < T; ++t) {
+    long j = 0;
+    for (; j + 4 <= S; j += 4) score_tile_1(q, k, scores, t, j, S, D);
+    for (; j < S; ++j) scores[t * S + j] = score_one(q + t * D, k + j * D, D);
   }
 }
 
@@ -144,10 +201,8 @@ int seed_attention(const float *q, const float *k, const float *v, const float *
       continue;
     }
     slot_scores(q + task * T * D, keys, scores, T, S, D);
-    for (long t = 0; t < T; ++t) {
-      softmax_row(scores + t * S, mask ? mask + (b * T + t) * S : 0, S, scale);
-      weighted_values(scores + t * S, values, out + ((b * T + t) * H + h) * D, S, D);
-    }
+    softmax_rows(scores, mask ? mask + b * T * S : 0, S, T, S, scale);
+    for (long t = 0; t < T; ++t) weighted_values(scores + t * S, values, out + ((b * T + t) * H + h) * D, S, D);
     free(scores);
   }
   return failed ? -1 : 0;

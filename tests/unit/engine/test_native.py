@@ -261,6 +261,22 @@ def test_attention_does_not_depend_on_masked_slots_or_where_the_visible_ones_sit
     assert torch.equal(batched[:1], alone)
 
 
+@needs_kernel
+@pytest.mark.parametrize("tokens", [2, 5, 11])
+@pytest.mark.parametrize("slots", [9, 38])
+def test_a_query_rows_attention_does_not_depend_on_the_rows_beside_it(tokens, slots):
+    """Rows are scored two at a time and their softmax sums run side by side: each row's
+    output is still the same bits as that row alone."""
+    torch.manual_seed(tokens * slots)
+    query = torch.randn(2, 6, tokens, 64)
+    key, value = torch.randn(2, 3, slots, 64), torch.randn(2, 3, slots, 64)
+    mask = _causal_tail(tokens, slots).expand(2, 1, tokens, slots).contiguous()
+    together = native.attention(query, key, value, mask, 0.125)
+    for t in range(tokens):
+        alone = native.attention(query[:, :, t:t + 1].contiguous(), key, value, mask[:, :, t:t + 1].contiguous(), 0.125)
+        assert torch.equal(together[:, t:t + 1], alone)
+
+
 def _causal_tail(tokens: int, slots: int) -> torch.Tensor:
     """`[1, 1, tokens, slots]`: new token t sees every slot up to its own (the last `tokens` slots)."""
     visible = torch.ones(tokens, slots, dtype=torch.bool).tril(slots - tokens)
