@@ -127,6 +127,12 @@ class _LayerFacts:
 _layer_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def forget(layer: Any) -> None:
+    """Drop what was learnt of `layer` (`_facts`: its linears' kinds and the weights its two
+    native calls read); `routing.install` does, so weights replaced between engines count."""
+    _layer_facts.pop(layer, None)
+
+
 def _facts(layer: Any) -> _LayerFacts:
     facts = _layer_facts.get(layer)
     if facts is None:

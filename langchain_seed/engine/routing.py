@@ -135,6 +135,7 @@ def _route_modules(routing: KernelRouting, model: torch.nn.Module) -> None:
         elif is_silu_mlp(module):
             routing._route(module, functools.partial(mlp_forward, module, module.forward))
         elif layers.supports(module):
+            layers.forget(module)
             routing._route(module, functools.partial(layers.native_layer_forward, module, module.forward))
 
 

@@ -166,3 +166,20 @@ def test_a_layer_the_two_calls_do_not_take_runs_kernel_by_kernel(monkeypatch):
         logits = _forward(model, torch.tensor([[1, 2, 3, 4, 5]]))
         assert layers._facts(layer).fused is None and layers.supports(layer)
     assert torch.isfinite(logits).all()
+
+
+def test_weights_replaced_between_engines_are_read_again(tiny_target):
+    """A layer's two native calls keep pointers to its weights; installing the routing again
+    (what each engine does) reads them afresh, so a replaced weight is the one computed with."""
+    model = copy.deepcopy(tiny_target)
+    ids = torch.randint(3, 100, (1, 1))  # one token: both calls native (a longer unmasked prefill is not)
+    with routing.install(model):
+        before = _forward(model, ids)
+    projection = model.model.layers[1].self_attn.o_proj
+    projection.weight = torch.nn.Parameter(torch.randn_like(projection.weight))
+    fresh = copy.deepcopy(model)
+    with routing.install(model):
+        after = _forward(model, ids)
+    with routing.install(fresh):
+        expected = _forward(fresh, ids)
+    assert torch.equal(after, expected) and not torch.equal(after, before)
