@@ -62,6 +62,14 @@ class SpeculativeConfig:
             each sequence drafts between 1 and `len(k_config)` levels a round: long drafts
             where the draft is sure, short ones where it is not. 0 always drafts the
             whole tree. Lossless either way: the length depends on the draft alone.
+        draft_survival: adaptive draft length from what verification kept
+            (`drafters.depth`): the engine keeps, per depth, how often a drafted token there
+            was accepted after its predecessors were, and drafts no deeper than where a
+            whole draft's chance of surviving falls below this (at least one level). For a
+            draft that is sure and wrong (text unlike its training) it stops drafting rows
+            that verification would throw away. Greedy requests only (a sampled request's
+            tokens depend on how its draft is cut, and a seed must give the same tokens
+            whatever ran before). 0 turns it off. Lossless either way.
     """
 
     k_config: tuple[int, ...] = OPTIONS["k_config"].default
@@ -72,6 +80,7 @@ class SpeculativeConfig:
     prompt_lookup: int = OPTIONS["prompt_lookup"].default
     prompt_lookup_below: float = OPTIONS["prompt_lookup_below"].default
     draft_confidence: float = OPTIONS["draft_confidence"].default
+    draft_survival: float = OPTIONS["draft_survival"].default
 
     def __post_init__(self) -> None:
         _check_fields(self, SPECULATIVE_OPTIONS)

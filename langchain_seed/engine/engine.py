@@ -16,7 +16,7 @@ from langchain_seed.engine.calibration import RowLimits
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.constraints import GrammarVocabulary
 from langchain_seed.engine.cpu_share import CpuShare
-from langchain_seed.engine.drafters import FeatureDrafter, ModelDrafter
+from langchain_seed.engine.drafters import DraftDepth, FeatureDrafter, ModelDrafter
 from langchain_seed.engine.feature_draft import FeatureDraftModel, check_feature_draft
 from langchain_seed.engine.kernels import LINEAR_KERNELS
 from langchain_seed.engine.models import check_pair, context_window, eos_token_ids, supports_tree_mask
@@ -73,6 +73,7 @@ class SeedEngine:
         self.tokenizer = tokenizer
         self.config = config or SpeculativeConfig()
         self.draft_head_token_ids = list(draft_head_token_ids) if draft_head_token_ids is not None else None
+        self._draft_depth = DraftDepth()  # what verification kept, per depth, for every drafter
         self.eos_token_ids = eos_token_ids(target_model, tokenizer)
         self.context_window = context_window(target_model)
         self._mask_support: dict[int, bool] = {}
@@ -311,13 +312,14 @@ class SeedEngine:
     def _drafter_factory(self) -> Callable[[], ModelDrafter | FeatureDrafter]:
         """What builds a new lane's drafter. It holds no reference to the engine, so that an
         engine nobody holds any more is collected (and its kernels removed)."""
-        return functools.partial(_make_drafter, self.draft_model, self.draft_head_token_ids)
+        return functools.partial(_make_drafter, self.draft_model, self.draft_head_token_ids, self._draft_depth)
 
 
-def _make_drafter(draft_model, draft_head_token_ids: list[int] | None) -> ModelDrafter | FeatureDrafter:
+def _make_drafter(draft_model, draft_head_token_ids: list[int] | None,
+                  depth: DraftDepth) -> ModelDrafter | FeatureDrafter:
     if isinstance(draft_model, FeatureDraftModel):
-        return FeatureDrafter(draft_model)
-    return ModelDrafter(draft_model, draft_head_token_ids)
+        return FeatureDrafter(draft_model, depth)
+    return ModelDrafter(draft_model, draft_head_token_ids, depth)
 
 
 def _shut_down(scheduler: Scheduler, serial: SerialRunner, routings: list[routing.KernelRouting]) -> None:

@@ -101,6 +101,13 @@ def check_draft_confidence(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def check_draft_survival(value: object) -> float:
+    """Validate a learnt-depth threshold: a number in [0, 1)."""
+    require(is_number(value) and 0 <= value < 1,  # type: ignore[operator]
+            f"draft_survival must be a number in [0, 1) (0 never cuts on what verification kept); got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object], str]:
     def check(value: object) -> str:
         check_choice(name, value, choices)
@@ -248,6 +255,11 @@ _ALL = (
            "adaptive draft length: stop drafting deeper where the draft's top probability falls below "
            "this; 0 drafts the whole tree",
            check_draft_confidence, _float_text),
+    Option("draft_survival", "float", 0.3,
+           "adaptive draft length (greedy requests): stop drafting deeper where the chance, learnt from "
+           "what verification kept, that the whole draft survives to the next level falls below this; "
+           "0 turns it off",
+           check_draft_survival, _float_text),
     Option("max_batch_tokens", "int", 512,
            "token budget of one batched target forward (draft nodes plus pending tokens)",
            _int_in("max_batch_tokens", 1, None, "a positive int"), _int_text),
@@ -285,7 +297,7 @@ OPTIONS: dict[str, Option] = {option.name: option for option in _ALL}
 """Every option by name."""
 
 SPECULATIVE_OPTIONS = ("k_config", "acceptance", "verify", "max_batch_tokens", "compact_slack", "prompt_lookup",
-                       "prompt_lookup_below", "draft_confidence")
+                       "prompt_lookup_below", "draft_confidence", "draft_survival")
 """The fields of `SpeculativeConfig`."""
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_tokens", "seed", "stop_token_ids", "ignore_eos")
 """The option fields of `SamplingParams` (its `stop_callback` is not an option: it is code)."""

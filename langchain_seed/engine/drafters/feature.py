@@ -6,6 +6,7 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.drafters.base import Draft
+from langchain_seed.engine.drafters.depth import DraftDepth
 from langchain_seed.engine.drafters.model import ModelDrafter
 from langchain_seed.engine.forward import (
     RowInput,
@@ -37,8 +38,8 @@ class FeatureDrafter(ModelDrafter):
     needs_target_features = True
     run_model = staticmethod(forward_features)
 
-    def __init__(self, model) -> None:
-        super().__init__(model)
+    def __init__(self, model, depth: DraftDepth | None = None) -> None:
+        super().__init__(model, depth=depth)
         self._fed: dict[int, int] = {}  # per sequence: tokens in the draft cache
         self._outputs: list[dict[int, torch.Tensor]] = []  # per member: node (-1 root) -> output
         self._member_index: dict[int, int] = {}
@@ -67,6 +68,7 @@ class FeatureDrafter(ModelDrafter):
 
     def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
         """Forget every node of the round: accepted ones return with the target's features."""
+        self._learn(sequence, acceptance)
         row = self._row_of(sequence)
         node_slots = self._node_slots.pop(id(sequence), [])
         self.kv.valid[row, [slot for slot in node_slots if slot >= 0]] = False

@@ -15,6 +15,7 @@ import torch
 
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.drafters.base import Draft
+from langchain_seed.engine.drafters.depth import DraftDepth
 from langchain_seed.engine.drafters.ngram import PromptLookup
 from langchain_seed.engine.forward import (
     RowInput,
@@ -36,13 +37,17 @@ class ModelDrafter:
         model: a causal LM sharing the target's vocabulary.
         head_token_ids: optional token ids the draft may propose; its LM head is computed
             over these rows only.
+        depth: what verification kept so far, shared by an engine's drafters (`DraftDepth`;
+            a private one when None).
     """
 
     run_model = staticmethod(forward_hidden)
     """One draft forward over the rows: `(model, kv, rows) -> [batch, width, hidden]`."""
 
-    def __init__(self, model, head_token_ids: list[int] | None = None) -> None:
+    def __init__(self, model, head_token_ids: list[int] | None = None, depth: DraftDepth | None = None) -> None:
         self.model = model
+        self.depth = depth if depth is not None else DraftDepth()
+        self._offered: dict[int, int] = {}  # per sequence: levels drafted this round
         self.kv = BatchKV.empty(0)
         self.rows: list[SequenceState] = []
         self._node_slots: dict[int, list[int]] = {}
@@ -83,6 +88,7 @@ class ModelDrafter:
         self.rows = [self.rows[i] for i in keep]
         for sequence in sequences:
             self._node_slots.pop(id(sequence), None)
+            self._offered.pop(id(sequence), None)
             self.lookup.forget(sequence)
 
     # ----- the draft stage ---------------------------------------------------------
@@ -98,8 +104,9 @@ class ModelDrafter:
             raise RuntimeError("ModelDrafter.draft must be given exactly its member sequences, in order")
         drafts = [Draft([0] * tree.size, None if s.params.greedy else self._empty_probs(tree)) for s in sequences]
         slots: list[list[int]] = [[-1] * tree.size for _ in sequences]
-        # A round commits at most depth + 1 tokens: drafting past the request's end is waste.
-        depths = [min(tree.depth, max(1, s.remaining - 1)) for s in sequences]
+        # A round commits at most depth + 1 tokens: drafting past the request's end is waste;
+        # nor past where drafts have rarely survived (`DraftDepth`).
+        depths = [min(tree.depth, max(1, s.remaining - 1), self._learnt_depth(s, tree)) for s in sequences]
         logits = self._feed_pending(sequences)  # [batch, head]: root distributions
         confidence = self._expand(sequences, tree, drafts, parent_nodes=[-1], logits=logits[:, None, :])
         self._stop_unsure(sequences, confidence, depths, depth=1)
@@ -126,6 +133,7 @@ class ModelDrafter:
             self._stop_unsure(sequences, confidence, depths, depth=depth + 1)
         for sequence, node_slots, draft, depth in zip(sequences, slots, drafts, depths):
             self._node_slots[id(sequence)] = node_slots
+            self._offered[id(sequence)] = depth
             if depth < tree.depth:
                 _cut(draft, tree, depth)
         return drafts
@@ -142,6 +150,7 @@ class ModelDrafter:
 
     def commit(self, sequence: SequenceState, acceptance: Acceptance) -> None:
         """Keep the slots of accepted nodes; the rest of the round's slots stay invalid."""
+        self._learn(sequence, acceptance)
         row = self._row_of(sequence)
         node_slots = self._node_slots.pop(id(sequence), [])
         fed_slots = [slot for slot in node_slots if slot >= 0]
@@ -150,6 +159,20 @@ class ModelDrafter:
         self.kv.valid[row, fed] = True
         unfed_accepted = len(acceptance.path) - len(fed)
         sequence.draft_pending = unfed_accepted + 1
+
+    def _learnt_depth(self, sequence: SequenceState, tree: DraftTree) -> int:
+        """How deep a greedy sequence drafts by what verification kept (`DraftDepth`). A
+        sampled one drafts the whole tree: its tokens depend on how its draft is cut, and a
+        seed must give the same tokens whatever ran before."""
+        if not sequence.params.greedy:
+            return tree.depth
+        return self.depth.allowed(tree.depth, sequence.request.config.draft_survival)
+
+    def _learn(self, sequence: SequenceState, acceptance: Acceptance) -> None:
+        """Tell `self.depth` how much of a greedy sequence's draft was kept."""
+        offered = self._offered.pop(id(sequence), 0)
+        if offered and sequence.params.greedy:
+            self.depth.record(offered, len(acceptance.path))
 
     def nbytes(self) -> int:
         return self.kv.nbytes()
