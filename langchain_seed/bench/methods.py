@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_seed.bench.hf_llm import HFGenerateLLM, eos_ids_of, hf_generate
+from langchain_seed.engine.options import OPTIONS
 
 if TYPE_CHECKING:  # the engine (torch) is imported when a seed method is built
     from langchain_seed.engine.config import VerifyPolicy
@@ -63,6 +64,7 @@ class BenchModels:
         seed_target, seed_weights: the seed methods' target when its weights are kept apart
             from `target`'s (e.g. the GGUF's Q4_1 blocks, with `target` its dequantised float32
             copy for the transformers methods), and how they are kept.
+        draft_survival: the seed methods' learnt draft depth (`SpeculativeConfig`).
     """
 
     target: Any
@@ -78,6 +80,7 @@ class BenchModels:
     seed_draft_name: str | None = None
     seed_target: Any = None
     seed_weights: str = "float32"
+    draft_survival: float = OPTIONS["draft_survival"].default
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -174,7 +177,8 @@ class SeedMethod(Method):
             raise ValueError(f"{name} needs a draft model")
         self.name, self.models, self.mode, self.verify = name, models, mode, verify
         self.config = SpeculativeConfig(k_config=tuple(models.k_config), verify=verify,
-                                        draft_confidence=models.draft_confidence)
+                                        draft_confidence=models.draft_confidence,
+                                        draft_survival=models.draft_survival)
         engine_class = engine_class or SeedEngine
         self.engine = engine_class(models.engine_target, models.engine_draft, models.tokenizer, config=self.config,
                                    draft_head_token_ids=models.draft_head_token_ids,

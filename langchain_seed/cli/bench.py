@@ -77,7 +77,7 @@ def _methods(text: str) -> list[str]:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``langchain-seed`` command."""
-    decoding = decoding_parent(("k_config", "draft_confidence", "max_tokens", "temperature"))
+    decoding = decoding_parent(("k_config", "draft_confidence", "draft_survival", "max_tokens", "temperature"))
     parser = subparsers.add_parser(
         "bench", parents=[model_parent(), decoding], help="compare transformers and SeeD decoding on a ToT workload",
         description="Run every decoding method on the same models and prompts, interleaved, with warm-up "
@@ -169,7 +169,7 @@ def load_bench_models(args: argparse.Namespace):
     return BenchModels(hf_target, hf_draft, loaded.tokenizer, head_ids, tree["k_config"],
                        str(target), str(draft) if needs_draft else "-", args.linear_kernel,
                        tree["draft_confidence"], seed_model, str(seed_draft or draft) if seed_model is not None
-                       else None, seed_target, _weights_name(loaded.target))
+                       else None, seed_target, _weights_name(loaded.target), tree["draft_survival"])
 
 
 def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
@@ -198,10 +198,11 @@ def _weights_name(model) -> str:
 
 
 def _seed_tree(args: argparse.Namespace) -> dict:
-    """The seed methods' k_config and draft_confidence: given, else the default pair's tuned ones
-    (on the default pair) or the options' defaults."""
+    """The seed methods' k_config, draft_confidence and draft_survival: given, else the default
+    pair's tuned ones (on the default pair) or the options' defaults."""
     fields = decoding_fields(args, default_pair=args.target is None)
-    return {name: fields.get(name, OPTIONS[name].default) for name in ("k_config", "draft_confidence")}
+    names = ("k_config", "draft_confidence", "draft_survival")
+    return {name: fields.get(name, OPTIONS[name].default) for name in names}
 
 
 def _head_ids(draft) -> list[int] | None:
@@ -225,6 +226,7 @@ def model_pair_info(models) -> dict[str, Any]:
         "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
         "k_config": list(models.k_config),
         "draft_confidence": models.draft_confidence,
+        "draft_survival": models.draft_survival,
         "seed_linear_kernel": effective_kernel(models.linear_kernel),
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
         "seed_weights": models.seed_weights,

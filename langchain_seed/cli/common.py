@@ -24,8 +24,8 @@ from langchain_seed.lc.llms import SeedLLM
 from langchain_seed.pair.paths import DEFAULT_PAIR_OPTIONS
 
 DTYPES = ("float32", "float16", "bfloat16")
-DECODING_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p", "max_tokens",
-                    "seed")
+DECODING_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "draft_survival", "temperature", "top_p",
+                    "max_tokens", "seed")
 """The options the decoding parent parser offers (a command may take a subset)."""
 
 __all__ = ["decoding_fields", "decoding_parent", "load_llm", "model_parent", "non_negative_int", "option_type",

@@ -25,7 +25,7 @@ from langchain_seed.serving.protocol import API_KEY_ENV
 
 logger = logging.getLogger("langchain_seed.serving")
 
-SERVE_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p")
+SERVE_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "draft_survival", "temperature", "top_p")
 """Decoding options the server's LLM takes from the command line (a request may override the
 sampling ones; `--default-max-tokens` stands for max_tokens)."""
 

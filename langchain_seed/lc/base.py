@@ -53,6 +53,11 @@ class SeedModelMixin(BaseModel):
     probability falls below this, so drafts are long where the draft is sure and short
     where it is not (lossless either way). 0 drafts the whole `k_config` every round."""
 
+    draft_survival: float = OPTIONS["draft_survival"].default
+    """Adaptive draft length from what verification kept (greedy calls): the engine learns,
+    per depth, how often a drafted token was accepted, and drafts no deeper than where a
+    whole draft's chance of surviving falls below this (lossless either way). 0 turns it off."""
+
     temperature: float = OPTIONS["temperature"].default
     """Sampling temperature; 0 is greedy (the target's own greedy output, token for token)."""
 
@@ -242,8 +247,8 @@ class SeedModelMixin(BaseModel):
     # ----- LangChain plumbing -------------------------------------------------------------
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        names = ("model_name", "decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p",
-                 "max_tokens", "seed", "n", "constraint")
+        names = ("model_name", "decoding", "verify", "k_config", "draft_confidence", "draft_survival", "temperature",
+                 "top_p", "max_tokens", "seed", "n", "constraint")
         return {name: getattr(self, name) for name in names}
 
     def get_token_ids(self, text: str) -> list[int]:

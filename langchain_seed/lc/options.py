@@ -16,8 +16,8 @@ from langchain_seed.engine.constraints import Constraint
 from langchain_seed.engine.options import OPTIONS
 from langchain_seed.lc.text import normalize_stop
 
-CALL_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "temperature", "top_p", "max_tokens", "seed",
-                "n", "timeout", "constraint")
+CALL_OPTIONS = ("decoding", "verify", "k_config", "draft_confidence", "draft_survival", "temperature", "top_p",
+                "max_tokens", "seed", "n", "timeout", "constraint")
 """Fields that may be overridden per call through keyword arguments."""
 
 
@@ -58,6 +58,7 @@ class CallOptions:
     verify: VerifyPolicy
     k_config: tuple[int, ...]
     draft_confidence: float
+    draft_survival: float
     temperature: float
     top_p: float
     max_tokens: int
@@ -82,7 +83,8 @@ class CallOptions:
         return cls(**values)
 
     def speculative_config(self) -> SpeculativeConfig:
-        return SpeculativeConfig(k_config=self.k_config, verify=self.verify, draft_confidence=self.draft_confidence)
+        return SpeculativeConfig(k_config=self.k_config, verify=self.verify, draft_confidence=self.draft_confidence,
+                                 draft_survival=self.draft_survival)
 
     def sampling_params(self, sample_index: int, stop_callback=None) -> SamplingParams:
         """Sampling of generation `sample_index` of a prompt: seeds differ between samples."""
@@ -99,5 +101,5 @@ def call_fields(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def default_config(fields: Mapping[str, Any]) -> SpeculativeConfig:
     """The engine's default `SpeculativeConfig` from a model's constructor fields."""
     values = {name: CHECKS[name](fields.get(name, OPTIONS[name].default))
-              for name in ("k_config", "verify", "draft_confidence")}
+              for name in ("k_config", "verify", "draft_confidence", "draft_survival")}
     return SpeculativeConfig(**values)

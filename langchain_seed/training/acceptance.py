@@ -1,7 +1,7 @@
 """Acceptance per prompt family, measured by running the engine itself.
 
 Every prompt is decoded by `SeedEngine` in scheduled mode with a draft chain (a fixed
-length: `draft_confidence` 0, so every round drafts the whole chain), greedily and sampled;
+length: `draft_confidence` and `draft_survival` 0, so every round drafts the whole chain), greedily and sampled;
 acceptance is the engine's own count, accepted / drafted, under its own rules: greedy
 verification at temperature 0, speculative sampling (MCSD with a tree `k_config`) above it.
 Each request samples from its own seeded generator, so a measurement repeats exactly.
@@ -86,7 +86,8 @@ def measure(target: Any, draft: Any, tokenizer: Any, head_ids: Sequence[int] | N
     tally = tally if tally is not None else FamilyTally()
     settings = SETTINGS if settings is None else settings
     prompt_ids = encode_prompts(prompts, tokenizer)
-    config = SpeculativeConfig(k_config=k_config or (1,) * chain, draft_confidence=0.0, prompt_lookup=0)
+    config = SpeculativeConfig(k_config=k_config or (1,) * chain, draft_confidence=0.0, draft_survival=0.0,
+                               prompt_lookup=0)
     engine = SeedEngine(target, draft, tokenizer, config, draft_head_token_ids=head_ids)
     head = set(head_ids) if head_ids is not None else None
     greedy_outputs: list[list[int]] = [[] for _ in prompts]

@@ -64,9 +64,12 @@ def test_the_default_pairs_tuned_settings_apply_alike_in_run_bench_and_serve(com
 
 
 def test_bench_seed_tree_is_the_pairs_on_the_default_pair_and_the_options_default_elsewhere():
-    assert bench._seed_tree(_parse(["bench"])) == DEFAULT_PAIR_OPTIONS
+    survival = OPTIONS["draft_survival"].default
+    assert bench._seed_tree(_parse(["bench"])) == {**DEFAULT_PAIR_OPTIONS, "draft_survival": survival}
     assert bench._seed_tree(_parse(["bench", "--target", "dir"])) == {
-        "k_config": OPTIONS["k_config"].default, "draft_confidence": OPTIONS["draft_confidence"].default}
+        "k_config": OPTIONS["k_config"].default, "draft_confidence": OPTIONS["draft_confidence"].default,
+        "draft_survival": survival}
+    assert bench._seed_tree(_parse(["bench", "--draft-survival", "0"]))["draft_survival"] == 0.0
 
 
 def test_serve_on_the_default_pair_uses_its_tuned_draft_tree(tmp_path, monkeypatch):

@@ -376,6 +376,7 @@ def test_identity_tokens_and_tracing_params(tiny_llm, tiny_tokenizer):
         ("k_config", "1111", "k_config must be a sequence"),
         ("draft_confidence", 1.0, "draft_confidence must be a number in \\[0, 1\\)"),
         ("draft_confidence", "high", "draft_confidence must be a number in \\[0, 1\\)"),
+        ("draft_survival", -0.1, "draft_survival must be a number in \\[0, 1\\)"),
         ("temperature", -0.5, "temperature must be a finite number in"),
         ("temperature", float("nan"), "temperature must be a finite number in"),
         ("top_p", 0, "top_p must be a number in"),
@@ -614,3 +615,15 @@ def test_streaming_text_cuts_at_the_first_stop_and_never_leaks_it(tiny_tokenizer
     if fired is not None:
         assert any(s in _decode(tokenizer, ids[:fired]) for s in stop)
         assert not any(s in _decode(tokenizer, ids[:fired - 1]) for s in stop)
+
+
+def test_draft_survival_reaches_the_engine_as_a_field_and_per_call(tiny_engine):
+    """`draft_survival` (the learnt draft depth) goes from the field, or a call's keyword, into
+    the call's `SpeculativeConfig`; the text is the same whatever it is."""
+    from langchain_seed.lc.options import CallOptions
+
+    llm = SeedLLM.from_engine(tiny_engine, max_tokens=8, draft_survival=0.0)
+    assert CallOptions.of(llm, {}).speculative_config().draft_survival == 0.0
+    assert CallOptions.of(llm, {"draft_survival": 0.5}).speculative_config().draft_survival == 0.5
+    assert llm.invoke(PROMPTS[0]) == llm.invoke(PROMPTS[0], draft_survival=0.5)
+    assert llm._identifying_params["draft_survival"] == 0.0
