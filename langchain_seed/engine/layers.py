@@ -157,8 +157,10 @@ def _fused_layer(layer: Any) -> native.LayerWeights | None:
 
 
 def _kernel_linear(linear: Any) -> native.LayerLinear:
-    """How `native.layer_weights` takes one of `LINEAR_CLASSES`."""
+    """How `native.layer_weights` takes one of `LINEAR_CLASSES`; ValueError for one it cannot."""
     if type(linear) is Int8Linear:
+        if linear.out_features % 8:  # its groups are padded: the calls would write the padding
+            raise ValueError(f"an Int8Linear of {linear.out_features} outputs (not whole groups of 8)")
         groups, fmt, bias = linear.kernel_args()
         return "int8", groups, fmt, bias
     if type(linear) is QuantizedLinear:

@@ -267,8 +267,9 @@ def layer_weights(input_norm: torch.Tensor, input_eps: float, linears: tuple[Lay
     """`LayerWeights` from the norms' weights `[hidden]` and epsilons and the seven linears
     (query, key, value, output, gate, up, down; `LayerLinear`s). Raises ValueError, naming
     the problem, when they do not make a layer the kernels take."""
-    if len(linears) != 7:
-        raise ValueError(f"layer: seven linears (q, k, v, o, gate, up, down) expected, got {len(linears)}")
+    if len(linears) != 7 or head_dim <= 0:
+        raise ValueError(f"layer: seven linears (q, k, v, o, gate, up, down) and a positive head size expected, "
+                         f"got {len(linears)} and {head_dim}")
     hidden = input_norm.shape[0]
     heads, kv_heads = _outputs(linears[0]) // head_dim, _outputs(linears[1]) // head_dim
     intermediate = _outputs(linears[4])

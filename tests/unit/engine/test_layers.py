@@ -183,3 +183,15 @@ def test_weights_replaced_between_engines_are_read_again(tiny_target):
     with routing.install(fresh):
         expected = _forward(fresh, ids)
     assert torch.equal(after, expected) and not torch.equal(after, before)
+
+
+def test_an_int8_linear_whose_outputs_are_not_whole_groups_is_not_given_to_the_layer_calls():
+    """An Int8Linear of 20 outputs keeps padded groups, which the two calls would write:
+    `_kernel_linear` refuses it (so `_fused_layer` leaves such a layer kernel by kernel)."""
+    from langchain_seed.engine.weights import formats, int8_dot
+
+    padded = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(20, 32), "q8_0"), "q8_0", 32)
+    whole = int8_dot.Int8Linear.from_blocks(formats.quantize(torch.randn(24, 32), "q8_0"), "q8_0", 32)
+    assert layers._kernel_linear(whole)[0] == "int8"
+    with pytest.raises(ValueError, match="not whole groups of 8"):
+        layers._kernel_linear(padded)
