@@ -60,9 +60,7 @@ def load_model(
     """A causal LM from a local directory, GGUF file or hub id, in eval mode, its weights
     kept as `weights` says (`WEIGHTS`) and its quantised linears taking `activations`
     (`ACTIVATIONS`); `role` names it in errors."""
-    if activations not in ACTIVATIONS:
-        raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
-    _check_int8_kernels(activations, role)
+    _check_activations(activations, "activations", role)
     model = _load_model(name_or_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle, role=role, weights=weights)
     if activations == "int8":
@@ -75,11 +73,14 @@ def load_model(
     return model
 
 
-def _check_int8_kernels(activations: str, role: str) -> None:
-    """8-bit activations need the native kernels: only they compute every row the same way
-    in every mode (`kernels.batch_invariant`), so without them the modes could disagree."""
+def _check_activations(activations: str, name: str, role: str) -> None:
+    """`activations` (the argument `name`) is one of `ACTIVATIONS`, and 8-bit activations
+    have the native kernels: only they compute every row the same way in every mode
+    (`kernels.batch_invariant`), so without them the modes could disagree."""
     from langchain_seed.engine import native
 
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
     if activations == "int8" and not native.available():
         raise ValueError(f"{role}: activations='int8' needs the engine's native kernels, which cannot run here: "
                          f"{native.unavailable_reason()}")
@@ -203,9 +204,7 @@ def load_models(
     tokenizer = load_tokenizer(target, trust_remote_code=trust_remote_code)
     target_model = load_model(target, role="target", weights=weights, activations=activations, **options)
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
-    if draft_activations not in ACTIVATIONS:
-        raise ValueError(f"draft_activations must be one of {', '.join(ACTIVATIONS)}; got {draft_activations!r}")
-    _check_int8_kernels(draft_activations, "draft")
+    _check_activations(draft_activations, "draft_activations", "draft")
     if draft_model is not None and draft_activations == "int8":
         from langchain_seed.engine.weights.convert import int8_draft_layers
 

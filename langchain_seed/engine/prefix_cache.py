@@ -47,6 +47,7 @@ class PrefixStore:
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[int, ...], BatchKV] = OrderedDict()
+        self._bytes = 0  # of every entry's keys and values
         self._lock = threading.Lock()
         self.reused_tokens = 0
 
@@ -67,14 +68,19 @@ class PrefixStore:
 
     def put(self, tokens: list[int], kv: BatchKV) -> None:
         """Store a copy of the one-row cache `kv` holding `tokens`, evicting the oldest
-        entries past `max_bytes` (a cache larger than that is not stored)."""
+        entries past `max_bytes` (a cache larger than that is not stored). A prompt already
+        stored is only marked as recently used (it came wholly from the store)."""
+        key = tuple(tokens)
         if len(tokens) < MIN_REUSE or kv.nbytes() > self.max_bytes:
             return
         with self._lock:
-            self._entries[tuple(tokens)] = kv.first_slots(len(tokens))
-            self._entries.move_to_end(tuple(tokens))
-            while sum(entry.nbytes() for entry in self._entries.values()) > self.max_bytes:
-                self._entries.popitem(last=False)
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return
+            entry = self._entries[key] = kv.first_slots(len(tokens))
+            self._bytes += entry.nbytes()
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._entries.popitem(last=False)[1].nbytes()
 
 
 _stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
