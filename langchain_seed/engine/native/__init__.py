@@ -15,6 +15,10 @@ and waking threads. These do the work directly:
   kept in GGML's Q8_0 / Q4_1 blocks (`quantized_linear.c`), equal bit for bit to the dense
   kernels on the dequantised weights (`engine.weights`).
 
+The float32 products run on 512-bit vectors where the CPU has AVX-512F (twice the
+arithmetic of 256 bits: verification and prefill are bound by it), else on 256; one width
+per process (`float_tile_bits`), so a row's bits never depend on the batch.
+
 They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma -mf16c
 -fopenmp -ffp-contract=off``, two to three seconds) into `build_dir()` and
 loaded with `ctypes`; the calls release the GIL.
@@ -82,6 +86,7 @@ _SIGNATURES = {
     "quantize_activations": ("seed_quantize_activations", None, [_P] * 4 + [_L] * 2 + [_I]),
     "int8_linear3": ("seed_int8_linear3", _I, [_P] * 4 + [_I] + [_P] * 3 + [_L] * 5 + [_I]),
     "layer_qkv": ("seed_layer_qkv", _I, [_P, _P, _F] + [_P] * 4 + [_P, _P, _L] + [_P] * 3 + [_L] * 6 + [_I]),
+    "float_tile_bits": ("seed_float_tile_bits", _I, []),
     "layer_rest": ("seed_layer_rest", _I, [_P] * 5 + [_L] * 5 + [_F] + [_P] * 4 + [_P, _F, _P] + [_L] * 7 + [_I]),
 }
 """Each kernel's Python name: (C symbol, return type, argument types)."""
@@ -105,6 +110,7 @@ class _Library:
     int8_linear3: Callable[..., Any] | None
     layer_qkv: Callable[..., Any] | None
     layer_rest: Callable[..., Any] | None
+    float_tile_bits: Callable[..., Any] | None
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
         self.reason = reason
@@ -124,6 +130,13 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why the C kernel is not used here (None when it is)."""
     return _library().reason
+
+
+def float_tile_bits() -> int:
+    """The vector width, 512 or 256, of every float32 product the kernels run in this process:
+    512 where the CPU has AVX-512F unless ``LANGCHAIN_SEED_FLOAT_PATH=avx2``. The two widths
+    sum in different orders, so their outputs differ in the last bits."""
+    return int(_function("float_tile_bits")())
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

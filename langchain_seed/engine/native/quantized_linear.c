@@ -54,18 +54,49 @@ static inline void dequantize_q4_1(const uint8_t *block, float *out) {
   }
 }
 
+/* The same two blocks on 16 lanes (where the products run on 512 bits): the same product
+ * and sum per value, so the same floats, in half the instructions. */
+WIDE_TARGET static inline void wide_dequantize_q8_0(const uint8_t *block, float *out) {
+  const __m512 d = _mm512_set1_ps(half_to_float(block));
+  for (int i = 0; i < 2; ++i) {
+    const __m128i bytes = _mm_loadu_si128((const __m128i *)(block + 2) + i);
+    _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), d));
+  }
+}
+
+WIDE_TARGET static inline void wide_dequantize_q4_1(const uint8_t *block, float *out) {
+  const __m512 d = _mm512_set1_ps(half_to_float(block)), m = _mm512_set1_ps(half_to_float(block + 2));
+  const __m128i bytes = _mm_loadu_si128((const __m128i *)(block + 4)), low4 = _mm_set1_epi8(0x0F);
+  const __m128i halves[2] = {_mm_and_si128(bytes, low4), _mm_and_si128(_mm_srli_epi16(bytes, 4), low4)};
+  for (int i = 0; i < 2; ++i) {
+    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(halves[i]));
+    _mm512_storeu_ps(out + 16 * i, _mm512_add_ps(_mm512_mul_ps(q, d), m));
+  }
+}
+
 /* n_rows weight rows (each n_in values, row_bytes bytes) into out [n_rows, n_in]. */
-static void dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out) {
-  const long blocks = n_in / BLOCK_VALUES, bytes = block_bytes(format);
-  for (long r = 0; r < n_rows; ++r)
-    for (long b = 0; b < blocks; ++b) {
-      const uint8_t *block = w + (r * blocks + b) * bytes;
-      float *values = out + r * n_in + b * BLOCK_VALUES;
-      if (format == 0)
-        dequantize_q8_0(block, values);
-      else
-        dequantize_q4_1(block, values);
-    }
+#define DEFINE_DEQUANTIZE_ROWS(NAME, TARGET, Q8_0, Q4_1)                                      \
+  TARGET static void NAME(const uint8_t *w, int format, long n_rows, long n_in, float *out) { \
+    const long blocks = n_in / BLOCK_VALUES, bytes = block_bytes(format);                     \
+    for (long r = 0; r < n_rows; ++r)                                                         \
+      for (long b = 0; b < blocks; ++b) {                                                     \
+        const uint8_t *block = w + (r * blocks + b) * bytes;                                  \
+        float *values = out + r * n_in + b * BLOCK_VALUES;                                    \
+        if (format == 0)                                                                      \
+          Q8_0(block, values);                                                                \
+        else                                                                                  \
+          Q4_1(block, values);                                                                \
+      }                                                                                       \
+  }
+
+DEFINE_DEQUANTIZE_ROWS(narrow_dequantize_rows, , dequantize_q8_0, dequantize_q4_1)
+DEFINE_DEQUANTIZE_ROWS(wide_dequantize_rows, WIDE_TARGET, wide_dequantize_q8_0, wide_dequantize_q4_1)
+
+static inline void dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out) {
+  if (wide_tiles())
+    wide_dequantize_rows(w, format, n_rows, n_in, out);
+  else
+    narrow_dequantize_rows(w, format, n_rows, n_in, out);
 }
 
 static void prefetch_rows(const uint8_t *w, long bytes) {

@@ -39,3 +39,6 @@ void seed_gate_up_silu(const float *x, const float *gate, const float *up, float
   for (long o = 4 * blocks; o < n_out; ++o)
     gate_up_block(x, gate + o * n_in, up + o * n_in, out + o, n_rows, n_in, n_out, 1, 0, 0);
 }
+
+/* The width every float32 product of this process runs on: 512 or 256 bits (linear_tiles.h). */
+int seed_float_tile_bits(void) { return wide_tiles() ? 512 : 256; }

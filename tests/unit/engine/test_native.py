@@ -10,8 +10,11 @@ out of the softmax, a slot's probability moved to its neighbour."""
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -281,3 +284,37 @@ def _causal_tail(tokens: int, slots: int) -> torch.Tensor:
     """`[1, 1, tokens, slots]`: new token t sees every slot up to its own (the last `tokens` slots)."""
     visible = torch.ones(tokens, slots, dtype=torch.bool).tril(slots - tokens)
     return torch.zeros(1, 1, tokens, slots).masked_fill_(~visible, float("-inf"))
+
+
+_FLOAT_PATH_SCRIPT = """
+import hashlib, torch
+from langchain_seed.engine import native
+torch.manual_seed(3)
+x, weight = torch.randn(11, 576), torch.randn(40, 576)
+print(native.float_tile_bits(), hashlib.sha256(native.skinny_linear(x, weight).numpy().tobytes()).hexdigest())
+"""
+
+
+@needs_kernel
+def test_the_256_bit_products_keep_every_property_where_512_bits_run():
+    """The products run on 512 bits here, so the suite's other kernel tests check that width;
+    these rerun their checks on 256 bits (LANGCHAIN_SEED_FLOAT_PATH=avx2): within the float64
+    bound, a row's bits independent of the batch, blocks equal to the dense kernel on the
+    dequantised weights, a whole layer equal to its kernels. The two widths sum in different
+    orders, so their bits differ."""
+    if native.float_tile_bits() != 512:  # no AVX-512F, or this is the 256-bit rerun itself
+        pytest.skip("every product here runs on 256 bits")
+
+    def run(*command: str, path: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "LANGCHAIN_SEED_FLOAT_PATH": path}
+        return subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=600)
+
+    wide, narrow = (run("-c", _FLOAT_PATH_SCRIPT, path=path).stdout.split() for path in ("", "avx2"))
+    assert wide[0] == "512" and narrow[0] == "256" and wide[1] != narrow[1]
+    here = Path(__file__).parent
+    checks = run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(here / "test_native.py"),
+                 str(here / "test_weights.py"), str(here / "test_layers.py"),
+                 "-k", "(skinny or rows_output or gate_up or equal or bit) and not 256_bit", path="avx2")
+    assert checks.returncode == 0, checks.stdout[-3000:] + checks.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", checks.stdout)
+    assert passed and int(passed.group(1)) > 100, checks.stdout[-500:]  # the selection ran, not skipped
