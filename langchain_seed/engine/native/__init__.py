@@ -15,9 +15,9 @@ and waking threads. These do the work directly:
   kept in GGML's Q8_0 / Q4_1 blocks (`quantized_linear.c`), equal bit for bit to the dense
   kernels on the dequantised weights (`engine.weights`).
 
-The float32 products run on 512-bit vectors where the CPU has AVX-512F (twice the
-arithmetic of 256 bits: verification and prefill are bound by it), else on 256; one width
-per process (`float_tile_bits`), so a row's bits never depend on the batch.
+The float32 products run on 512-bit registers where the CPU has AVX-512F (twice the
+arithmetic per instruction: verification and prefill are bound by it), else on 256
+(`float_tile_bits`); both sum every output in the same order, so the bits are the same.
 
 They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma -mf16c
 -fopenmp -ffp-contract=off``, two to three seconds) into `build_dir()` and
@@ -133,9 +133,8 @@ def unavailable_reason() -> str | None:
 
 
 def float_tile_bits() -> int:
-    """The vector width, 512 or 256, of every float32 product the kernels run in this process:
-    512 where the CPU has AVX-512F unless ``LANGCHAIN_SEED_FLOAT_PATH=avx2``. The two widths
-    sum in different orders, so their outputs differ in the last bits."""
+    """The registers, 512 or 256 bits, the float32 products run on in this process: 512 where
+    the CPU has AVX-512F unless ``LANGCHAIN_SEED_FLOAT_PATH=avx2``. Both give the same bits."""
     return int(_function("float_tile_bits")())
 
 

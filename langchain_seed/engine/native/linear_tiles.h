@@ -3,13 +3,17 @@
  * (quantized_linear.c) from a few rows dequantised into L1, and both sum in the same order,
  * so a product on dequantised weights equals the dense product bit for bit.
  *
- * Two widths: 256-bit (AVX2 + FMA, 8 partial sums per output, tiles of 4 weight rows x 3
- * input rows in 12 of the 16 ymm registers) and, where the CPU has AVX-512F, 512-bit (16
- * partial sums per output, tiles of 4 x 6 in 24 of the 32 zmm registers), which doubles the
- * arithmetic rate of a many-row product (a verification, a prefill). The two sum in
- * different orders, so their last bits differ; a process uses one width for every product
- * (`wide_tiles`; LANGCHAIN_SEED_FLOAT_PATH=avx2 keeps it on 256 bits), and within a width
- * each output's order depends only on n_in. */
+ * Two widths, the same bits: 256-bit tiles (AVX2 + FMA: 4 weight rows x 3 input rows in 12
+ * of the 16 ymm registers, 8 partial sums per output) and, where the CPU has AVX-512F,
+ * 512-bit tiles that hold two weight rows' 8 partial sums side by side in each zmm register
+ * (4 weight rows x 12 input rows in 24 of the 32), so every partial sum takes the same
+ * products in the same order and is reduced the same way, with twice the arithmetic per
+ * instruction: a many-row product (a verification, a prefill) runs about 1.3x faster.
+ * LANGCHAIN_SEED_FLOAT_PATH=avx2 keeps a process on 256 bits (to compare the bits).
+ * A PAIRED block of 4 weight rows, which the quantised kernels dequantise into for the
+ * 512-bit tiles, interleaves rows 0 and 1 eight values at a time (out[16c:16c+8] = row 0's
+ * values 8c..8c+7, out[16c+8:16c+16] = row 1's), then rows 2 and 3 likewise, so each pair
+ * loads in one instruction. Within either width each output's order depends only on n_in.  */
 #ifndef SEED_LINEAR_TILES_H
 #define SEED_LINEAR_TILES_H
 
@@ -102,83 +106,99 @@ DEFINE_ROWS(1)
 /* ---- 512 bits (AVX-512F) ---- */
 #define WIDE_TARGET __attribute__((target("avx512f")))
 
-/* The 16 partial sums of v folded to 8 (lane i + lane i + 8), the order hsum and hsum4 then take. */
-WIDE_TARGET static inline __m256 fold16(__m512 v) {
-  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+/* [a[0:8] | b[0:8]] in one register. */
+WIDE_TARGET static inline __m512 load_pair(const float *a, const float *b) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a))),
+                                             _mm256_castps_pd(_mm256_loadu_ps(b)), 1));
 }
 
-/* As DEFINE_TILE, on 16 lanes: each output's order depends only on OB and n_in. */
-#define DEFINE_WIDE_TILE(OB, RB)                                                              \
-  WIDE_TARGET static inline void wide_tile_##OB##x##RB(const float *w, const float *x, const float *bias, \
-                                                       float *out, long n_in, long n_out, const float *pf) { \
-    __m512 acc[OB][RB];                                                                       \
-    for (int i = 0; i < OB; ++i)                                                              \
-      for (int j = 0; j < RB; ++j) acc[i][j] = _mm512_setzero_ps();                           \
+/* [p[0:8] | p[0:8]]. */
+WIDE_TARGET static inline __m512 load_twice(const float *p) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))));
+}
+
+WIDE_TARGET static inline __m256 low_half(__m512 v) { return _mm512_castps512_ps256(v); }
+WIDE_TARGET static inline __m256 high_half(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+/* tile_4xRB on 512-bit registers, each holding two weight rows' 8 partial sums side by side
+ * ([row 0 | row 1] and [row 2 | row 3] against one input row): every lane takes exactly the
+ * products and sums the 256-bit tile's lane takes, and the halves are reduced as it reduces
+ * its registers, so the outputs are the same bits at twice the arithmetic per instruction.
+ * LOAD01 / LOAD23 give the two weight registers at k: from a row-major block (two 256-bit
+ * loads each) or from a PAIRED one (module notes; one load each, n_in a multiple of 8). */
+#define DEFINE_WIDE_TILE(NAME, RB, LOAD01, LOAD23)                                            \
+  WIDE_TARGET static inline void NAME##RB(const float *w, const float *x, const float *bias, float *out, \
+                                          long n_in, long n_out, const float *pf) {           \
+    __m512 acc[2][RB];                                                                        \
+    for (int p = 0; p < 2; ++p)                                                               \
+      for (int j = 0; j < RB; ++j) acc[p][j] = _mm512_setzero_ps();                           \
     long k = 0;                                                                               \
-    for (; k + 16 <= n_in; k += 16) {                                                         \
-      __m512 wv[OB];                                                                          \
-      for (int i = 0; i < OB; ++i) wv[i] = _mm512_loadu_ps(w + i * n_in + k);                 \
-      if (pf)                                                                                 \
-        for (int i = 0; i < OB; ++i) _mm_prefetch((const char *)(pf + i * n_in + k), _MM_HINT_T0); \
+    for (; k + 8 <= n_in; k += 8) {                                                           \
+      const __m512 w01 = LOAD01, w23 = LOAD23;                                                \
+      if (pf && !(k & 15))                                                                    \
+        for (int i = 0; i < 4; ++i) _mm_prefetch((const char *)(pf + i * n_in + k), _MM_HINT_T0); \
       for (int j = 0; j < RB; ++j) {                                                          \
-        __m512 xv = _mm512_loadu_ps(x + j * n_in + k);                                        \
-        for (int i = 0; i < OB; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);       \
+        const __m512 xv = load_twice(x + j * n_in + k);                                       \
+        acc[0][j] = _mm512_fmadd_ps(w01, xv, acc[0][j]);                                      \
+        acc[1][j] = _mm512_fmadd_ps(w23, xv, acc[1][j]);                                      \
       }                                                                                       \
     }                                                                                         \
-    if (OB == 4 && k == n_in) {                                                               \
-      for (int j = 0; j < RB; ++j) {                                                          \
-        __m128 s = hsum4(fold16(acc[0][j]), fold16(acc[OB > 1 ? 1 : 0][j]), fold16(acc[OB > 2 ? 2 : 0][j]), \
-                         fold16(acc[OB > 3 ? 3 : 0][j]));                                     \
+    for (int j = 0; j < RB; ++j) {                                                            \
+      const __m256 sums[4] = {low_half(acc[0][j]), high_half(acc[0][j]), low_half(acc[1][j]), high_half(acc[1][j])}; \
+      if (k == n_in) {                                                                        \
+        __m128 s = hsum4(sums[0], sums[1], sums[2], sums[3]);                                 \
         if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias));                                      \
         _mm_storeu_ps(out + j * n_out, s);                                                    \
+        continue;                                                                             \
       }                                                                                       \
-      return;                                                                                 \
-    }                                                                                         \
-    for (int i = 0; i < OB; ++i)                                                              \
-      for (int j = 0; j < RB; ++j) {                                                          \
-        float sum = hsum(fold16(acc[i][j]));                                                  \
+      for (int i = 0; i < 4; ++i) { /* row-major only: a PAIRED block has no tail */         \
+        float sum = hsum(sums[i]);                                                            \
         for (long t = k; t < n_in; ++t) sum += w[i * n_in + t] * x[j * n_in + t];             \
         out[j * n_out + i] = bias ? sum + bias[i] : sum;                                      \
       }                                                                                       \
+    }                                                                                         \
   }
 
-DEFINE_WIDE_TILE(4, 6)
-DEFINE_WIDE_TILE(4, 5)
-DEFINE_WIDE_TILE(4, 4)
-DEFINE_WIDE_TILE(4, 3)
-DEFINE_WIDE_TILE(4, 2)
-DEFINE_WIDE_TILE(4, 1)
-DEFINE_WIDE_TILE(1, 6)
-DEFINE_WIDE_TILE(1, 5)
-DEFINE_WIDE_TILE(1, 4)
-DEFINE_WIDE_TILE(1, 3)
-DEFINE_WIDE_TILE(1, 2)
-DEFINE_WIDE_TILE(1, 1)
+#define DEFINE_WIDE_TILES(NAME, LOAD01, LOAD23)                                               \
+  DEFINE_WIDE_TILE(NAME, 12, LOAD01, LOAD23)                                                  \
+  DEFINE_WIDE_TILE(NAME, 6, LOAD01, LOAD23)                                                   \
+  DEFINE_WIDE_TILE(NAME, 5, LOAD01, LOAD23)                                                   \
+  DEFINE_WIDE_TILE(NAME, 4, LOAD01, LOAD23)                                                   \
+  DEFINE_WIDE_TILE(NAME, 3, LOAD01, LOAD23)                                                   \
+  DEFINE_WIDE_TILE(NAME, 2, LOAD01, LOAD23)                                                   \
+  DEFINE_WIDE_TILE(NAME, 1, LOAD01, LOAD23)
 
-/* Every input row against OB (4 or 1) weight rows starting at output feature o (512 bits). */
-#define DEFINE_WIDE_ROWS(OB)                                                                  \
-  WIDE_TARGET static void wide_rows_##OB(const float *w, const float *x, const float *bias, float *out, \
-                                         long n_rows, long n_in, long n_out, const float *pf) { \
+DEFINE_WIDE_TILES(wide_tile_4x, load_pair(w + k, w + n_in + k), load_pair(w + 2 * n_in + k, w + 3 * n_in + k))
+DEFINE_WIDE_TILES(paired_tile_4x, _mm512_loadu_ps(w + 2 * k), _mm512_loadu_ps(w + 2 * n_in + 2 * k))
+
+/* Every input row against a block of 4 weight rows (512 bits): tiles of 12 rows, then 6,
+ * then the rest. */
+#define DEFINE_WIDE_ROWS(NAME, TILE)                                                          \
+  WIDE_TARGET static void NAME(const float *w, const float *x, const float *bias, float *out, long n_rows, \
+                               long n_in, long n_out, const float *pf) {                      \
     long r = 0;                                                                               \
-    for (; r + 6 <= n_rows; r += 6)                                                           \
-      wide_tile_##OB##x6(w, x + r * n_in, bias, out + r * n_out, n_in, n_out, r == 0 ? pf : 0); \
+    for (; r + 12 <= n_rows; r += 12) TILE##12(w, x + r * n_in, bias, out + r * n_out, n_in, n_out, r == 0 ? pf : 0); \
+    for (; r + 6 <= n_rows; r += 6) TILE##6(w, x + r * n_in, bias, out + r * n_out, n_in, n_out, r == 0 ? pf : 0); \
     const float *xr = x + r * n_in, *first = r == 0 ? pf : 0;                                 \
     float *o = out + r * n_out;                                                               \
     switch (n_rows - r) {                                                                     \
-      case 5: wide_tile_##OB##x5(w, xr, bias, o, n_in, n_out, first); break;                  \
-      case 4: wide_tile_##OB##x4(w, xr, bias, o, n_in, n_out, first); break;                  \
-      case 3: wide_tile_##OB##x3(w, xr, bias, o, n_in, n_out, first); break;                  \
-      case 2: wide_tile_##OB##x2(w, xr, bias, o, n_in, n_out, first); break;                  \
-      case 1: wide_tile_##OB##x1(w, xr, bias, o, n_in, n_out, first); break;                  \
+      case 5: TILE##5(w, xr, bias, o, n_in, n_out, first); break;                             \
+      case 4: TILE##4(w, xr, bias, o, n_in, n_out, first); break;                             \
+      case 3: TILE##3(w, xr, bias, o, n_in, n_out, first); break;                             \
+      case 2: TILE##2(w, xr, bias, o, n_in, n_out, first); break;                             \
+      case 1: TILE##1(w, xr, bias, o, n_in, n_out, first); break;                             \
       default: break;                                                                         \
     }                                                                                         \
   }
 
-DEFINE_WIDE_ROWS(4)
-DEFINE_WIDE_ROWS(1)
+DEFINE_WIDE_ROWS(wide_rows_4, wide_tile_4x)
+/* A PAIRED block (module notes) against every input row; 512 bits only. */
+DEFINE_WIDE_ROWS(paired_rows_4, paired_tile_4x)
 
-/* 1 where the products run on 512 bits: the CPU has AVX-512F and LANGCHAIN_SEED_FLOAT_PATH
- * is not "avx2". Read once per process. */
+/* 1 where the 4-row products run on 512 bits: the CPU has AVX-512F and
+ * LANGCHAIN_SEED_FLOAT_PATH is not "avx2". Read once per process. */
 static int wide_tiles(void) {
   static int cached = -1;
   if (cached < 0) {
@@ -188,18 +208,20 @@ static int wide_tiles(void) {
   return cached;
 }
 
-/* Every input row against OB weight rows, at the process's width. */
-#define DEFINE_DISPATCH(OB)                                                                   \
-  static inline void rows_##OB(const float *w, const float *x, const float *bias, float *out, long n_rows, \
-                               long n_in, long n_out, const float *pf) {                      \
-    if (wide_tiles())                                                                         \
-      wide_rows_##OB(w, x, bias, out, n_rows, n_in, n_out, pf);                               \
-    else                                                                                      \
-      narrow_rows_##OB(w, x, bias, out, n_rows, n_in, n_out, pf);                             \
-  }
+/* Every input row against 4 weight rows, on the widest registers (the same bits either way). */
+static inline void rows_4(const float *w, const float *x, const float *bias, float *out, long n_rows, long n_in,
+                          long n_out, const float *pf) {
+  if (wide_tiles())
+    wide_rows_4(w, x, bias, out, n_rows, n_in, n_out, pf);
+  else
+    narrow_rows_4(w, x, bias, out, n_rows, n_in, n_out, pf);
+}
 
-DEFINE_DISPATCH(4)
-DEFINE_DISPATCH(1)
+/* A lone weight row (a width's last n_out % 4) on 256 bits. */
+static inline void rows_1(const float *w, const float *x, const float *bias, float *out, long n_rows, long n_in,
+                          long n_out, const float *pf) {
+  narrow_rows_1(w, x, bias, out, n_rows, n_in, n_out, pf);
+}
 
 /* The MLP's first half in one pass: out[r, o] = silu(x[r] . gate[o]) * (x[r] . up[o]),
  * silu(g) = g / (1 + e^-g). Each block of 4 output features multiplies both weights into
@@ -208,11 +230,14 @@ DEFINE_DISPATCH(1)
 #define GATE_UP_CHUNK 64
 
 static void gate_up_block(const float *x, const float *gate, const float *up, float *out, long n_rows, long n_in,
-                          long n_out, long width, const float *pf_gate, const float *pf_up) {
+                          long n_out, long width, int paired, const float *pf_gate, const float *pf_up) {
   float g[GATE_UP_CHUNK * 4], u[GATE_UP_CHUNK * 4];
   for (long r0 = 0; r0 < n_rows; r0 += GATE_UP_CHUNK) {
     const long rows = n_rows - r0 < GATE_UP_CHUNK ? n_rows - r0 : GATE_UP_CHUNK;
-    if (width == 4) {
+    if (paired) {
+      paired_rows_4(gate, x + r0 * n_in, 0, g, rows, n_in, 4, 0);
+      paired_rows_4(up, x + r0 * n_in, 0, u, rows, n_in, 4, 0);
+    } else if (width == 4) {
       rows_4(gate, x + r0 * n_in, 0, g, rows, n_in, 4, r0 == 0 ? pf_gate : 0);
       rows_4(up, x + r0 * n_in, 0, u, rows, n_in, 4, r0 == 0 ? pf_up : 0);
     } else {

@@ -55,48 +55,85 @@ static inline void dequantize_q4_1(const uint8_t *block, float *out) {
 }
 
 /* The same two blocks on 16 lanes (where the products run on 512 bits): the same product
- * and sum per value, so the same floats, in half the instructions. */
-WIDE_TARGET static inline void wide_dequantize_q8_0(const uint8_t *block, float *out) {
+ * and sum per value, so the same floats, in half the instructions. Value k of the block goes
+ * to out[(k / 8) * stride + k % 8]: stride 8 writes the 32 values in a row, 16 leaves room for
+ * the other row of a PAIRED block (linear_tiles.h) between each 8. */
+WIDE_TARGET static inline void store_16(float *out, long stride, __m512 values) {
+  if (stride == 8) {
+    _mm512_storeu_ps(out, values);
+    return;
+  }
+  _mm512_mask_storeu_ps(out, 0x00FF, values);               /* lanes 0-7 at out[0:8] */
+  _mm512_mask_storeu_ps(out + stride - 8, 0xFF00, values);  /* lanes 8-15 at out[stride:stride + 8] */
+}
+
+WIDE_TARGET static inline void wide_dequantize_q8_0(const uint8_t *block, float *out, long stride) {
   const __m512 d = _mm512_set1_ps(half_to_float(block));
   for (int i = 0; i < 2; ++i) {
     const __m128i bytes = _mm_loadu_si128((const __m128i *)(block + 2) + i);
-    _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), d));
+    store_16(out + 2 * i * stride, stride, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), d));
   }
 }
 
-WIDE_TARGET static inline void wide_dequantize_q4_1(const uint8_t *block, float *out) {
+WIDE_TARGET static inline void wide_dequantize_q4_1(const uint8_t *block, float *out, long stride) {
   const __m512 d = _mm512_set1_ps(half_to_float(block)), m = _mm512_set1_ps(half_to_float(block + 2));
   const __m128i bytes = _mm_loadu_si128((const __m128i *)(block + 4)), low4 = _mm_set1_epi8(0x0F);
   const __m128i halves[2] = {_mm_and_si128(bytes, low4), _mm_and_si128(_mm_srli_epi16(bytes, 4), low4)};
   for (int i = 0; i < 2; ++i) {
     const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(halves[i]));
-    _mm512_storeu_ps(out + 16 * i, _mm512_add_ps(_mm512_mul_ps(q, d), m));
+    store_16(out + 2 * i * stride, stride, _mm512_add_ps(_mm512_mul_ps(q, d), m));
   }
 }
 
-/* n_rows weight rows (each n_in values, row_bytes bytes) into out [n_rows, n_in]. */
-#define DEFINE_DEQUANTIZE_ROWS(NAME, TARGET, Q8_0, Q4_1)                                      \
-  TARGET static void NAME(const uint8_t *w, int format, long n_rows, long n_in, float *out) { \
-    const long blocks = n_in / BLOCK_VALUES, bytes = block_bytes(format);                     \
-    for (long r = 0; r < n_rows; ++r)                                                         \
-      for (long b = 0; b < blocks; ++b) {                                                     \
-        const uint8_t *block = w + (r * blocks + b) * bytes;                                  \
-        float *values = out + r * n_in + b * BLOCK_VALUES;                                    \
-        if (format == 0)                                                                      \
-          Q8_0(block, values);                                                                \
-        else                                                                                  \
-          Q4_1(block, values);                                                                \
-      }                                                                                       \
-  }
+/* n_rows weight rows (each n_in values) into out [n_rows, n_in]. */
+static void narrow_dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out) {
+  const long blocks = n_in / BLOCK_VALUES, bytes = block_bytes(format);
+  for (long r = 0; r < n_rows; ++r)
+    for (long b = 0; b < blocks; ++b) {
+      const uint8_t *block = w + (r * blocks + b) * bytes;
+      float *values = out + r * n_in + b * BLOCK_VALUES;
+      if (format == 0)
+        dequantize_q8_0(block, values);
+      else
+        dequantize_q4_1(block, values);
+    }
+}
 
-DEFINE_DEQUANTIZE_ROWS(narrow_dequantize_rows, , dequantize_q8_0, dequantize_q4_1)
-DEFINE_DEQUANTIZE_ROWS(wide_dequantize_rows, WIDE_TARGET, wide_dequantize_q8_0, wide_dequantize_q4_1)
+/* n_rows weight rows into out: row-major [n_rows, n_in] (paired 0), or, for 4 rows, a PAIRED
+ * block (paired 1): rows 0 and 1 interleaved 8 values at a time in out[0:2 * n_in], rows 2
+ * and 3 in out[2 * n_in:4 * n_in]. */
+WIDE_TARGET static void wide_dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out,
+                                             int paired) {
+  const long blocks = n_in / BLOCK_VALUES, bytes = block_bytes(format), stride = paired ? 16 : 8;
+  for (long r = 0; r < n_rows; ++r) {
+    float *row = paired ? out + (r / 2) * 2 * n_in + (r % 2) * 8 : out + r * n_in;
+    for (long b = 0; b < blocks; ++b) {
+      const uint8_t *block = w + (r * blocks + b) * bytes;
+      float *values = row + b * (BLOCK_VALUES / 8) * stride;
+      if (format == 0)
+        wide_dequantize_q8_0(block, values, stride);
+      else
+        wide_dequantize_q4_1(block, values, stride);
+    }
+  }
+}
 
 static inline void dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out) {
   if (wide_tiles())
-    wide_dequantize_rows(w, format, n_rows, n_in, out);
+    wide_dequantize_rows(w, format, n_rows, n_in, out, 0);
   else
     narrow_dequantize_rows(w, format, n_rows, n_in, out);
+}
+
+/* A block of 4 weight rows dequantised into tile (4 * n_in floats) in the layout the process's
+ * 4-row products read; returns 1 where that is PAIRED. */
+static inline int dequantize_block(const uint8_t *w, int format, long n_in, float *tile) {
+  if (!wide_tiles()) {
+    narrow_dequantize_rows(w, format, 4, n_in, tile);
+    return 0;
+  }
+  wide_dequantize_rows(w, format, 4, n_in, tile, 1);
+  return 1;
 }
 
 static void prefetch_rows(const uint8_t *w, long bytes) {
@@ -117,8 +154,10 @@ int seed_quantized_linear(const float *x, const uint8_t *w, int format, const fl
     for (long b = 0; b < blocks; ++b) {
       if (!tile) continue;
       if (b + PREFETCH_BLOCKS < blocks) prefetch_rows(w + 4 * (b + PREFETCH_BLOCKS) * row_bytes, 4 * row_bytes);
-      dequantize_rows(w + 4 * b * row_bytes, format, 4, n_in, tile);
-      rows_4(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
+      if (dequantize_block(w + 4 * b * row_bytes, format, n_in, tile))
+        paired_rows_4(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
+      else
+        narrow_rows_4(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
     }
 #pragma omp single
     for (long o = 4 * blocks; tile && o < n_out; ++o) {
@@ -144,15 +183,15 @@ int seed_quantized_gate_up_silu(const float *x, const uint8_t *gate, const uint8
 #pragma omp for schedule(static)
     for (long b = 0; b < blocks; ++b) {
       if (!tiles) continue;
-      dequantize_rows(gate + 4 * b * row_bytes, format, 4, n_in, tiles);
-      dequantize_rows(up + 4 * b * row_bytes, format, 4, n_in, tiles + 4 * n_in);
-      gate_up_block(x, tiles, tiles + 4 * n_in, out + 4 * b, n_rows, n_in, n_out, 4, 0, 0);
+      dequantize_block(gate + 4 * b * row_bytes, format, n_in, tiles);
+      const int paired = dequantize_block(up + 4 * b * row_bytes, format, n_in, tiles + 4 * n_in);
+      gate_up_block(x, tiles, tiles + 4 * n_in, out + 4 * b, n_rows, n_in, n_out, 4, paired, 0, 0);
     }
 #pragma omp single
     for (long o = 4 * blocks; tiles && o < n_out; ++o) {
       dequantize_rows(gate + o * row_bytes, format, 1, n_in, tiles);
       dequantize_rows(up + o * row_bytes, format, 1, n_in, tiles + n_in);
-      gate_up_block(x, tiles, tiles + n_in, out + o, n_rows, n_in, n_out, 1, 0, 0);
+      gate_up_block(x, tiles, tiles + n_in, out + o, n_rows, n_in, n_out, 1, 0, 0, 0);
     }
     free(tiles);
   }

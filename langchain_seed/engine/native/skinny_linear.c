@@ -33,12 +33,12 @@ void seed_gate_up_silu(const float *x, const float *gate, const float *up, float
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long b = 0; b < blocks; ++b) {
     const int ahead = b + PREFETCH_BLOCKS < blocks;
-    gate_up_block(x, gate + 4 * b * n_in, up + 4 * b * n_in, out + 4 * b, n_rows, n_in, n_out, 4,
+    gate_up_block(x, gate + 4 * b * n_in, up + 4 * b * n_in, out + 4 * b, n_rows, n_in, n_out, 4, 0,
                   ahead ? gate + 4 * (b + PREFETCH_BLOCKS) * n_in : 0, ahead ? up + 4 * (b + PREFETCH_BLOCKS) * n_in : 0);
   }
   for (long o = 4 * blocks; o < n_out; ++o)
-    gate_up_block(x, gate + o * n_in, up + o * n_in, out + o, n_rows, n_in, n_out, 1, 0, 0);
+    gate_up_block(x, gate + o * n_in, up + o * n_in, out + o, n_rows, n_in, n_out, 1, 0, 0, 0);
 }
 
-/* The width every float32 product of this process runs on: 512 or 256 bits (linear_tiles.h). */
+/* The registers the 4-row float32 products of this process run on: 512 or 256 bits (linear_tiles.h). */
 int seed_float_tile_bits(void) { return wide_tiles() ? 512 : 256; }
