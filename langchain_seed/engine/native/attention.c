@@ -1,4 +1,5 @@
-/* Grouped-query attention for a few new tokens over a cache, float32, AVX2 + FMA.
+/* Grouped-query attention for a few new tokens over a cache, float32, AVX2 + FMA (scores and
+ * weighted values on 512-bit registers where the CPU has AVX-512F, the same bits: below).
  *
  * At decoding sizes (1 to a few dozen query tokens, a few hundred cached slots) torch's
  * CPU SDPA spends most of a call on set-up: 100-300 us a layer for about 3 MFLOP. Here one
@@ -22,6 +23,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "vector_math.h"
 
@@ -183,6 +185,77 @@ static void weighted_values(const float *p, const float *v, float *out, long S, 
   for (; d < D; d += 8) weighted_1(p, v + d, out + d, S, D);
 }
 
+/* ---- 512 bits (AVX-512F): the same bits ----
+ * Scores: query rows t and t + 1 side by side in one register ([q_t[d:d+8] | q_t+1[d:d+8]],
+ * interleaved once into `pair`), each key's 8 values loaded twice ([k_j[d:d+8] | same]): each
+ * half accumulates exactly what score_tile_2's register for that row and slot does, and is
+ * reduced by the same hsum8. Weighted values: each lane sums p[j] * v[j, d] in slot order as
+ * the 256-bit loop's lane does, 16 columns per register. */
+#define WIDE_SLOTS 8 /* slots per score tile (wide_score_tile_8) */
+
+/* pair[16c:16c+8] = a[8c:8c+8], pair[16c+8:16c+16] = b[8c:8c+8] for the D / 8 chunks. */
+static inline void interleave_rows(const float *a, const float *b, float *pair, long D) {
+  for (long d = 0; d < D; d += 8) {
+    memcpy(pair + 2 * d, a + d, 8 * sizeof(float));
+    memcpy(pair + 2 * d + 8, b + d, 8 * sizeof(float));
+  }
+}
+
+/* scores[t, j0 + i] and scores[t + 1, j0 + i] for i < SLOTS (the rows interleaved in pair). */
+#define DEFINE_WIDE_SCORE_TILE(SLOTS)                                                                 \
+  WIDE_TARGET static inline void wide_score_tile_##SLOTS(const float *pair, const float *k, float *scores, \
+                                                         long t, long j0, long S, long D) {           \
+    __m512 acc[SLOTS];                                                                                \
+    for (int i = 0; i < SLOTS; ++i) acc[i] = _mm512_setzero_ps();                                     \
+    for (long d = 0; d < D; d += 8) {                                                                 \
+      const __m512 qv = _mm512_loadu_ps(pair + 2 * d);                                                \
+      for (int i = 0; i < SLOTS; ++i) acc[i] = _mm512_fmadd_ps(qv, load_twice(k + (j0 + i) * D + d), acc[i]); \
+    }                                                                                                 \
+    for (int i = 0; i < SLOTS; ++i) {                                                                 \
+      scores[t * S + j0 + i] = hsum8(low_half(acc[i]));                                               \
+      scores[(t + 1) * S + j0 + i] = hsum8(high_half(acc[i]));                                        \
+    }                                                                                                 \
+  }
+
+DEFINE_WIDE_SCORE_TILE(8) /* WIDE_SLOTS */
+DEFINE_WIDE_SCORE_TILE(1)
+
+/* slot_scores on 512 bits: the same bits. pair: 2 * D floats of scratch. */
+WIDE_TARGET static void wide_slot_scores(const float *q, const float *k, float *scores, long T, long S, long D,
+                                         float *pair) {
+  long t = 0;
+  for (; t + 2 <= T; t += 2) {
+    interleave_rows(q + t * D, q + (t + 1) * D, pair, D);
+    long j = 0;
+    for (; j + WIDE_SLOTS <= S; j += WIDE_SLOTS) wide_score_tile_8(pair, k, scores, t, j, S, D);
+    for (; j < S; ++j) wide_score_tile_1(pair, k, scores, t, j, S, D);
+  }
+  if (t < T) slot_scores(q + t * D, k, scores + t * S, 1, S, D);
+}
+
+/* weighted_8 on 512 bits (64 columns in 4 registers): the same bits. */
+WIDE_TARGET static void wide_weighted_64(const float *p, const float *v, float *out, long S, long stride) {
+  __m512 acc[4];
+  for (int d = 0; d < 4; ++d) acc[d] = _mm512_setzero_ps();
+  for (long j = 0; j < S; ++j) {
+    if (p[j] == 0.0f) continue; /* a masked slot: its values may be anything, even NaN */
+    const __m512 weight = _mm512_set1_ps(p[j]);
+    for (int d = 0; d < 4; ++d) acc[d] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(v + j * stride + 16 * d), acc[d]);
+  }
+  for (int d = 0; d < 4; ++d) _mm512_storeu_ps(out + 16 * d, acc[d]);
+}
+
+/* weighted_values, 64 columns at a time on 512 bits where the process runs them. */
+static void any_weighted_values(const float *p, const float *v, float *out, long S, long D) {
+  if (!wide_registers()) {
+    weighted_values(p, v, out, S, D);
+    return;
+  }
+  long d = 0;
+  for (; d + 64 <= D; d += 64) wide_weighted_64(p, v + d, out + d, S, D);
+  for (; d < D; d += 8) weighted_1(p, v + d, out + d, S, D);
+}
+
 /* Returns 0, or -1 when D is not a multiple of 8 up to 256, heads are not a multiple of
  * kv heads, or memory ran out. */
 int seed_attention(const float *q, const float *k, const float *v, const float *mask, float *out,
@@ -195,14 +268,18 @@ int seed_attention(const float *q, const float *k, const float *v, const float *
   for (long task = 0; task < B * H; ++task) {
     const long b = task / H, h = task % H;
     const float *keys = k + b * k_batch + (h / group) * k_head, *values = v + b * v_batch + (h / group) * v_head;
-    float *scores = malloc(sizeof(float) * T * S); /* per task: small, so no fresh pages */
+    /* per task: small, so no fresh pages; then 2 * D floats for a pair of query rows */
+    float *scores = malloc(sizeof(float) * (T * S + 2 * D));
     if (!scores) {
       failed = 1;
       continue;
     }
-    slot_scores(q + task * T * D, keys, scores, T, S, D);
+    if (wide_registers())
+      wide_slot_scores(q + task * T * D, keys, scores, T, S, D, scores + T * S);
+    else
+      slot_scores(q + task * T * D, keys, scores, T, S, D);
     softmax_rows(scores, mask ? mask + b * T * S : 0, S, T, S, scale);
-    for (long t = 0; t < T; ++t) weighted_values(scores + t * S, values, out + ((b * T + t) * H + h) * D, S, D);
+    for (long t = 0; t < T; ++t) any_weighted_values(scores + t * S, values, out + ((b * T + t) * H + h) * D, S, D);
     free(scores);
   }
   return failed ? -1 : 0;

@@ -18,8 +18,6 @@
 #define SEED_LINEAR_TILES_H
 
 #include <immintrin.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "vector_math.h"
 
@@ -104,23 +102,6 @@ DEFINE_ROWS(4)
 DEFINE_ROWS(1)
 
 /* ---- 512 bits (AVX-512F) ---- */
-#define WIDE_TARGET __attribute__((target("avx512f")))
-
-/* [a[0:8] | b[0:8]] in one register. */
-WIDE_TARGET static inline __m512 load_pair(const float *a, const float *b) {
-  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a))),
-                                             _mm256_castps_pd(_mm256_loadu_ps(b)), 1));
-}
-
-/* [p[0:8] | p[0:8]]. */
-WIDE_TARGET static inline __m512 load_twice(const float *p) {
-  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))));
-}
-
-WIDE_TARGET static inline __m256 low_half(__m512 v) { return _mm512_castps512_ps256(v); }
-WIDE_TARGET static inline __m256 high_half(__m512 v) {
-  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-}
 
 /* tile_4xRB on 512-bit registers, each holding two weight rows' 8 partial sums side by side
  * ([row 0 | row 1] and [row 2 | row 3] against one input row): every lane takes exactly the
@@ -197,21 +178,10 @@ DEFINE_WIDE_ROWS(wide_rows_4, wide_tile_4x)
 /* A PAIRED block (module notes) against every input row; 512 bits only. */
 DEFINE_WIDE_ROWS(paired_rows_4, paired_tile_4x)
 
-/* 1 where the 4-row products run on 512 bits: the CPU has AVX-512F and
- * LANGCHAIN_SEED_FLOAT_PATH is not "avx2". Read once per process. */
-static int wide_tiles(void) {
-  static int cached = -1;
-  if (cached < 0) {
-    const char *forced = getenv("LANGCHAIN_SEED_FLOAT_PATH");
-    cached = !(forced && strcmp(forced, "avx2") == 0) && __builtin_cpu_supports("avx512f");
-  }
-  return cached;
-}
-
 /* Every input row against 4 weight rows, on the widest registers (the same bits either way). */
 static inline void rows_4(const float *w, const float *x, const float *bias, float *out, long n_rows, long n_in,
                           long n_out, const float *pf) {
-  if (wide_tiles())
+  if (wide_registers())
     wide_rows_4(w, x, bias, out, n_rows, n_in, n_out, pf);
   else
     narrow_rows_4(w, x, bias, out, n_rows, n_in, n_out, pf);

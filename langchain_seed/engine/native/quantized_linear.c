@@ -119,7 +119,7 @@ WIDE_TARGET static void wide_dequantize_rows(const uint8_t *w, int format, long 
 }
 
 static inline void dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out) {
-  if (wide_tiles())
+  if (wide_registers())
     wide_dequantize_rows(w, format, n_rows, n_in, out, 0);
   else
     narrow_dequantize_rows(w, format, n_rows, n_in, out);
@@ -128,7 +128,7 @@ static inline void dequantize_rows(const uint8_t *w, int format, long n_rows, lo
 /* A block of 4 weight rows dequantised into tile (4 * n_in floats) in the layout the process's
  * 4-row products read; returns 1 where that is PAIRED. */
 static inline int dequantize_block(const uint8_t *w, int format, long n_in, float *tile) {
-  if (!wide_tiles()) {
+  if (!wide_registers()) {
     narrow_dequantize_rows(w, format, 4, n_in, tile);
     return 0;
   }

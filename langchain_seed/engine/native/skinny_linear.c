@@ -41,4 +41,4 @@ void seed_gate_up_silu(const float *x, const float *gate, const float *up, float
 }
 
 /* The registers the 4-row float32 products of this process run on: 512 or 256 bits (linear_tiles.h). */
-int seed_float_tile_bits(void) { return wide_tiles() ? 512 : 256; }
+int seed_float_tile_bits(void) { return wide_registers() ? 512 : 256; }

@@ -1,8 +1,42 @@
-/* Vector helpers shared by the engine's C kernels (AVX2 + FMA). */
+/* Vector helpers shared by the engine's C kernels (AVX2 + FMA, and AVX-512F where the CPU
+ * has it: `wide_registers`). */
 #ifndef SEED_VECTOR_MATH_H
 #define SEED_VECTOR_MATH_H
 
 #include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WIDE_TARGET __attribute__((target("avx512f")))
+
+/* 1 where the float32 kernels run on 512-bit registers: the CPU has AVX-512F and
+ * LANGCHAIN_SEED_FLOAT_PATH is not "avx2". Read once per process. The 512-bit code holds
+ * the 256-bit code's 8-lane partial sums side by side (two weight rows, two query rows),
+ * so either gives the same bits. */
+__attribute__((unused)) static int wide_registers(void) {
+  static int cached = -1;
+  if (cached < 0) {
+    const char *forced = getenv("LANGCHAIN_SEED_FLOAT_PATH");
+    cached = !(forced && strcmp(forced, "avx2") == 0) && __builtin_cpu_supports("avx512f");
+  }
+  return cached;
+}
+
+/* [a[0:8] | b[0:8]] in one register. */
+WIDE_TARGET static inline __m512 load_pair(const float *a, const float *b) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a))),
+                                             _mm256_castps_pd(_mm256_loadu_ps(b)), 1));
+}
+
+/* [p[0:8] | p[0:8]]. */
+WIDE_TARGET static inline __m512 load_twice(const float *p) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))));
+}
+
+WIDE_TARGET static inline __m256 low_half(__m512 v) { return _mm512_castps512_ps256(v); }
+WIDE_TARGET static inline __m256 high_half(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
 
 /* e^x for 8 lanes (Cephes' single-precision exp: range reduction by ln 2 and a degree-5
  * polynomial, about 1 ulp); inputs below -87.3 give 0 or a denormal, so masked slots

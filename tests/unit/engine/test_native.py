@@ -301,16 +301,21 @@ for rows in (1, 2, 5, 6, 7, 11, 12, 13, 17, 25, 130):  # every tile size and rem
                 outs += [native.quantized_linear(x, blocks, fmt, b), native.quantized_gate_up_silu(x, blocks, blocks, fmt)]
         for out in outs:
             digest.update(out.numpy().tobytes())
+for batch, heads, kv_heads, new, slots, dim in [(3, 9, 3, 6, 156, 64), (2, 4, 4, 5, 37, 16), (1, 3, 3, 7, 300, 72)]:
+    query, key, value = (torch.randn(batch, h, t, dim) for h, t in ((heads, new), (kv_heads, slots), (kv_heads, slots)))
+    mask = torch.zeros(batch, 1, new, slots).masked_fill_(torch.rand(batch, 1, new, slots) > 0.7, float("-inf"))
+    digest.update(native.attention(query, key, value, mask, 0.125).numpy().tobytes())
 print(native.float_tile_bits(), digest.hexdigest())
 """
 
 
 @needs_kernel
-def test_the_256_and_512_bit_products_give_the_same_bits():
-    """The 512-bit tiles hold two weight rows' 8-lane partial sums side by side and reduce them
-    as the 256-bit tiles do (linear_tiles.h), so dense, quantised and MLP products are the same
-    bits on either width: a float model computes alike on any x86-64 machine. Where the CPU
-    lacks AVX-512F both runs take 256 bits and this checks nothing more."""
+def test_the_256_and_512_bit_kernels_give_the_same_bits():
+    """The 512-bit tiles hold two weight rows' (attention: two query rows') 8-lane partial sums
+    side by side and reduce them as the 256-bit code does (linear_tiles.h, attention.c), so
+    dense, quantised and MLP products and attention are the same bits on either width: a
+    float model computes alike on any x86-64 machine. Where the CPU lacks AVX-512F both runs
+    take 256 bits and this checks nothing more."""
 
     def run(path: str) -> list[str]:
         env = {**os.environ, "LANGCHAIN_SEED_FLOAT_PATH": path}
