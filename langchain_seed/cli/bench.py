@@ -46,7 +46,7 @@ from langchain_seed.cli.common import (
 )
 from langchain_seed.engine.feature_draft import is_feature_draft_dir
 from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
-from langchain_seed.engine.models import load_draft, load_models, read_head_token_ids
+from langchain_seed.engine.models import draft_takes_int8, load_draft, load_models, read_head_token_ids
 from langchain_seed.engine.options import OPTIONS
 from langchain_seed.engine.weights.convert import (
     dequantized_copy,
@@ -149,8 +149,10 @@ def load_bench_models(args: argparse.Namespace):
     if "hf_assisted_serial" in args.methods and draft is not None and is_feature_draft_dir(draft):
         raise SystemExit(f"--draft {draft} is a feature draft, which transformers' assisted generation cannot "
                          "run: pass a token draft as --draft and the feature draft as --seed-draft")
+    # The draft as loaded is the transformers methods' assistant: float32 (the seed methods'
+    # copy takes --draft-activations below).
     loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype, weights=args.weights,
-                         activations=args.activations)
+                         activations=args.activations, draft_activations="float32")
     device = torch.device(args.device)
     loaded.target.to(device)
     if loaded.draft is not None:
@@ -158,7 +160,8 @@ def load_bench_models(args: argparse.Namespace):
     seed_model = None
     if needs_draft and seed_draft is not None and any(m in SEED_METHODS for m in args.methods):
         seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
-    if needs_draft and args.draft_activations == "int8" and any(m in SEED_METHODS for m in args.methods):
+    if (needs_draft and any(m in SEED_METHODS for m in args.methods)
+            and draft_takes_int8(args.draft_activations, seed_model or loaded.draft)):
         # The seed methods' draft only (a copy of its own): assisted generation keeps the float32 one.
         if seed_model is None:
             seed_model = load_draft(draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
@@ -230,6 +233,8 @@ def model_pair_info(models) -> dict[str, Any]:
         "seed_linear_kernel": effective_kernel(models.linear_kernel),
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
         "seed_weights": models.seed_weights,
+        "seed_draft_weights": _weights_name(models.engine_draft.get_decoder().layers)
+        if models.engine_draft is not None and hasattr(models.engine_draft, "get_decoder") else None,
         "hf_weights": "float32 (dequantised copy)" if models.seed_target is not None else models.seed_weights,
     }
 

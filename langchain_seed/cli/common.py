@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_seed.engine.models import ACTIVATIONS, WEIGHTS
+from langchain_seed.engine.models import ACTIVATIONS, DRAFT_ACTIVATIONS, WEIGHTS
 from langchain_seed.engine.options import (
     OPTIONS,
     Option,
@@ -73,9 +73,10 @@ def model_parent() -> argparse.ArgumentParser:
                        help="how a quantised target's linears take their input: float32 (the exact float32 "
                             "model of its blocks) or int8 (8-bit activations and integer dot products, as "
                             "llama.cpp computes a GGUF; that model is then the target) (default float32)")
-    group.add_argument("--draft-activations", default="float32", choices=ACTIVATIONS,
+    group.add_argument("--draft-activations", default="auto", choices=DRAFT_ACTIVATIONS,
                        help="int8: the draft's layers on Q8_0 weights with 8-bit activations (cheaper draft "
-                            "steps; the output is unchanged) (default float32)")
+                            "steps; the output is unchanged); auto: so wherever the native kernels run and the "
+                            "draft is a float32 decoder on the CPU (default auto)")
     return parser
 
 
@@ -106,7 +107,7 @@ def load_llm(args: argparse.Namespace, **fields: Any) -> SeedLLM:
     """The `SeedLLM` of the model and decoding options: the default pair unless `--target` is given."""
     fields = {**decoding_fields(args, default_pair=args.target is None), **fields}
     weights, activations = getattr(args, "weights", "auto"), getattr(args, "activations", "float32")
-    draft_activations = getattr(args, "draft_activations", "float32")
+    draft_activations = getattr(args, "draft_activations", "auto")
     if args.target is None:
         return SeedLLM.from_default(weights=weights, activations=activations, draft_activations=draft_activations,
                                     **fields)

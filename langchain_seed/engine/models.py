@@ -33,6 +33,11 @@ into Q8_0 / Q4_1 blocks, `engine.weights.convert`)."""
 ACTIVATIONS = ("float32", "int8")
 """How a quantised model's linears take their input: "float32" (the dequantised model,
 exactly) or "int8" (8-bit activations and integer dot products, llama.cpp's arithmetic)."""
+DRAFT_ACTIVATIONS = ("auto", *ACTIVATIONS)
+"""How the draft's layers take their input: "float32", "int8" (Q8_0 weights, 8-bit
+activations: cheaper draft steps), or "auto" (the default): "int8" where the engine's native
+kernels run and the draft is a float32 decoder on the CPU, else "float32". A draft's
+arithmetic never changes the output, only how often the target agrees and what a step costs."""
 DRAFT_LAYERS_FILE = "draft_layers.safetensors"
 """A layers-only draft's weights: every tensor but the embedding, which is the target's."""
 
@@ -71,6 +76,24 @@ def load_model(
                              f"weights='int8' / 'int4'); got weights={weights!r}")
         use_int8_activations(model)
     return model
+
+
+def draft_takes_int8(draft_activations: str, draft_model) -> bool:
+    """Whether `draft_model`'s layers get 8-bit activations for `draft_activations`
+    (`DRAFT_ACTIVATIONS`): "int8" (checked: it needs the native kernels), "auto" where they
+    run here and the draft is a float32 decoder with `.layers` on the CPU."""
+    from langchain_seed.engine import native
+
+    if draft_activations not in DRAFT_ACTIVATIONS:
+        raise ValueError(f"draft_activations must be one of {', '.join(DRAFT_ACTIVATIONS)}; got {draft_activations!r}")
+    if draft_activations != "auto":
+        _check_activations(draft_activations, "draft_activations", "draft")
+        return draft_activations == "int8"
+    get_decoder = getattr(draft_model, "get_decoder", None)
+    layers = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
+    weights = list(layers.parameters()) if isinstance(layers, torch.nn.Module) else []
+    return (native.available() and bool(weights)
+            and all(w.device.type == "cpu" and w.dtype is torch.float32 for w in weights))
 
 
 def _check_activations(activations: str, name: str, role: str) -> None:
@@ -186,13 +209,14 @@ def load_models(
     allow_pickle: bool = False,
     weights: str = "auto",
     activations: str = "float32",
-    draft_activations: str = "float32",
+    draft_activations: str = "auto",
 ) -> LoadedModels:
     """Target, optional draft and the target's tokenizer, checked to share a vocabulary.
 
     `weights` and `activations` apply to the target (`WEIGHTS`, `ACTIVATIONS`);
-    `draft_activations="int8"` runs the draft's layers on Q8_0 weights with 8-bit
-    activations (`convert.int8_draft_layers`: cheaper draft steps, the output unchanged).
+    `draft_activations` (`DRAFT_ACTIVATIONS`; "int8" runs the draft's layers on Q8_0 weights
+    with 8-bit activations, `convert.int8_draft_layers`: cheaper draft steps, the output
+    unchanged; "auto" does so wherever it can).
     A `draft` directory holding a feature draft
     (`engine.feature_draft`) or a layers-only draft (`DRAFT_LAYERS_FILE`) is assembled with
     the target's embedding (and LM head); any other is loaded as a causal LM.
@@ -204,8 +228,7 @@ def load_models(
     tokenizer = load_tokenizer(target, trust_remote_code=trust_remote_code)
     target_model = load_model(target, role="target", weights=weights, activations=activations, **options)
     draft_model = load_draft(draft, target_model, tokenizer, **options) if draft is not None else None
-    _check_activations(draft_activations, "draft_activations", "draft")
-    if draft_model is not None and draft_activations == "int8":
+    if draft_model is not None and draft_takes_int8(draft_activations, draft_model):
         from langchain_seed.engine.weights.convert import int8_draft_layers
 
         int8_draft_layers(draft_model)

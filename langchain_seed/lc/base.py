@@ -178,7 +178,7 @@ class SeedModelMixin(BaseModel):
     def from_pretrained(cls, target: str | Path, draft: str | Path | None = None, *, dtype: str = "float32",
                         device_map: str | dict | None = None, trust_remote_code: bool = False,
                         allow_pickle: bool = False, draft_head_token_ids: Sequence[int] | None = None,
-                        weights: str = "auto", activations: str = "float32", draft_activations: str = "float32",
+                        weights: str = "auto", activations: str = "float32", draft_activations: str = "auto",
                         **fields: Any):
         """Load a target (and optional draft) from local directories, GGUF files or hub ids.
 
@@ -191,8 +191,10 @@ class SeedModelMixin(BaseModel):
         target whose greedy output every mode reproduces). `activations`: "float32" (the
         quantised weights' exact float32 model) or "int8" (a quantised target's linears take
         8-bit activations with integer dot products, llama.cpp's arithmetic: about twice as
-        fast on the CPU; that model is then the target). `draft_activations="int8"` runs the
-        draft's layers that way (Q8_0 weights): cheaper draft steps, the output unchanged.
+        fast on the CPU; that model is then the target). `draft_activations`: "int8" runs the
+        draft's layers that way (Q8_0 weights): cheaper draft steps, the output unchanged;
+        "auto" (the default) does so wherever the native kernels run and the draft is a float32
+        decoder on the CPU; "float32" never.
         See `engine.weights`.
         """
         loaded = load_models(target, draft, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
@@ -207,7 +209,7 @@ class SeedModelMixin(BaseModel):
 
     @classmethod
     def from_default(cls, draft: str | Path | None = None, *, weights: str = "auto", activations: str = "float32",
-                     draft_activations: str = "float32", **fields: Any):
+                     draft_activations: str = "auto", **fields: Any):
         """The embedded default pair (SmolLM2-135M-Instruct and its distilled draft), fetched
         and built once into the cache (see `langchain-seed models`); `k_config` and
         `draft_confidence` default to those measured best for that draft

@@ -194,6 +194,26 @@ def test_int8_activations_are_refused_without_the_native_kernels(monkeypatch):
         models.load_model("anything", activations="int4")
 
 
+def test_auto_draft_activations_take_int8_where_they_can(monkeypatch):
+    """The default ("auto"): 8-bit activations for a float32 decoder draft on the CPU while the
+    native kernels run; float32 without the kernels, for another dtype, or a draft without
+    decoder layers (a feature draft). "int8" and "float32" are taken as given."""
+    from langchain_seed.engine.models import draft_takes_int8
+
+    draft = build_model("llama", seed=15)
+    assert draft_takes_int8("auto", draft) and draft_takes_int8("int8", draft)
+    assert not draft_takes_int8("float32", draft)
+    assert not draft_takes_int8("auto", build_model("llama", seed=15).to(torch.bfloat16))
+    assert not draft_takes_int8("auto", torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="draft_activations must be one of"):
+        draft_takes_int8("int4", draft)
+    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C compiler")
+    assert not draft_takes_int8("auto", draft)
+    with pytest.raises(ValueError, match="needs the engine's native kernels.*no C compiler"):
+        draft_takes_int8("int8", draft)
+
+
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
 def test_query_key_value_in_one_call_equal_three_calls(fmt):
     torch.manual_seed(9)
