@@ -232,7 +232,27 @@ def load_models(
         from langchain_seed.engine.weights.convert import int8_draft_layers
 
         int8_draft_layers(draft_model)
+    return_freed_memory()
     return LoadedModels(target_model, draft_model, tokenizer)
+
+
+def return_freed_memory() -> bool:
+    """Hand the heap memory that loading freed back to the system (glibc's `malloc_trim`):
+    dequantising, quantising and repacking weights leave tens of MB of freed temporaries in
+    the allocator's arenas, which otherwise count in the process's resident size for good
+    (47 MB on the default pair). Only free memory is released; True where it ran."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def load_draft(draft: str | Path, target_model, tokenizer=None, **options):
