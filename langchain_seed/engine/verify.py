@@ -54,12 +54,12 @@ def target_probs_from_logits(logits: torch.Tensor, temperature: float, top_p: fl
     return nucleus / nucleus.sum(dim=-1, keepdim=True)
 
 
-def greedy_step(candidates: list[int], target_logits: torch.Tensor) -> tuple[int | None, int]:
+def greedy_step(candidates: list[int], target_logits: torch.Tensor | int) -> tuple[int | None, int]:
     """Index of the candidate equal to the target's argmax (or None), and that argmax.
 
-    target_logits: `[vocab]`.
+    target_logits: `[vocab]`, or its argmax already taken.
     """
-    best = int(target_logits.argmax())
+    best = target_logits if isinstance(target_logits, int) else int(target_logits.argmax())
     for index, token in enumerate(candidates):
         if token == best:
             return index, best
@@ -112,9 +112,10 @@ def accept_greedy(tree: DraftTree, node_tokens: list[int], target_logits: torch.
     """
     path: list[int] = []
     node = -1
+    best_tokens = target_logits.argmax(dim=-1).tolist()  # one call for every node (ties: the first, as per row)
     while True:
         children = tree.children(node)
-        index, best = greedy_step([node_tokens[c] for c in children], target_logits[node + 1])
+        index, best = greedy_step([node_tokens[c] for c in children], best_tokens[node + 1])
         if index is None:
             return Acceptance(path, best)
         node = children[index]
