@@ -44,6 +44,10 @@ NATIVE_MARGIN = 1.10
 """The native route counts as winning up to this much slower than the best other: the native
 layer forward also saves the Python of a dozen module calls (2 ms a forward) that matmul
 timings do not see."""
+WIDTH_ROWS = 18
+"""Rows of the pass that picks the float32 products' registers: a batched verification's size."""
+WIDE_MARGIN = 0.97
+"""512-bit registers are kept where a pass on them takes at most this share of the 256-bit time."""
 ENV_NATIVE_MAX_ROWS = "LANGCHAIN_SEED_NATIVE_MAX_ROWS"
 """Set to pin the native matmul's row limit (no measurement)."""
 VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -63,12 +67,16 @@ class RowLimits:
         onednn_heads: LM-head-sized weights run on oneDNN at any row count (else MKL).
         quantized_max_rows: up to this many rows, weights kept in blocks (`engine.weights`)
             run on the quantised C kernel; above, they are dequantised for MKL.
+        float_tile_bits: the registers the native float32 products run on, 512 or 256
+            (`native.set_float_tile_bits`; the same bits either way); 0: not measured, the
+            widest the CPU has.
     """
 
     native_max_rows: int = 128
     onednn_max_rows: int = 16
     onednn_heads: bool = True
     quantized_max_rows: int = 128
+    float_tile_bits: int = 0
 
 
 def cpu_info_field(name: str) -> str | None:
@@ -112,6 +120,8 @@ def row_limits(model: torch.nn.Module, cache: Path | None = None) -> RowLimits:
     limits = measure(weights) if dense_enough else RowLimits()
     if quantized_enough:
         limits = replace(limits, quantized_max_rows=measure_quantized(quantized))
+    limits = replace(limits, float_tile_bits=measure_float_width(quantized if quantized_enough else [],
+                                                                 weights if dense_enough else []))
     seconds = time.monotonic() - started
     if waited is not None and (process_wait_seconds() or 0.0) - waited > CONTENDED_ABOVE * seconds:
         logger.info("row limits not measured: other processes held the CPU (%.1f s); the defaults apply", seconds)
@@ -158,6 +168,38 @@ def measure_quantized(linears: Sequence[Any], grid: Sequence[int] = ROW_GRID) ->
         if times[rows]["native"] > NATIVE_MARGIN * times[rows]["mkl"]:
             break
     return _winning_prefix([r for r in grid if r in times], times, "native")
+
+
+def measure_float_width(quantized: Sequence[Any], weights: Sequence[torch.Tensor],
+                        rows: int = WIDTH_ROWS) -> int:
+    """Which registers, 512 or 256 bits, run the native float32 products faster on this CPU:
+    a pass over the model's linears (`quantized`, else the dense `weights`) at `rows` rows
+    on each, alternating, best of `REPEATS`; 512 only where it is at least `WIDE_MARGIN`
+    faster (a CPU that splits 512-bit work in two gains nothing from it). 256 where the CPU
+    has no AVX-512F. The process is left at its default."""
+    if not (quantized or weights) or native.set_float_tile_bits(512) != 512:
+        native.set_float_tile_bits(0)
+        return 256
+    widths = {int(q.in_features) for q in quantized} | {int(w.shape[1]) for w in weights}
+    inputs = {n: torch.randn(rows, n) for n in widths}
+
+    def one_pass() -> float:
+        started = time.perf_counter()
+        for q in quantized:
+            native.quantized_linear(inputs[int(q.in_features)], q.blocks, q.fmt)
+        for w in [] if quantized else weights:
+            native.skinny_linear(inputs[int(w.shape[1])], w)
+        return time.perf_counter() - started
+
+    times: dict[int, list[float]] = {512: [], 256: []}
+    with torch.inference_mode():
+        for _ in range(REPEATS + 1):  # the first round warms both up
+            for bits in (512, 256):
+                native.set_float_tile_bits(bits)
+                times[bits].append(one_pass())
+    native.set_float_tile_bits(0)
+    wide, narrow = min(times[512][1:]), min(times[256][1:])
+    return 512 if wide <= WIDE_MARGIN * narrow else 256
 
 
 def _quantized_times(linears: Sequence[Any], rows: int, routes: dict[str, Callable]) -> dict[str, float]:

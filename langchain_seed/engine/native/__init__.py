@@ -87,6 +87,7 @@ _SIGNATURES = {
     "int8_linear3": ("seed_int8_linear3", _I, [_P] * 4 + [_I] + [_P] * 3 + [_L] * 5 + [_I]),
     "layer_qkv": ("seed_layer_qkv", _I, [_P, _P, _F] + [_P] * 4 + [_P, _P, _L] + [_P] * 3 + [_L] * 6 + [_I]),
     "float_tile_bits": ("seed_float_tile_bits", _I, []),
+    "set_float_tile_bits": ("seed_set_float_tile_bits", _I, [_I]),
     "layer_rest": ("seed_layer_rest", _I, [_P] * 5 + [_L] * 5 + [_F] + [_P] * 4 + [_P, _F, _P] + [_L] * 7 + [_I]),
 }
 """Each kernel's Python name: (C symbol, return type, argument types)."""
@@ -111,6 +112,7 @@ class _Library:
     layer_qkv: Callable[..., Any] | None
     layer_rest: Callable[..., Any] | None
     float_tile_bits: Callable[..., Any] | None
+    set_float_tile_bits: Callable[..., Any] | None
 
     def __init__(self, cdll=None, reason: str | None = None) -> None:
         self.reason = reason
@@ -136,6 +138,16 @@ def float_tile_bits() -> int:
     """The registers, 512 or 256 bits, the float32 products run on in this process: 512 where
     the CPU has AVX-512F unless ``LANGCHAIN_SEED_FLOAT_PATH=avx2``. Both give the same bits."""
     return int(_function("float_tile_bits")())
+
+
+def set_float_tile_bits(bits: int) -> int:
+    """Run the float32 products on `bits` (512 or 256) registers from now on, in the whole
+    process, where possible (512 needs AVX-512F); 0 restores the default (the widest).
+    Returns the width in force. Every output's bits are the same either way, so this only
+    moves speed (`engine.calibration` measures which is faster on the CPU)."""
+    if bits not in (0, 256, 512):
+        raise ValueError(f"float tile bits must be 0, 256 or 512; got {bits!r}")
+    return int(_function("set_float_tile_bits")(bits))
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

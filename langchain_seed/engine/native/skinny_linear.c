@@ -40,5 +40,16 @@ void seed_gate_up_silu(const float *x, const float *gate, const float *up, float
     gate_up_block(x, gate + o * n_in, up + o * n_in, out + o, n_rows, n_in, n_out, 1, 0, 0, 0);
 }
 
-/* The registers the 4-row float32 products of this process run on: 512 or 256 bits (linear_tiles.h). */
+int seed_wide_state = -1;
+
+/* The registers the float32 products of this process run on: 512 or 256 bits (linear_tiles.h). */
 int seed_float_tile_bits(void) { return wide_registers() ? 512 : 256; }
+
+/* Run them on `bits` (512 or 256) from now on where possible (512 needs AVX-512F and no
+ * LANGCHAIN_SEED_FLOAT_PATH=avx2); 0 restores the default. Returns the width in force. The
+ * bits of every output are the same either way. */
+int seed_set_float_tile_bits(int bits) {
+  const int state = bits == 0 ? wide_registers_possible() : bits == 512 && wide_registers_possible();
+  __atomic_store_n(&seed_wide_state, state, __ATOMIC_RELAXED);
+  return state ? 512 : 256;
+}

@@ -9,17 +9,27 @@
 
 #define WIDE_TARGET __attribute__((target("avx512f")))
 
-/* 1 where the float32 kernels run on 512-bit registers: the CPU has AVX-512F and
- * LANGCHAIN_SEED_FLOAT_PATH is not "avx2". Read once per process. The 512-bit code holds
- * the 256-bit code's 8-lane partial sums side by side (two weight rows, two query rows),
- * so either gives the same bits. */
-__attribute__((unused)) static int wide_registers(void) {
-  static int cached = -1;
-  if (cached < 0) {
-    const char *forced = getenv("LANGCHAIN_SEED_FLOAT_PATH");
-    cached = !(forced && strcmp(forced, "avx2") == 0) && __builtin_cpu_supports("avx512f");
+/* Where the float32 kernels run on 512-bit registers (1) or 256 (0); -1 until decided. One
+ * value for the process (defined in skinny_linear.c; seed_set_float_tile_bits sets it). */
+extern int seed_wide_state;
+
+/* 1 where the CPU has AVX-512F and LANGCHAIN_SEED_FLOAT_PATH is not "avx2". */
+static inline int wide_registers_possible(void) {
+  const char *forced = getenv("LANGCHAIN_SEED_FLOAT_PATH");
+  return !(forced && strcmp(forced, "avx2") == 0) && __builtin_cpu_supports("avx512f");
+}
+
+/* 1 where the float32 kernels run on 512-bit registers: by default wherever they can
+ * (wide_registers_possible), or as the engine's measurement chose (seed_set_float_tile_bits).
+ * The 512-bit code holds the 256-bit code's 8-lane partial sums side by side (two weight rows,
+ * two query rows), so either gives the same bits, and switching at any time is safe. */
+static inline int wide_registers(void) {
+  int state = __atomic_load_n(&seed_wide_state, __ATOMIC_RELAXED);
+  if (state < 0) {
+    state = wide_registers_possible();
+    __atomic_store_n(&seed_wide_state, state, __ATOMIC_RELAXED);
   }
-  return cached;
+  return state;
 }
 
 /* [a[0:8] | b[0:8]] in one register. */

@@ -3,6 +3,8 @@ cached, pinned by the environment, and applied only inside the engine's block.""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -43,11 +45,13 @@ def test_limits_are_measured_once_then_read_from_the_cache(monkeypatch, tmp_path
     monkeypatch.setattr(calibration, "process_wait_seconds", lambda: 0.0)  # an idle CPU, whatever runs now
     measured = []
     monkeypatch.setattr(calibration, "measure", lambda weights: measured.append(1) or RowLimits(32, 0, False))
+    monkeypatch.setattr(calibration, "measure_float_width", lambda quantized, weights: 256)
     model, cache = _model((64, 32), (32, 64)), tmp_path / "limits.json"
-    assert calibration.row_limits(model, cache) == RowLimits(32, 0, False)
-    assert calibration.row_limits(model, cache) == RowLimits(32, 0, False)
+    expected = RowLimits(32, 0, False, float_tile_bits=256)
+    assert calibration.row_limits(model, cache) == expected
+    assert calibration.row_limits(model, cache) == expected
     assert measured == [1]
-    assert calibration.row_limits(_model((64, 48)), cache) == RowLimits(32, 0, False)  # other shapes: measured
+    assert calibration.row_limits(_model((64, 48)), cache) == expected  # other shapes: measured
     assert measured == [1, 1]
 
 
@@ -104,9 +108,10 @@ def test_a_model_in_blocks_measures_the_quantised_kernels_limit_and_caches_it(mo
     monkeypatch.setattr(calibration, "measure", lambda weights: pytest.fail("no float32 linears to measure"))
     measured = []
     monkeypatch.setattr(calibration, "measure_quantized", lambda linears: measured.append(len(linears)) or 48)
+    monkeypatch.setattr(calibration, "measure_float_width", lambda quantized, weights: 512)
     cache = tmp_path / "limits.json"
-    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48)
-    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48)
+    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48, float_tile_bits=512)
+    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48, float_tile_bits=512)
     assert measured == [2]
 
 
@@ -114,3 +119,39 @@ def test_a_model_in_blocks_measures_the_quantised_kernels_limit_and_caches_it(mo
 def test_the_quantised_limit_is_read_off_real_timings_on_the_grid():
     limit = calibration.measure_quantized(list(_quantized_model()), grid=(1, 8, 16))
     assert limit in (0, 1, 8, 16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("slower", [512, 256])
+def test_the_float_registers_are_the_faster_width(monkeypatch, slower):
+    """512-bit registers are chosen only where a pass on them is faster; the process is left at
+    its default. The widths are simulated (a CPU with or without AVX-512F chooses alike)."""
+    width = {"bits": 0}
+
+    def set_bits(bits):
+        width["bits"] = bits
+        return bits or 512
+
+    def linear(x, blocks, fmt):
+        time.sleep(0.004 if width["bits"] == slower else 0.001)
+
+    monkeypatch.setattr(native, "set_float_tile_bits", set_bits)
+    monkeypatch.setattr(native, "quantized_linear", linear)
+    assert calibration.measure_float_width(list(_quantized_model()), []) == (256 if slower == 512 else 512)
+    assert width["bits"] == 0
+
+
+@needs_kernel
+def test_the_float_registers_are_measured_on_real_kernels_and_change_no_bit():
+    model = _quantized_model()
+    x = torch.randn(18, 32)
+    with torch.inference_mode(), kernels.engine_kernels("native"):
+        before = model(x)
+    assert calibration.measure_float_width(list(model), []) in (256, 512)
+    for bits in (256, 512, 0):
+        in_force = native.set_float_tile_bits(bits)
+        assert in_force == native.float_tile_bits() and in_force in (256, 512)
+        with torch.inference_mode(), kernels.engine_kernels("native"):
+            assert torch.equal(model(x), before)
+    with pytest.raises(ValueError, match="must be 0, 256 or 512"):
+        native.set_float_tile_bits(128)
