@@ -17,7 +17,8 @@ and waking threads. These do the work directly:
 
 The float32 products run on 512-bit registers where the CPU has AVX-512F (twice the
 arithmetic per instruction: verification and prefill are bound by it), else on 256
-(`float_tile_bits`); both sum every output in the same order, so the bits are the same.
+(`float_tile_bits`); both sum every output in the same order, so the bits are the same,
+and the engine keeps whichever its calibration measured faster (`set_float_tile_bits`).
 
 They are compiled once per machine with the system's C compiler (``cc -O3 -mavx2 -mfma -mf16c
 -fopenmp -ffp-contract=off``, two to three seconds) into `build_dir()` and
