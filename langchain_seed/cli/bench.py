@@ -49,6 +49,7 @@ from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
 from langchain_seed.engine.models import draft_takes_int8, load_draft, load_models, read_head_token_ids
 from langchain_seed.engine.options import OPTIONS
 from langchain_seed.engine.weights.convert import (
+    decoder_layers,
     dequantized_copy,
     has_int8_activations,
     int8_draft_layers,
@@ -219,6 +220,8 @@ def model_pair_info(models) -> dict[str, Any]:
     def params(model) -> int | None:
         return sum(p.numel() for p in model.parameters()) if model is not None else None
 
+    draft_layers = decoder_layers(models.engine_draft)
+
     return {
         "target": models.target_name,
         "draft": models.draft_name,
@@ -233,8 +236,7 @@ def model_pair_info(models) -> dict[str, Any]:
         "seed_linear_kernel": effective_kernel(models.linear_kernel),
         "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
         "seed_weights": models.seed_weights,
-        "seed_draft_weights": _weights_name(models.engine_draft.get_decoder().layers)
-        if models.engine_draft is not None and hasattr(models.engine_draft, "get_decoder") else None,
+        "seed_draft_weights": None if draft_layers is None else _weights_name(draft_layers),
         "hf_weights": "float32 (dequantised copy)" if models.seed_target is not None else models.seed_weights,
     }
 

@@ -182,24 +182,23 @@ def measure_float_width(quantized: Sequence[Any], weights: Sequence[torch.Tensor
         return 256
     widths = {int(q.in_features) for q in quantized} | {int(w.shape[1]) for w in weights}
     inputs = {n: torch.randn(rows, n) for n in widths}
-
-    def one_pass() -> float:
-        started = time.perf_counter()
-        for q in quantized:
-            native.quantized_linear(inputs[int(q.in_features)], q.blocks, q.fmt)
-        for w in [] if quantized else weights:
-            native.skinny_linear(inputs[int(w.shape[1])], w)
-        return time.perf_counter() - started
-
     times: dict[int, list[float]] = {512: [], 256: []}
     with torch.inference_mode():
         for _ in range(REPEATS + 1):  # the first round warms both up
             for bits in (512, 256):
                 native.set_float_tile_bits(bits)
-                times[bits].append(one_pass())
+                times[bits].append(_float_pass_seconds(quantized, weights, inputs))
     native.set_float_tile_bits(0)
     wide, narrow = min(times[512][1:]), min(times[256][1:])
     return 512 if wide <= WIDE_MARGIN * narrow else 256
+
+
+def _float_pass_seconds(quantized: Sequence[Any], weights: Sequence[torch.Tensor],
+                        inputs: dict[int, torch.Tensor]) -> float:
+    """Seconds for one pass of the native float32 products over `quantized` (else `weights`)."""
+    if quantized:
+        return _time_quantized(lambda x, q: native.quantized_linear(x, q.blocks, q.fmt), inputs, quantized)
+    return _time_once(lambda x, w: native.skinny_linear(x, w), inputs, weights)
 
 
 def _quantized_times(linears: Sequence[Any], rows: int, routes: dict[str, Callable]) -> dict[str, float]:

@@ -80,9 +80,9 @@ class SeedEngine:
         self.linear_kernel = linear_kernel
         self._routings = self._install_kernels()
         self.row_limits = self._row_limits()
-        if self.row_limits.float_tile_bits and native.available():
-            native.set_float_tile_bits(self.row_limits.float_tile_bits)  # the same bits; only speed moves
         """How many rows each matmul route takes on this CPU (`engine.calibration`)."""
+        if self.row_limits.float_tile_bits:  # measured, so the kernels run here; the same bits, only speed moves
+            native.set_float_tile_bits(self.row_limits.float_tile_bits)
         self._cpu_share = CpuShare()
         self._grammar_vocabulary: GrammarVocabulary | None = None
         self._grammar_lock = threading.Lock()

@@ -89,9 +89,10 @@ def draft_takes_int8(draft_activations: str, draft_model) -> bool:
     if draft_activations != "auto":
         _check_activations(draft_activations, "draft_activations", "draft")
         return draft_activations == "int8"
-    get_decoder = getattr(draft_model, "get_decoder", None)
-    layers = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
-    weights = list(layers.parameters()) if isinstance(layers, torch.nn.Module) else []
+    from langchain_seed.engine.weights.convert import decoder_layers
+
+    layers = decoder_layers(draft_model)
+    weights = list(layers.parameters()) if layers is not None else []
     return (native.available() and bool(weights)
             and all(w.device.type == "cpu" and w.dtype is torch.float32 for w in weights))
 

@@ -125,15 +125,15 @@ static inline void dequantize_rows(const uint8_t *w, int format, long n_rows, lo
     narrow_dequantize_rows(w, format, n_rows, n_in, out);
 }
 
-/* A block of 4 weight rows dequantised into tile (4 * n_in floats) in the layout the process's
- * 4-row products read; returns 1 where that is PAIRED. */
-static inline int dequantize_block(const uint8_t *w, int format, long n_in, float *tile) {
-  if (!wide_registers()) {
+/* A block of 4 weight rows dequantised into tile (4 * n_in floats): PAIRED for the 512-bit
+ * products (paired 1), else row-major. A call decides `paired` once (wide_registers) and
+ * passes it to every block and product, so a width switched meanwhile by another thread
+ * cannot give one block two layouts. */
+static inline void dequantize_block(const uint8_t *w, int format, long n_in, float *tile, int paired) {
+  if (paired)
+    wide_dequantize_rows(w, format, 4, n_in, tile, 1);
+  else
     narrow_dequantize_rows(w, format, 4, n_in, tile);
-    return 0;
-  }
-  wide_dequantize_rows(w, format, 4, n_in, tile, 1);
-  return 1;
 }
 
 static void prefetch_rows(const uint8_t *w, long bytes) {
@@ -145,6 +145,7 @@ static void prefetch_rows(const uint8_t *w, long bytes) {
 int seed_quantized_linear(const float *x, const uint8_t *w, int format, const float *bias, float *out,
                           long n_rows, long n_in, long n_out, int threads) {
   const long blocks = n_out / 4, row_bytes = n_in / BLOCK_VALUES * block_bytes(format);
+  const int paired = wide_registers();
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
@@ -154,10 +155,8 @@ int seed_quantized_linear(const float *x, const uint8_t *w, int format, const fl
     for (long b = 0; b < blocks; ++b) {
       if (!tile) continue;
       if (b + PREFETCH_BLOCKS < blocks) prefetch_rows(w + 4 * (b + PREFETCH_BLOCKS) * row_bytes, 4 * row_bytes);
-      if (dequantize_block(w + 4 * b * row_bytes, format, n_in, tile))
-        paired_rows_4(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
-      else
-        narrow_rows_4(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
+      dequantize_block(w + 4 * b * row_bytes, format, n_in, tile, paired);
+      (paired ? paired_rows_4 : narrow_rows_4)(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
     }
 #pragma omp single
     for (long o = 4 * blocks; tile && o < n_out; ++o) {
@@ -175,6 +174,7 @@ int seed_quantized_linear(const float *x, const uint8_t *w, int format, const fl
 int seed_quantized_gate_up_silu(const float *x, const uint8_t *gate, const uint8_t *up, int format, float *out,
                                 long n_rows, long n_in, long n_out, int threads) {
   const long blocks = n_out / 4, row_bytes = n_in / BLOCK_VALUES * block_bytes(format);
+  const int paired = wide_registers();
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
@@ -183,8 +183,8 @@ int seed_quantized_gate_up_silu(const float *x, const uint8_t *gate, const uint8
 #pragma omp for schedule(static)
     for (long b = 0; b < blocks; ++b) {
       if (!tiles) continue;
-      dequantize_block(gate + 4 * b * row_bytes, format, n_in, tiles);
-      const int paired = dequantize_block(up + 4 * b * row_bytes, format, n_in, tiles + 4 * n_in);
+      dequantize_block(gate + 4 * b * row_bytes, format, n_in, tiles, paired);
+      dequantize_block(up + 4 * b * row_bytes, format, n_in, tiles + 4 * n_in, paired);
       gate_up_block(x, tiles, tiles + 4 * n_in, out + 4 * b, n_rows, n_in, n_out, 4, paired, 0, 0);
     }
 #pragma omp single

@@ -79,12 +79,19 @@ def int8_draft_layers(draft: torch.nn.Module) -> int:
     returns how many linears now take int8. A draft's arithmetic never changes the output
     (the target verifies every token), only how often the target agrees and what a draft
     step costs."""
-    get_decoder = getattr(draft, "get_decoder", None)
-    layers = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
-    if not isinstance(layers, torch.nn.Module):
+    layers = decoder_layers(draft)
+    if layers is None:
         raise ValueError("int8 draft layers need a decoder model with .layers")
     quantize_model(layers, "int8")
     return use_int8_activations(layers)
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A transformers decoder model's layers (`model.get_decoder().layers`), or None for a
+    model without them (a feature draft)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    layers = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
+    return layers if isinstance(layers, torch.nn.Module) else None
 
 
 def _repack_group(model: torch.nn.Module, names: list[str], first_linear: str) -> None:

@@ -3,8 +3,6 @@ cached, pinned by the environment, and applied only inside the engine's block.""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -125,18 +123,16 @@ def test_the_quantised_limit_is_read_off_real_timings_on_the_grid():
 @pytest.mark.parametrize("slower", [512, 256])
 def test_the_float_registers_are_the_faster_width(monkeypatch, slower):
     """512-bit registers are chosen only where a pass on them is faster; the process is left at
-    its default. The widths are simulated (a CPU with or without AVX-512F chooses alike)."""
+    its default. The widths and their timings are simulated (a CPU with or without AVX-512F
+    chooses alike)."""
     width = {"bits": 0}
 
     def set_bits(bits):
         width["bits"] = bits
         return bits or 512
 
-    def linear(x, blocks, fmt):
-        time.sleep(0.004 if width["bits"] == slower else 0.001)
-
     monkeypatch.setattr(native, "set_float_tile_bits", set_bits)
-    monkeypatch.setattr(native, "quantized_linear", linear)
+    monkeypatch.setattr(calibration, "_float_pass_seconds", lambda *args: 4.0 if width["bits"] == slower else 1.0)
     assert calibration.measure_float_width(list(_quantized_model()), []) == (256 if slower == 512 else 512)
     assert width["bits"] == 0
 
