@@ -66,6 +66,32 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
     if position_embeddings is None or not _applies(layer, hidden_states, position_embeddings, kwargs):
         return replaced(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                         use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
+    return layer_on_kernels(layer, hidden_states, position_embeddings, attention_mask, cache)[0]
+
+
+@dataclass(frozen=True)
+class AttentionRoute:
+    """How a layer's attention runs for keys of `key_shape`: on the native kernel with
+    `mask` (`kernels.native_attention_mask`), or through `kernels.engine_attention`. Layers
+    of one model with the same attention settings take the same route for the same
+    query, keys and mask, so a model forward decides it once (`layer_on_kernels`)."""
+
+    key_shape: torch.Size
+    native: bool
+    mask: torch.Tensor | None
+
+
+def layer_on_kernels(layer: Any, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                     attention_mask: torch.Tensor | None, cache, route: AttentionRoute | None = None,
+                     ) -> tuple[torch.Tensor, AttentionRoute]:
+    """The layer's forward on the native kernels, where `_applies` holds (the caller checked).
+
+    hidden_states: `[batch, new, hidden]`; position_embeddings: (cos, sin), each
+    `[batch or 1, new, head_dim]`; attention_mask: `[batch, 1, new, slots]` or None. `route`:
+    the attention route of a previous layer of the same model in the same forward (reused
+    when its keys have the same shape; None: decided here). Returns the layer's output
+    `[batch, new, hidden]` and the route its attention took.
+    """
     attention = layer.self_attn
     cos, sin = position_embeddings
     fused = _facts(layer).fused
@@ -76,14 +102,22 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
         query, key = native.rotary(query, cos, sin), native.rotary(key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, attention.layer_idx, kwargs={})
-    if fused is not None and kernels.takes_native_attention(attention, query, key, value, attention_mask):
-        return native.layer_rest(fused, hidden_states, query, key, value,
-                                 kernels.native_attention_mask(query, attention_mask), attention.scaling)
+    if route is None or route.key_shape != key.shape:
+        route = _attention_route(attention, query, key, value, attention_mask)
+    if fused is not None and route.native:
+        return native.layer_rest(fused, hidden_states, query, key, value, route.mask, attention.scaling), route
     attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
     hidden_states = hidden_states + _project(attention.o_proj, attended.flatten(2))
     mlp = layer.mlp
     normed = _norm(layer.post_attention_layernorm, hidden_states)
-    return hidden_states + _project(mlp.down_proj, _gate_up_silu(mlp, normed))
+    return hidden_states + _project(mlp.down_proj, _gate_up_silu(mlp, normed)), route
+
+
+def _attention_route(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None) -> AttentionRoute:
+    if kernels.takes_native_attention(attention, query, key, value, attention_mask):
+        return AttentionRoute(key.shape, True, kernels.native_attention_mask(query, attention_mask))
+    return AttentionRoute(key.shape, False, None)
 
 
 def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:
@@ -96,7 +130,7 @@ def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwarg
     if any(value is not None and value is not False for value in kwargs.values()):
         return False
     if not (hidden_states.is_cpu and hidden_states.dtype is torch.float32 and hidden_states.dim() == 3
-            and hidden_states.shape[0] * hidden_states.shape[1] <= _row_limit(layer)):
+            and hidden_states.shape[0] * hidden_states.shape[1] <= row_limit(layer)):
         return False
     cos, sin = position_embeddings
     if not (cos.dtype is torch.float32 and sin.dtype is torch.float32 and cos.is_cpu and sin.is_cpu
@@ -188,7 +222,7 @@ def _parameters(layer: Any) -> list[torch.Tensor | None]:
             *(linear.bias for linear in linears), layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
 
 
-def _row_limit(layer: Any) -> int:
+def row_limit(layer: Any) -> int:
     """The most rows the kernels of this layer's linears take: any number for a layer of
     `Int8Linear`s, which must compute every row the same way at every size (`kernels.batch_invariant`)."""
     facts = _facts(layer)
@@ -197,6 +231,12 @@ def _row_limit(layer: Any) -> int:
     limits = ([kernels.quantized_max_rows()] if facts.quantized else []) + \
         ([kernels.native_max_rows()] if facts.dense else [])
     return min(limits)
+
+
+def fits(layer: Any) -> bool:
+    """Whether the layer is in eval mode and every float parameter it reads is on the CPU,
+    float32 and contiguous (what `_applies` asks of its weights without autograd)."""
+    return not layer.training and _facts(layer).fits
 
 
 def _is_silu_mlp(mlp: Any) -> bool:

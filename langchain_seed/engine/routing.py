@@ -1,8 +1,8 @@
 """The engine's kernels installed on the engine's own model instances, and removed again.
 
-`install(model)` gives every eligible `nn.Linear`, Llama-family RMS norm, SiLU MLP and
-decoder layer of that one model an instance-level `forward` (the routed forwards of
-`engine.kernels` and `engine.layers`), and points the model's "sdpa" attention at
+`install(model)` gives every eligible `nn.Linear`, Llama-family RMS norm, SiLU MLP,
+decoder layer and decoder of that one model an instance-level `forward` (the routed
+forwards of `engine.kernels`, `engine.layers` and `engine.decoder`), and points the model's "sdpa" attention at
 `kernels.engine_attention`, registered in transformers' `AttentionInterface` under its own
 name. `KernelRouting.remove()` puts back exactly what was there. Nothing module-level of
 torch or transformers is rebound.
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from langchain_seed.engine import layers
+from langchain_seed.engine import decoder, layers
 from langchain_seed.engine.kernels import (
     RMS_NORM_CLASSES,
     eligible_weight,
@@ -39,8 +39,8 @@ class KernelRouting:
     """The engine's kernels installed on one model instance; `remove()` puts back exactly
     what was there (also a context manager).
 
-    Routed: every eligible `nn.Linear` (through `linear`), Llama-family RMS norms, SiLU MLPs
-    and decoder layers (`engine.layers`), each by an instance-level `forward` on that module
+    Routed: every eligible `nn.Linear` (through `linear`), Llama-family RMS norms, SiLU MLPs,
+    decoder layers (`engine.layers`) and decoders (`engine.decoder`), each by an instance-level `forward` on that module
     only, and the model's "sdpa" attention by pointing its config at
     `ATTENTION_IMPLEMENTATION`. Nothing module-level of torch or transformers is rebound, and
     every routed forward acts only inside `engine_kernels()` in the calling thread: elsewhere
@@ -137,6 +137,9 @@ def _route_modules(routing: KernelRouting, model: torch.nn.Module) -> None:
         elif layers.supports(module):
             layers.forget(module)
             routing._route(module, functools.partial(layers.native_layer_forward, module, module.forward))
+        elif decoder.supports(module):
+            decoder.forget(module)
+            routing._route(module, functools.partial(decoder.native_decoder_forward, module, module.forward))
 
 
 def _route_attention(routing: KernelRouting, model: torch.nn.Module) -> None:

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from langchain_seed.engine import kernels, layers, native, routing
+from langchain_seed.engine import decoder, kernels, layers, native, routing
 from langchain_seed.engine.weights.convert import quantize_model, use_int8_activations
 
 import numerics
@@ -18,8 +18,11 @@ pytestmark = needs_kernel
 
 
 @pytest.fixture
-def routed(tiny_target):
-    """A private copy of the tiny target with the engine's kernels installed."""
+def routed(tiny_target, monkeypatch):
+    """A private copy of the tiny target with the engine's kernels installed, its decoder
+    handing every layer to the layer's own routed forward (`engine.decoder` is tested in
+    test_decoder.py)."""
+    monkeypatch.setattr(decoder, "_applies", lambda *a: False)
     model = copy.deepcopy(tiny_target)
     with routing.install(model):
         yield model
