@@ -21,7 +21,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,6 @@ class RowLimits:
         onednn_max_rows: above the native limit (or without it), up to this many rows layer
             weights run on oneDNN (2-4 rows weight-major on MKL); 0: always MKL.
         onednn_heads: LM-head-sized weights run on oneDNN at any row count (else MKL).
-        quantized_max_rows: up to this many rows, weights kept in blocks (`engine.weights`)
-            run on the quantised C kernel; above, they are dequantised for MKL.
         float_tile_bits: the registers the native float32 products run on, 512 or 256
             (`native.set_float_tile_bits`; the same bits either way); 0: not measured, the
             widest the CPU has.
@@ -75,7 +73,6 @@ class RowLimits:
     native_max_rows: int = 128
     onednn_max_rows: int = 16
     onednn_heads: bool = True
-    quantized_max_rows: int = 128
     float_tile_bits: int = 0
 
 
@@ -100,9 +97,10 @@ def cpu_vector_extensions() -> list[str]:
 
 
 def row_limits(model: torch.nn.Module, cache: Path | None = None) -> RowLimits:
-    """The routes' row limits for `model`'s float32 CPU linears (and its linears kept in
-    blocks, `engine.weights`) on this CPU: pinned by `ENV_NATIVE_MAX_ROWS`, read from the
-    cache, or measured (and cached unless other processes held the CPU meanwhile)."""
+    """The routes' row limits for `model`'s float32 CPU linears on this CPU, and the float
+    registers for them or its linears kept in blocks (`engine.weights`, which run on the C
+    kernel at every size): pinned by `ENV_NATIVE_MAX_ROWS`, read from the cache, or measured
+    (and cached unless other processes held the CPU meanwhile)."""
     weights, quantized = _linear_weights(model), _quantized_linears(model)
     if os.environ.get(ENV_NATIVE_MAX_ROWS):
         return RowLimits(native_max_rows=int(os.environ[ENV_NATIVE_MAX_ROWS]))
@@ -114,12 +112,10 @@ def row_limits(model: torch.nn.Module, cache: Path | None = None) -> RowLimits:
     cache = cache or native.build_dir() / "row-limits.json"
     key = _cache_key(weights, quantized)
     known = _read_cache(cache)
-    if key in known:
-        return RowLimits(**known[key])
+    if key in known:  # entries of older versions may hold fields since dropped
+        return RowLimits(**{name: value for name, value in known[key].items() if name in _FIELDS})
     started, waited = time.monotonic(), process_wait_seconds()
     limits = measure(weights) if dense_enough else RowLimits()
-    if quantized_enough:
-        limits = replace(limits, quantized_max_rows=measure_quantized(quantized))
     limits = replace(limits, float_tile_bits=measure_float_width(quantized if quantized_enough else [],
                                                                  weights if dense_enough else []))
     seconds = time.monotonic() - started
@@ -154,22 +150,6 @@ def measure(weights: Sequence[torch.Tensor], grid: Sequence[int] = ROW_GRID) -> 
     return RowLimits(native_max_rows=native_rows, onednn_max_rows=onednn_rows, onednn_heads=onednn_heads)
 
 
-def measure_quantized(linears: Sequence[Any], grid: Sequence[int] = ROW_GRID) -> int:
-    """Up to how many rows the quantised kernel beats dequantising for MKL, over every one of
-    `linears` (`QuantizedLinear`s) in turn; the largest grid point up to which it keeps winning."""
-    routes: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
-        "native": lambda x, q: native.quantized_linear(x, q.blocks, q.fmt),
-        "mkl": lambda x, q: F.linear(x, native.dequantize(q.blocks, q.fmt, q.in_features)),
-    }
-    _quantized_times(linears, 1, routes)  # warm-up
-    times: dict[int, dict[str, float]] = {}
-    for rows in grid:
-        times[rows] = _quantized_times(linears, rows, routes)
-        if times[rows]["native"] > NATIVE_MARGIN * times[rows]["mkl"]:
-            break
-    return _winning_prefix([r for r in grid if r in times], times, "native")
-
-
 def measure_float_width(quantized: Sequence[Any], weights: Sequence[torch.Tensor],
                         rows: int = WIDTH_ROWS) -> int:
     """Which registers, 512 or 256 bits, run the native float32 products faster on this CPU:
@@ -199,13 +179,6 @@ def _float_pass_seconds(quantized: Sequence[Any], weights: Sequence[torch.Tensor
     if quantized:
         return _time_quantized(lambda x, q: native.quantized_linear(x, q.blocks, q.fmt), inputs, quantized)
     return _time_once(lambda x, w: native.skinny_linear(x, w), inputs, weights)
-
-
-def _quantized_times(linears: Sequence[Any], rows: int, routes: dict[str, Callable]) -> dict[str, float]:
-    inputs = {n: torch.randn(rows, n) for n in {int(q.in_features) for q in linears}}
-    with torch.inference_mode():
-        return {name: min(_time_quantized(route, inputs, linears) for _ in range(REPEATS))
-                for name, route in routes.items()}
 
 
 def _time_quantized(route: Callable, inputs: dict[int, torch.Tensor], linears: Sequence[Any]) -> float:
@@ -279,6 +252,9 @@ def _cache_key(weights: Sequence[torch.Tensor], quantized: Sequence[Any] = ()) -
     described = repr((cpu_model_name(), cpu_vector_extensions(), torch.__version__, torch.get_num_threads(),
                       native.library_key(), ROW_GRID, shapes))
     return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+_FIELDS = frozenset(field.name for field in fields(RowLimits))
 
 
 def _read_cache(path: Path) -> dict[str, dict]:

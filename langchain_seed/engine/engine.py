@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from langchain_seed.engine import calibration, kernels, native, routing
+from langchain_seed.engine import calibration, kernels, native, prefix_cache, routing
 from langchain_seed.engine.calibration import RowLimits
 from langchain_seed.engine.config import SamplingParams, SpeculativeConfig
 from langchain_seed.engine.constraints import GrammarVocabulary
@@ -164,6 +164,13 @@ class SeedEngine:
         params = params or SamplingParams()
         self._check_fits(index, prompt, params, self._config_for(mode, config))
         self._matcher(params)
+
+    def forget_prompts(self) -> None:
+        """Empty the target's and the draft's stores of prompt prefixes (`engine.prefix_cache`),
+        shared with other engines on the same models: the next prompts are prefilled whole."""
+        for model in (self.target_model, self.draft_model):
+            if model is not None:
+                prefix_cache.forget_prompts(model)
 
     def close(self) -> None:
         """Let the scheduler and the serial worker finish the requests they have, stop their

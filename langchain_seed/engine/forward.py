@@ -11,6 +11,7 @@ keep with `BatchKV.commit_new_slots`.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -102,11 +103,24 @@ def _is_plain_causal(kv: BatchKV, rows: list[RowInput], width: int) -> bool:
 
 
 def model_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype
+    return _first_parameter(model).dtype
 
 
 def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    return _first_parameter(model).device
+
+
+_first_parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _first_parameter(model) -> torch.nn.Parameter:
+    """The model's first parameter, found once per model (`model.parameters()` walks the
+    modules up to it on every call: 50 us for a quantised model, whose first modules hold
+    buffers); its dtype and device follow the model's `.to()`."""
+    parameter = _first_parameters.get(model)
+    if parameter is None:
+        parameter = _first_parameters[model] = next(model.parameters())
+    return parameter
 
 
 def forward_logits(model, kv: BatchKV, rows: list[RowInput], skip_first: int = 0) -> torch.Tensor:

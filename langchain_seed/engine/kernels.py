@@ -82,12 +82,6 @@ def native_max_rows() -> int:
     return min(getattr(_state, "limits", DEFAULT_LIMITS).native_max_rows, NATIVE_MAX_ROWS)
 
 
-def quantized_max_rows() -> int:
-    """Up to how many rows weights kept in blocks run on the quantised C kernel in this
-    thread's block (`RowLimits.quantized_max_rows`)."""
-    return getattr(_state, "limits", DEFAULT_LIMITS).quantized_max_rows
-
-
 def active_kernel() -> str | None:
     """The engine kernel in force in this thread (`engine_kernels`), or None outside."""
     return getattr(_state, "kernel", None)
@@ -180,10 +174,13 @@ def native_attention_mask(query: torch.Tensor, attention_mask: torch.Tensor | No
 
 
 def batch_invariant(module: Any) -> bool:
-    """Whether an attention module's layer must compute every row the same way whatever the
+    """Whether an attention module's layer computes every row the same way whatever the
     batch, its size or the cache's layout: its projections say so (`batch_invariant`, set by
-    the 8-bit-activation linears of `engine.weights.int8_dot`, whose rounding turns any float
-    difference into a different model). Its attention then runs natively at every size."""
+    the linears that run on the C kernels at every size: the 8-bit-activation linears of
+    `engine.weights.int8_dot`, whose rounding would turn any float difference into a
+    different model, and the block-kept `QuantizedLinear`s). Its attention then runs
+    natively at every size too, so that a prompt's cache is the same however it was
+    prefilled (`engine.prefix_cache`)."""
     return bool(getattr(getattr(module, "q_proj", None), "batch_invariant", False))
 
 

@@ -10,10 +10,10 @@ Python between them: twelve module calls, keyword plumbing and a routing check p
 about 150 us a layer, or 4-5 ms of a 30-layer forward at decoding sizes.
 
 Everything it does not implement goes to the layer's own forward: other kernels, autograd,
-inputs past the row limit (`kernels.native_max_rows()`, or `kernels.quantized_max_rows()`
-for a layer with quantised linears), missing rotary inputs, unknown keyword arguments,
-a mask or head size the attention kernel does not take (`kernels.engine_attention`
-decides that per call, after the cache append, exactly as the routed module would).
+inputs past the row limit (`kernels.native_max_rows()`, for a layer with dense linears),
+missing rotary inputs, unknown keyword arguments, a mask or head size the attention
+kernel does not take (`kernels.engine_attention` decides that per call, after the cache
+append, exactly as the routed module would).
 """
 
 from __future__ import annotations
@@ -150,9 +150,7 @@ class _LayerFacts:
     """What `_applies` checks of a layer's own modules, once per layer (the engine does not
     expect a model's weights to change kind or type while it runs its kernels)."""
 
-    all_int8: bool
-    quantized: bool
-    dense: bool
+    invariant: bool  # every linear computes its rows the same way at any size (`batch_invariant`)
     fits: bool  # every float parameter on the CPU, float32, contiguous (without autograd)
     fused_qkv: bool  # query, key and value: Int8Linears of one format, no bias, whole groups
     fused: native.LayerWeights | None  # the whole layer in two native calls, where it fits
@@ -171,11 +169,10 @@ def _facts(layer: Any) -> _LayerFacts:
     facts = _layer_facts.get(layer)
     if facts is None:
         kinds = [type(linear) for linear in _linears(layer)]
-        all_int8, fits = all(kind is Int8Linear for kind in kinds), all(_fits(p, False) for p in _parameters(layer))
-        fused_qkv = _fusable_qkv(layer)
-        facts = _layer_facts[layer] = _LayerFacts(
-            all_int8, QuantizedLinear in kinds, any(kind in (torch.nn.Linear, Int8Linear) for kind in kinds), fits,
-            fused_qkv, _fused_layer(layer) if fits else None)
+        invariant = all(getattr(kind, "batch_invariant", False) for kind in kinds)
+        fits = all(_fits(p, False) for p in _parameters(layer))
+        facts = _layer_facts[layer] = _LayerFacts(invariant, fits, _fusable_qkv(layer),
+                                                  _fused_layer(layer) if fits else None)
     return facts
 
 
@@ -224,13 +221,11 @@ def _parameters(layer: Any) -> list[torch.Tensor | None]:
 
 def row_limit(layer: Any) -> int:
     """The most rows the kernels of this layer's linears take: any number for a layer of
-    `Int8Linear`s, which must compute every row the same way at every size (`kernels.batch_invariant`)."""
-    facts = _facts(layer)
-    if facts.all_int8:
-        return sys.maxsize  # every size on the same kernels: the model's rows must not depend on the batch
-    limits = ([kernels.quantized_max_rows()] if facts.quantized else []) + \
-        ([kernels.native_max_rows()] if facts.dense else [])
-    return min(limits)
+    `Int8Linear`s and `QuantizedLinear`s, which compute every row the same way at every size
+    (`kernels.batch_invariant`); the native row limit where a dense `nn.Linear` is among them."""
+    if _facts(layer).invariant:
+        return sys.maxsize  # every size on the same kernels: the model's rows do not depend on the batch
+    return kernels.native_max_rows()
 
 
 def fits(layer: Any) -> bool:

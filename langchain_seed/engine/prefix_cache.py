@@ -13,6 +13,7 @@ first out, within `MAX_BYTES`.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from langchain_seed.engine import native
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
 from langchain_seed.engine.routing import needs_engine_forward
@@ -66,6 +68,12 @@ class PrefixStore:
             self.reused_tokens += best
             return best, self._entries[best_key].first_slots(best)
 
+    def clear(self) -> None:
+        """Drop every stored prompt."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
     def put(self, tokens: list[int], kv: BatchKV) -> None:
         """Store a copy of the one-row cache `kv` holding `tokens`, evicting the oldest
         entries past `max_bytes` (a cache larger than that is not stored). A prompt already
@@ -92,33 +100,51 @@ def store_for(model) -> PrefixStore | None:
     rows are not computed the same way at every size.
 
     A stored prefix must hold exactly the bits a fresh prefill would: so only a model of
-    `batch_invariant` modules (8-bit activations on the engine's kernels,
-    `routing.needs_engine_forward`) keeps one. A float model's large prefills go through
-    torch's matmuls, whose sums depend on the row count, so a reused prefix could differ in
-    its last bits and make one request's output depend on the requests before it."""
+    `batch_invariant` modules on the CPU with the native kernels keeps one (weights kept in
+    blocks, `QuantizedLinear`, or 8-bit activations, `Int8Linear`: they run on the C
+    kernels at every size, `routing.needs_engine_forward`). A dense float model's large
+    prefills go through torch's matmuls, whose sums depend on the row count, so a reused
+    prefix could differ in its last bits and make one request's output depend on the
+    requests before it."""
     with _stores_lock:
         if model not in _stores:
-            _stores[model] = PrefixStore() if needs_engine_forward(model) else None
+            _stores[model] = PrefixStore() if _computed_alike_at_every_size(model) else None
         return _stores[model]
+
+
+def _computed_alike_at_every_size(model) -> bool:
+    """`batch_invariant` modules (`routing.needs_engine_forward`) where they run on the C
+    kernels: on the CPU, with the kernels built here."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return (first is None or first.device.type == "cpu") and native.available() and needs_engine_forward(model)
+
+
+def forget_prompts(model) -> None:
+    """Empty the model's store (where it has one): the next prompts are prefilled whole."""
+    with _stores_lock:
+        store = _stores.get(model)
+    if store is not None:
+        store.clear()
 
 
 def prefill_cached(model, token_ids: list[int]) -> tuple[BatchKV, int]:
     """A one-row cache holding `token_ids` (as `forward.prefill`), reusing the model's
     stored prompt with the longest shared prefix where it has a store; also the forwards it
-    made (0 or 1)."""
+    made (0 or 1). Computed without autograd, as the engine runs (what is stored must be
+    what the engine's own prefill holds)."""
     store = store_for(model)
-    if store is None:
-        return prefill(model, token_ids)[0], 1 if token_ids else 0
-    shared, stored = store.longest(token_ids)
-    if stored is None:
-        kv = prefill(model, token_ids)[0]
-    else:
-        kv = stored
-        rest = token_ids[shared:]
-        if rest:
-            with torch.inference_mode():
+    with torch.inference_mode():
+        if store is None:
+            return prefill(model, token_ids)[0], 1 if token_ids else 0
+        shared, stored = store.longest(token_ids)
+        if stored is None:
+            kv = prefill(model, token_ids)[0]
+        else:
+            kv = stored
+            rest = token_ids[shared:]
+            if rest:
                 forward_hidden(model, kv, [causal_row(rest, shared)])
-            kv.commit_new_slots(torch.ones(1, len(rest), dtype=torch.bool))
-    store.put(token_ids, kv)
+                kv.commit_new_slots(torch.ones(1, len(rest), dtype=torch.bool))
+        store.put(token_ids, kv)
     return kv, 1 if len(token_ids) > shared else 0
 

@@ -4,9 +4,10 @@
 `nn.Embedding` stood. Their weight exists only as blocks (`engine.weights.formats`); what
 they compute is defined as the float32 module on the dequantised weight. Inside the
 engine's kernel block (`kernels.engine_kernels("native")`) a linear runs on the quantised
-C kernel up to its row limit (`kernels.quantized_max_rows()`), which equals the dense
-kernel on the dequantised weight bit for bit; everywhere else (larger inputs, other
-kernels, outside the engine, autograd) it dequantises the weight and calls `F.linear`.
+C kernel at every size, which equals the dense kernel on the dequantised weight bit for
+bit and computes each row the same way whatever else is in the batch
+(`QuantizedLinear.batch_invariant`); everywhere else (other kernels, outside the engine,
+autograd) it dequantises the weight and calls `F.linear`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class QuantizedLinear(torch.nn.Module):
 
     blocks: torch.Tensor
     bias: torch.Tensor | None
+    batch_invariant = True
+    """On the engine's kernels it computes every row the same way at any batch size (the C
+    kernel at every size, `kernels.batch_invariant`): a prompt's cache is then the same
+    however it was prefilled, so the engine keeps prompt prefixes (`engine.prefix_cache`).
+    Past 128 rows that costs 1.1-1.5x of dequantising for MKL (docs/BENCHMARKS.md)."""
 
     def __init__(self, blocks: torch.Tensor, fmt: str, in_features: int, bias: torch.Tensor | None = None,
                  name: str = "weight") -> None:
@@ -100,10 +106,10 @@ def embedding_lookup(embedding, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _takes_kernel(x: torch.Tensor, in_features: int) -> bool:
-    """Inside `engine_kernels("native")`, a CPU float32 input without autograd, up to the
-    quantised row limit, where the C kernels run."""
+    """Inside `engine_kernels("native")`, a CPU float32 input without autograd (of any number
+    of rows), where the C kernels run."""
     return (kernels.active_kernel() == "native" and x.is_cpu and x.dtype is torch.float32 and x.dim() >= 1
-            and x.shape[-1] == in_features and 0 < x.numel() // in_features <= kernels.quantized_max_rows()
+            and x.shape[-1] == in_features and x.numel() > 0
             and not (torch.is_grad_enabled() and x.requires_grad) and native.available())
 
 

@@ -3,6 +3,8 @@ cached, pinned by the environment, and applied only inside the engine's block.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -99,24 +101,32 @@ def _quantized_model():
 
 
 @needs_kernel
-def test_a_model_in_blocks_measures_the_quantised_kernels_limit_and_caches_it(monkeypatch, tmp_path):
+def test_a_model_in_blocks_measures_its_float_width_and_caches_it(monkeypatch, tmp_path):
+    """Linears kept in blocks run on the C kernel at every size: only the registers are
+    measured for them, once, then read from the cache."""
     monkeypatch.delenv(calibration.ENV_NATIVE_MAX_ROWS, raising=False)
     monkeypatch.setattr(calibration, "MIN_MEASURED_WEIGHTS", 0)
     monkeypatch.setattr(calibration, "process_wait_seconds", lambda: 0.0)
     monkeypatch.setattr(calibration, "measure", lambda weights: pytest.fail("no float32 linears to measure"))
     measured = []
-    monkeypatch.setattr(calibration, "measure_quantized", lambda linears: measured.append(len(linears)) or 48)
-    monkeypatch.setattr(calibration, "measure_float_width", lambda quantized, weights: 512)
+    monkeypatch.setattr(calibration, "measure_float_width",
+                        lambda quantized, weights: measured.append(len(quantized)) or 512)
     cache = tmp_path / "limits.json"
-    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48, float_tile_bits=512)
-    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(quantized_max_rows=48, float_tile_bits=512)
+    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(float_tile_bits=512)
+    assert calibration.row_limits(_quantized_model(), cache) == RowLimits(float_tile_bits=512)
     assert measured == [2]
 
 
-@needs_kernel
-def test_the_quantised_limit_is_read_off_real_timings_on_the_grid():
-    limit = calibration.measure_quantized(list(_quantized_model()), grid=(1, 8, 16))
-    assert limit in (0, 1, 8, 16)
+def test_a_cached_entry_of_an_older_version_is_read_without_its_dropped_fields(monkeypatch, tmp_path):
+    monkeypatch.delenv(calibration.ENV_NATIVE_MAX_ROWS, raising=False)
+    monkeypatch.setattr(calibration, "MIN_MEASURED_WEIGHTS", 0)
+    monkeypatch.setattr(calibration, "measure_float_width", lambda quantized, weights: pytest.fail("cached"))
+    monkeypatch.setattr(native, "available", lambda: True)
+    model = _quantized_model()
+    cache = tmp_path / "limits.json"
+    key = calibration._cache_key([], list(model))
+    cache.write_text(json.dumps({key: {"native_max_rows": 64, "quantized_max_rows": 128, "float_tile_bits": 256}}))
+    assert calibration.row_limits(model, cache) == RowLimits(native_max_rows=64, float_tile_bits=256)
 
 
 @needs_kernel

@@ -18,11 +18,22 @@ pytestmark = needs_kernel
 
 
 def int8_model(seed: int):
-    """A model whose rows are computed the same way at every size: the one kind with a store."""
+    """A model whose rows are computed the same way at every size, with 8-bit activations."""
     model = build_model("llama", seed=seed)
     quantize_model(model, "int4")
     use_int8_activations(model)
     return model
+
+
+def blocks_model(seed: int):
+    """A float model with its weights kept in blocks (`QuantizedLinear`, the default pair's
+    kind): it too computes every row the same way at every size, so it keeps a store."""
+    model = build_model("llama", seed=seed)
+    quantize_model(model, "int4")
+    return model
+
+
+STORE_KEEPERS = {"int8 activations": int8_model, "blocks": blocks_model}
 
 STEM = [(7 * i) % 60 + 1 for i in range(40)]  # longer than a lane's pending limit
 
@@ -31,20 +42,24 @@ def _keys(kv) -> list[torch.Tensor]:
     return [layer.keys for layer in _layers(kv.cache)]
 
 
-def test_a_prompt_sharing_a_stored_prefix_prefills_only_the_rest():
-    model = int8_model(3)
-    first, second = STEM + [5, 6, 7], STEM + [9, 10]
-    with engine_forward(model):
+@pytest.mark.parametrize("kind", STORE_KEEPERS)
+@pytest.mark.parametrize("stem", [STEM, STEM * 4], ids=["40", "160"])
+def test_a_prompt_sharing_a_stored_prefix_prefills_only_the_rest(kind, stem):
+    """Also past the dense kernels' row limit (160 tokens): a stored prefix holds the bits a
+    fresh prefill of the whole prompt computes."""
+    model = STORE_KEEPERS[kind](3)
+    first, second = stem + [5, 6, 7], stem + [9, 10]
+    with engine_forward(model), torch.inference_mode():  # as the engine runs
         prefill_cached(model, first)
         kv, forwards = prefill_cached(model, second)
         fresh, _ = prefill(model, second)
-    assert forwards == 1 and store_for(model).reused_tokens == len(STEM)
+    assert forwards == 1 and store_for(model).reused_tokens == len(stem)
     assert kv.num_slots == len(second) and kv.valid_counts().tolist() == [len(second)]
     for reused, computed in zip(_keys(kv), _keys(fresh)):
         assert torch.equal(reused, computed)  # the same bits: reuse cannot change an output
 
 
-def test_a_float_model_keeps_no_store():
+def test_a_dense_float_model_keeps_no_store():
     model = build_model("llama", seed=8)
     assert store_for(model) is None
     kv, forwards = prefill_cached(model, STEM)
@@ -57,7 +72,8 @@ def test_a_stored_prompt_costs_no_forward_and_its_copy_is_not_shared():
     again, forwards = prefill_cached(model, STEM)
     assert forwards == 0
     assert all(torch.equal(a, b) for a, b in zip(_keys(kv), _keys(again)))
-    _keys(again)[0].zero_()  # the engine grows and edits its caches: the store keeps its own copy
+    with torch.inference_mode():  # the engine grows and edits its caches: the store keeps its own copy
+        _keys(again)[0].zero_()
     third, _ = prefill_cached(model, STEM)
     assert torch.equal(_keys(third)[0], _keys(kv)[0])
 
@@ -82,10 +98,23 @@ def test_the_store_evicts_the_least_recently_used_prompt_past_its_budget():
     assert store.longest(prompts[0])[0] == store.longest(prompts[2])[0] == len(STEM)
 
 
+def test_forgetting_prompts_empties_the_targets_and_the_drafts_stores():
+    target, draft = blocks_model(9), int8_model(9)
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(1, 1)))
+    try:
+        engine.generate([STEM + [1, 2]], SamplingParams(max_tokens=3), mode="speculative")
+        assert store_for(target).longest(STEM)[0] == len(STEM) and store_for(draft).longest(STEM)[0] > 0
+        engine.forget_prompts()
+        assert store_for(target).longest(STEM) == (0, None) and store_for(draft).longest(STEM) == (0, None)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", STORE_KEEPERS)
 @pytest.mark.parametrize(("mode", "verify"), [("autoregressive", "batched"), ("speculative", "batched"),
                                               ("scheduled", "batched"), ("scheduled", "rounds")])
-def test_requests_sharing_a_template_decode_the_targets_greedy_output(mode, verify):
-    target = int8_model(7)
+def test_requests_sharing_a_template_decode_the_targets_greedy_output(kind, mode, verify):
+    target = STORE_KEEPERS[kind](7)
     draft = noisy_copy(build_model("llama", seed=7), 0.05)
     prompts = [STEM + [10 + i, 20 + i, 30 + i] for i in range(4)]
     with engine_forward(target):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
 
-from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, native
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, kernels, native
 from langchain_seed.engine.kernels import engine_kernels
 from langchain_seed.engine.routing import install
 from langchain_seed.engine.weights import formats
@@ -72,14 +72,18 @@ def test_quantized_linear_outside_the_engine_is_f_linear_on_the_dequantised_weig
 
 @needs_kernel
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_quantized_linear_in_the_engine_block_takes_the_kernel_up_to_its_row_limit(fmt):
+def test_quantized_linear_in_the_engine_block_takes_the_kernel_at_every_size(fmt):
+    """The C kernel at every row count, each row the same bits as alone (`batch_invariant`),
+    also past the dense kernels' row limit."""
     blocks = _blocks(40, 64, fmt)
     linear = QuantizedLinear(blocks, fmt, 64)
     weight = formats.dequantize(blocks, fmt, 64)
-    small, large = torch.randn(6, 64), torch.randn(200, 64)
+    small, large = torch.randn(6, 64), torch.randn(kernels.NATIVE_MAX_ROWS + 72, 64)
     with engine_kernels("native"):
         assert torch.equal(linear(small), native.skinny_linear(small, weight))
-        assert torch.equal(linear(large), F.linear(large, weight))
+        whole = linear(large)
+        assert torch.equal(whole[:7], linear(large[:7])) and torch.equal(whole[-5:], linear(large[-5:]))
+    assert QuantizedLinear.batch_invariant
 
 
 def test_quantized_embedding_returns_the_dequantised_rows():
@@ -131,15 +135,21 @@ def _dequantised_copy(model, quantized):
 @needs_kernel
 @pytest.mark.parametrize("weights", ["int8", "int4"])
 def test_native_layers_on_blocks_equal_native_layers_on_the_dequantised_weights_bit_for_bit(weights):
+    """With an explicit causal mask both models' attention runs on the native kernel (an
+    unmasked prefill would take it only in the blocks' model, which computes every size
+    alike, and SDPA in the dense one): the linears are then the only difference, and they
+    give the same bits."""
     model = build_model("llama")
     quantized = copy.deepcopy(model)
     quantize_model(quantized, weights)
     dense = _dequantised_copy(model, quantized)
     ids = torch.tensor([PROMPTS[2], PROMPTS[2][::-1]])
+    causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
+    mask = torch.zeros(causal.shape).masked_fill_(~causal, torch.finfo(torch.float32).min).expand(2, 1, *causal.shape)
     routings = [install(quantized), install(dense)]
     try:
         with torch.inference_mode(), engine_kernels("native"):
-            assert torch.equal(quantized(ids).logits, dense(ids).logits)
+            assert torch.equal(quantized(ids, attention_mask=mask).logits, dense(ids, attention_mask=mask).logits)
     finally:
         for routing in routings:
             routing.remove()
