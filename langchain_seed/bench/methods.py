@@ -137,6 +137,10 @@ class Method(abc.ABC):
     def make_llm(self, max_tokens: int):
         """A LangChain LLM decoding the same way (for ``tot-full``)."""
 
+    def forget_prompts(self) -> None:  # noqa: B027 - an optional hook: methods that keep no prompts keep the no-op
+        """Drop what the method keeps of earlier prompts: the harness calls it before each
+        timed call, so that no call starts from another method's or repetition's prompts."""
+
     def close(self) -> None:  # noqa: B027 - an optional hook: methods without threads or engines keep the no-op
         """Release threads or engines."""
 
@@ -217,6 +221,9 @@ class SeedMethod(Method):
 
         return SeedLLM.from_engine(self.engine, decoding=self.mode, verify=self.verify,
                                    k_config=tuple(self.config.k_config), max_tokens=max_tokens)
+
+    def forget_prompts(self) -> None:
+        self.engine.forget_prompts()
 
     def close(self) -> None:
         self.engine.close()

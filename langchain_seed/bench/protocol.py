@@ -176,6 +176,7 @@ def _measure_group(method: Method, group: PromptGroup, expected: list[list[int]]
                    sampler: RssSampler, eos: frozenset[int], totals: RepTotals, record: MethodRecord,
                    keep_outputs: bool) -> None:
     output: GroupOutput
+    method.forget_prompts()
     output, seconds, target_calls, draft_calls, memory = _timed(
         lambda: method.run_group(group.id_lists(), group.max_tokens), counter, sampler)
     if output.target_calls is not None:  # an engine the hooks cannot see counts its own forwards
@@ -269,6 +270,7 @@ def _measure_tree(method: Method, runner, question: str, name: str, expected, co
                   sampler: RssSampler, totals: RepTotals, record: MethodRecord) -> None:
     tot, recorder = runner
     recorder.items.clear()
+    method.forget_prompts()
     answer, seconds, target_calls, draft_calls, memory = _timed(lambda: tot.invoke(question), counter, sampler)
     infos = [info for _, info in recorder.items]
     new_tokens = sum(int(info.get("new_tokens", 0)) for info in infos)

@@ -363,3 +363,18 @@ def test_the_machine_record_names_the_cpu_model_and_its_vector_extensions(monkey
     info = report.machine_info()
     assert info["cpu_model"] == "Example CPU 9000"
     assert info["cpu_vector_extensions"] == ["sse4_2", "avx", "avx2", "fma", "avx512f", "amx_tile"]
+
+
+def test_every_timed_call_starts_without_earlier_prompts(models, reference, tot_step, monkeypatch):
+    """The engine keeps prompt prefixes between requests; the harness empties them before
+    each timed call, so that no method starts from another's prompts or an earlier repetition's."""
+    method = make_method("seed_batched", models)
+    calls = []
+    run_group = method.run_group
+    monkeypatch.setattr(method, "forget_prompts", lambda: calls.append("forget"))
+    monkeypatch.setattr(method, "run_group", lambda *args: calls.append("run") or run_group(*args))
+    try:
+        protocol.run_benchmark(tot_step, [method], models, reference, reps=1, warmup=False, progress=False)
+    finally:
+        method.close()
+    assert calls == ["forget", "run"] * len(tot_step.groups)
