@@ -25,7 +25,13 @@ from langchain_seed.engine.drafters import Draft
 from langchain_seed.engine.forward import RowInput, captured_features, forward_logits
 from langchain_seed.engine.request import SequenceState
 from langchain_seed.engine.tree import DraftTree
-from langchain_seed.engine.verify import Acceptance, accept_greedy, accept_sampling, target_probs_from_logits
+from langchain_seed.engine.verify import (
+    Acceptance,
+    accept_greedy,
+    accept_sampling,
+    greedy_tokens,
+    target_probs_from_logits,
+)
 
 
 def verification_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None) -> RowInput:
@@ -59,11 +65,17 @@ def verify_batch(
     with torch.inference_mode(), captured_features(target_model, keep_features) as features:
         logits = forward_logits(target_model, kv, rows, skip_first=skip)  # [batch, width - skip, vocab]
     new_valid = torch.zeros(len(rows), skip + logits.shape[1], dtype=torch.bool)
+    # every plain greedy row's argmax in one call: [batch, width - skip]
+    best = greedy_tokens(logits) if any(_plain_greedy(s) for s in sequences) else None
     results = []
     for i, (sequence, row_tree, draft) in enumerate(zip(sequences, trees, drafts)):
         pending = sequence.target_pending
-        row_logits = logits[i, pending - 1 - skip : pending - skip + row_tree.size]  # [1 + nodes, vocab]
-        acceptance = accept_row(sequence, row_tree, draft, row_logits, acceptance_rule)
+        kept = slice(pending - 1 - skip, pending - skip + row_tree.size)  # the root and the nodes
+        if best is not None and _plain_greedy(sequence):
+            node_tokens = draft.node_tokens if draft is not None else []
+            acceptance = accept_greedy(row_tree, node_tokens, best[i, kept].tolist())
+        else:
+            acceptance = accept_row(sequence, row_tree, draft, logits[i, kept], acceptance_rule)
         new_valid[i, :pending] = True
         new_valid[i, [pending + node for node in acceptance.path]] = True
         record_verification(sequence, row_tree, acceptance)
@@ -72,6 +84,11 @@ def verify_batch(
         results.append(acceptance)
     kv.commit_new_slots(new_valid)
     return results
+
+
+def _plain_greedy(sequence: SequenceState) -> bool:
+    """Greedy without a grammar: its rows need only the target's argmax."""
+    return sequence.params.greedy and sequence.masks is None
 
 
 def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, row_logits, rule: str) -> Acceptance:

@@ -16,6 +16,7 @@ from langchain_seed.engine.verify import (
     accept_greedy,
     accept_sampling,
     greedy_step,
+    greedy_tokens,
     sample_token,
     sampling_step,
     target_probs_from_logits,
@@ -426,3 +427,15 @@ def test_accept_sampling_is_with_replacement_unless_asked(uniform_draws):
     uniform_draws(0.9)
     assert accept_sampling(tree, [0, 2], draft_probs, target_probs, generator()) == Acceptance([1], 7)
     assert accept_sampling(tree, [0, 2], draft_probs, target_probs, generator(), True) == Acceptance([], 1)
+
+
+def test_greedy_tokens_are_argmax_ties_and_nan_included():
+    logits = torch.randn(4, 6, 300)
+    logits[0, 0, [7, 250]] = 50.0  # a tie: the first index
+    logits[1, 2, :] = 1.0  # all equal: index 0
+    logits[2, 3, [9, 40]] = float("nan")  # NaN counts as the largest, the first one
+    assert torch.equal(greedy_tokens(logits), logits.argmax(dim=-1))
+    assert greedy_tokens(logits)[0, 0] == 7 and greedy_tokens(logits)[2, 3] == 9
+    tree = build_tree((1, 1))
+    rows = torch.randn(3, 300)
+    assert accept_greedy(tree, [4, 5], rows) == accept_greedy(tree, [4, 5], rows.argmax(dim=-1).tolist())
