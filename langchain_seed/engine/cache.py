@@ -53,6 +53,13 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = key_store[:, :, :old + new], value_store[:, :, :old + new]
         return self.keys, self.values
 
+    def hold(self, key_store: torch.Tensor, value_store: torch.Tensor, slots: int) -> None:
+        """Take stores `[batch, heads, capacity, head_dim]` whose first `slots` slots are
+        filled: the next appends write into the rest without a copy."""
+        self.is_initialized, self.device = True, key_store.device
+        self._key_store, self._value_store = key_store, value_store
+        self.keys, self.values = key_store[:, :, :slots], value_store[:, :, :slots]
+
 
 def _is_leading_cut(view: torch.Tensor, store: torch.Tensor, needed: int) -> bool:
     """Whether `view` is `store[:, :, :n]` and the store holds `needed` slots."""
@@ -63,8 +70,38 @@ def _is_leading_cut(view: torch.Tensor, store: torch.Tensor, needed: int) -> boo
 def _store_for(current: torch.Tensor, needed: int) -> torch.Tensor:
     """A new store holding `current`'s slots, with room for `needed` and spare slots."""
     batch, heads, slots, dim = current.shape
-    store = current.new_empty(batch, heads, needed + max(SPARE_SLOTS_MIN, needed // 8), dim)
+    store = current.new_empty(batch, heads, _capacity(needed), dim)
     store[:, :, :slots] = current
+    return store
+
+
+def _capacity(needed: int) -> int:
+    """Slots a store for `needed` slots holds: the spare ones too."""
+    return needed + max(SPARE_SLOTS_MIN, needed // 8)
+
+
+def _repeated_store(current: torch.Tensor, times: int, room: int) -> torch.Tensor:
+    """A store holding every row of `current` `[batch, heads, slots, dim]` `times` times in a
+    row (one copy), with room for `room` more slots and spare ones (none at all for no room:
+    an exact copy)."""
+    batch, heads, slots, dim = current.shape
+    store = current.new_empty(batch * times, heads, _capacity(slots + room) if room else slots, dim)
+    store.view(batch, times, heads, -1, dim)[:, :, :, :slots] = current[:, None]
+    return store
+
+
+def _stacked_store(parts: list[torch.Tensor], slots: int) -> torch.Tensor:
+    """A store holding `parts`' rows one batch below the other (one copy), each padded with
+    zeros to `slots` slots (a hidden slot must hold finite values: the attention multiplies
+    its value by a zero weight), with spare slots."""
+    first = parts[0]
+    store = first.new_empty(sum(part.shape[0] for part in parts), first.shape[1], _capacity(slots), first.shape[3])
+    row = 0
+    for part in parts:
+        rows, filled = part.shape[0], part.shape[2]
+        store[row:row + rows, :, :filled] = part
+        store[row:row + rows, :, filled:slots].zero_()
+        row += rows
     return store
 
 
@@ -179,19 +216,27 @@ class BatchKV:
                 layer.values = layer.values.index_select(0, layer_index)
         self.valid = self.valid.index_select(0, index)
 
-    def repeat_rows(self, times: int) -> BatchKV:
-        """A new batch with every row repeated `times` times (shared prompt prefill)."""
+    def repeat_rows(self, times: int, room: int = 0) -> BatchKV:
+        """A new batch with every row repeated `times` times (shared prompt prefill), with
+        room for `room` more slots before its first copy into a larger store."""
         clone = BatchKV(growing_cache(), self.valid.repeat_interleave(times, dim=0))
-        if _has_layers(self.cache):
-            clone._copy_layers_from(self, lambda t: t.repeat_interleave(times, dim=0))
+        for layer in _layers(self.cache) if _has_layers(self.cache) else []:
+            repeated = GrowingLayer()
+            repeated.hold(_repeated_store(layer.keys, times, room), _repeated_store(layer.values, times, room),
+                          layer.keys.shape[2])
+            clone.cache.layers.append(repeated)
         return clone
 
-    def first_slots(self, slots: int) -> BatchKV:
+    def first_slots(self, slots: int, room: int = 0) -> BatchKV:
         """A new batch holding copies of this batch's first `slots` slots (a prompt's prefix
-        when the rows were prefilled in order)."""
+        when the rows were prefilled in order), with room for `room` more slots before its
+        first copy into a larger store (0: an exact copy)."""
         head = BatchKV(growing_cache(), self.valid[:, :slots].clone())
-        if _has_layers(self.cache):
-            head._copy_layers_from(self, lambda t: t[:, :, :slots].clone())
+        for layer in _layers(self.cache) if _has_layers(self.cache) else []:
+            copied = GrowingLayer()
+            copied.hold(_repeated_store(layer.keys[:, :, :slots], 1, room),
+                        _repeated_store(layer.values[:, :, :slots], 1, room), slots)
+            head.cache.layers.append(copied)
         return head
 
     def split_rows(self) -> list[BatchKV]:
@@ -219,24 +264,14 @@ class BatchKV:
         elif not _has_layers(self.cache):
             self._materialize_like(other)
         width = max(self.num_slots, other.num_slots)
-        self._pad_slots(width)
-        other._pad_slots(width)
         for mine, theirs in zip(_layers(self.cache), _layers(other.cache)):
-            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
-            mine.values = torch.cat([mine.values, theirs.values], dim=0)
-        self.valid = torch.cat([self.valid, other.valid], dim=0)
-
-    def _pad_slots(self, width: int) -> None:
-        extra = width - self.num_slots
-        if extra <= 0:
-            return
-        for layer in _layers(self.cache):
-            pad_shape = (*layer.keys.shape[:2], extra, layer.keys.shape[3])
-            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(pad_shape)], dim=2)
-            pad_shape = (*layer.values.shape[:2], extra, layer.values.shape[3])
-            layer.values = torch.cat([layer.values, layer.values.new_zeros(pad_shape)], dim=2)
-        padding = torch.zeros(self.batch_size, extra, dtype=torch.bool, device=self.valid.device)
-        self.valid = torch.cat([self.valid, padding], dim=1)
+            key_store = _stacked_store([mine.keys, theirs.keys], width)
+            value_store = _stacked_store([mine.values, theirs.values], width)
+            if isinstance(mine, GrowingLayer):
+                mine.hold(key_store, value_store, width)
+            else:
+                mine.keys, mine.values = key_store[:, :, :width], value_store[:, :, :width]
+        self.valid = torch.cat([_padded(self.valid, width), _padded(other.valid, width)], dim=0)
 
     def _materialize_like(self, template: BatchKV) -> None:
         """Give a cache that never saw a token (rows with no slots) empty layers shaped like `template`'s."""
@@ -248,6 +283,12 @@ class BatchKV:
     def _copy_layers_from(self, source: BatchKV, transform) -> None:
         for layer_index, layer in enumerate(_layers(source.cache)):
             self.cache.update(transform(layer.keys), transform(layer.values), layer_index)
+
+
+def _padded(valid: torch.Tensor, width: int) -> torch.Tensor:
+    """`valid` `[batch, slots]` widened to `width` slots with invalid ones."""
+    extra = width - valid.shape[1]
+    return valid if extra <= 0 else torch.cat([valid, valid.new_zeros(valid.shape[0], extra)], dim=1)
 
 
 def _has_layers(cache) -> bool:

@@ -97,9 +97,9 @@ def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
         else:
             (kv, forwards), prefix_features = prefill_cached(model, prefix), None
             done.forwards += forwards
-        if len(members) > 1:
-            kv = kv.repeat_rows(len(members))
         suffixes = [token_lists[m][length:] for m in members]
+        if len(members) > 1:
+            kv = kv.repeat_rows(len(members), room=max(len(s) for s in suffixes))
         suffix_features = None
         if max(len(s) for s in suffixes) <= pending_up_to:
             for member, suffix in zip(members, suffixes):

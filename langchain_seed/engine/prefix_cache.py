@@ -66,7 +66,7 @@ class PrefixStore:
                 return 0, None
             self._entries.move_to_end(best_key)
             self.reused_tokens += best
-            return best, self._entries[best_key].first_slots(best)
+            return best, self._entries[best_key].first_slots(best, room=len(tokens) - best)
 
     def clear(self) -> None:
         """Drop every stored prompt."""

@@ -63,3 +63,34 @@ def test_first_slots_is_a_copy():
     head = kv.first_slots(4)
     next(_layers(head.cache)).keys.zero_()
     assert _slot_values(kv) == [float(i) for i in range(10)] and head.num_slots == 4
+
+
+def test_copies_made_with_room_take_their_next_appends_in_place():
+    """`repeat_rows`, `first_slots` and `concat` copy once, into stores with room: the appends
+    that follow (a prompt's suffixes, the first verification) write there without a copy."""
+    kv = BatchKV.empty(1)
+    _grow(kv, 10, 0)
+    repeated = kv.repeat_rows(3, room=6)
+    head = kv.first_slots(4, room=6)
+    assert repeated.valid_counts().tolist() == [10, 10, 10] and _slot_values(head) == [0.0, 1.0, 2.0, 3.0]
+    for copy, size in ((repeated, 10), (head, 4)):
+        store = next(_layers(copy.cache)).keys.data_ptr()
+        _grow(copy, 6, size)
+        assert next(_layers(copy.cache)).keys.data_ptr() == store
+    assert [row[0, :, 0].tolist() for row in next(_layers(repeated.cache)).keys] == [
+        [float(i) for i in range(16)]] * 3
+    assert next(_layers(kv.repeat_rows(2).cache)).keys.shape == (2, 2, 10, 8)  # no room: an exact copy
+
+
+def test_rows_joined_by_concat_pad_with_zeros_and_grow_in_place():
+    short, long = BatchKV.empty(1), BatchKV.empty(2)
+    _grow(short, 3, 0)
+    _grow(long, 7, 10)
+    short.concat(long)
+    layer = next(_layers(short.cache))
+    assert short.valid.tolist() == [[True] * 3 + [False] * 4, [True] * 7, [True] * 7]
+    assert layer.keys[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert layer.keys[2, 1, :, 0].tolist() == [float(10 + i) for i in range(7)]
+    store = layer.keys.data_ptr()
+    _grow(short, 2, 50)
+    assert layer.keys.data_ptr() == store and layer.keys[1, 0, 7:, 0].tolist() == [50.0, 51.0]
