@@ -8,7 +8,8 @@ layer as `layers.layer_on_kernels` computes it, and the final norm. The bits are
 layers' own; what it removes is the Python around them: transformers' decorators and
 output capture, thirty layer module calls, and the checks `layers.native_layer_forward`
 makes per layer (row limit, rotary inputs, keyword arguments, the attention's route),
-here made once per forward. That is about 1-2 ms of a 30-layer forward (BENCHMARKS.md).
+here made once per forward: 0.7-0.9 ms of the default target's 30-layer forward at
+decoding sizes (docs/BENCHMARKS.md).
 
 Everything else goes to the decoder's own forward, whose layers stay routed one by one:
 other kernels, autograd, training mode, `inputs_embeds`, no cache, a keyword argument or
@@ -141,8 +142,9 @@ def _applies(decoder: Any, input_ids, position_ids, cache, inputs_embeds, kwargs
 
 
 def _has_global_hooks() -> bool:
+    """Whether torch has forward hooks registered for every module (which module calls run)."""
     module = torch.nn.modules.module
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    return bool(getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None))
 
 
 def _fits_layers(facts: _DecoderFacts, hidden_states: torch.Tensor, position_embeddings) -> bool:

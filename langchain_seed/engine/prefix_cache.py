@@ -25,6 +25,7 @@ from langchain_seed.engine import native
 from langchain_seed.engine.cache import BatchKV
 from langchain_seed.engine.forward import causal_row, forward_hidden, prefill
 from langchain_seed.engine.routing import needs_engine_forward
+from langchain_seed.engine.weights.convert import decoder_layers
 
 MIN_REUSE = 16
 """The fewest shared tokens worth a copy of the stored cache."""
@@ -114,9 +115,13 @@ def store_for(model) -> PrefixStore | None:
 
 def _computed_alike_at_every_size(model) -> bool:
     """`batch_invariant` modules (`routing.needs_engine_forward`) where they run on the C
-    kernels: on the CPU, with the kernels built here."""
+    kernels (on the CPU, with the kernels built here), and no dense `nn.Linear` among the
+    decoder layers (past the native row limit it would take torch's matmuls)."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return (first is None or first.device.type == "cpu") and native.available() and needs_engine_forward(model)
+    layers = decoder_layers(model)
+    dense = layers is not None and any(type(module) is torch.nn.Linear for module in layers.modules())
+    return ((first is None or first.device.type == "cpu") and native.available() and not dense
+            and needs_engine_forward(model))
 
 
 def forget_prompts(model) -> None:

@@ -62,6 +62,10 @@ def test_a_prompt_sharing_a_stored_prefix_prefills_only_the_rest(kind, stem):
 def test_a_dense_float_model_keeps_no_store():
     model = build_model("llama", seed=8)
     assert store_for(model) is None
+    partly = build_model("llama", seed=8)  # blocks, but one dense linear left in a layer
+    quantize_model(partly, "int4")
+    partly.model.layers[1].mlp.down_proj = torch.nn.Linear(64, 32, bias=False)
+    assert store_for(partly) is None
     kv, forwards = prefill_cached(model, STEM)
     assert forwards == 1 and kv.num_slots == len(STEM)
 
