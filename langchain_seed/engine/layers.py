@@ -69,16 +69,27 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
     return layer_on_kernels(layer, hidden_states, position_embeddings, attention_mask, cache)[0]
 
 
+ATTENTION_CHUNK_ROWS = 64
+"""Query rows per native call in a long forward (a prefill): each chunk of rows attends
+only up to the last key any of them sees. The keys after it are masked for every row of
+the chunk and would add exact zeros, so the bits are the same, for about half the
+attention work of a causal prefill (docs/BENCHMARKS.md)."""
+
+
 @dataclass(frozen=True)
 class AttentionRoute:
     """How a layer's attention runs for keys of `key_shape`: on the native kernel with
     `mask` (`kernels.native_attention_mask`), or through `kernels.engine_attention`. Layers
     of one model with the same attention settings take the same route for the same
-    query, keys and mask, so a model forward decides it once (`layer_on_kernels`)."""
+    query, keys and mask, so a model forward decides it once (`layer_on_kernels`).
+    `chunks`: for a long native call, its query rows `[start, stop)`, the keys they see
+    (`[0, keys)`) and their part of the mask (`[batch, 1, stop - start, keys]`,
+    contiguous); empty: one call."""
 
     key_shape: torch.Size
     native: bool
     mask: torch.Tensor | None
+    chunks: tuple[tuple[int, int, int, torch.Tensor], ...] = ()
 
 
 def layer_on_kernels(layer: Any, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
@@ -105,6 +116,10 @@ def layer_on_kernels(layer: Any, hidden_states: torch.Tensor, position_embedding
     if route is None or route.key_shape != key.shape:
         route = _attention_route(attention, query, key, value, attention_mask)
     if fused is not None and route.native:
+        if route.chunks:
+            return torch.cat([native.layer_rest(fused, hidden_states[:, start:stop], query[:, :, start:stop],
+                                                key[:, :, :keys], value[:, :, :keys], mask, attention.scaling)
+                              for start, stop, keys, mask in route.chunks], dim=1), route
         return native.layer_rest(fused, hidden_states, query, key, value, route.mask, attention.scaling), route
     attended, _ = kernels.engine_attention(attention, query, key, value, attention_mask, scaling=attention.scaling)
     hidden_states = hidden_states + _project(attention.o_proj, attended.flatten(2))
@@ -116,8 +131,28 @@ def layer_on_kernels(layer: Any, hidden_states: torch.Tensor, position_embedding
 def _attention_route(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None) -> AttentionRoute:
     if kernels.takes_native_attention(attention, query, key, value, attention_mask):
-        return AttentionRoute(key.shape, True, kernels.native_attention_mask(query, attention_mask))
+        mask = kernels.native_attention_mask(query, attention_mask)
+        return AttentionRoute(key.shape, True, mask, _query_chunks(mask))
     return AttentionRoute(key.shape, False, None)
+
+
+def _query_chunks(mask: torch.Tensor | None) -> tuple[tuple[int, int, int, torch.Tensor], ...]:
+    """`AttentionRoute.chunks` for an additive mask `[batch, 1, new, slots]`: chunks of
+    `ATTENTION_CHUNK_ROWS` query rows, each up to 1 + the last key a row of it sees (all of
+    them where a row sees none: its softmax would change); none unless a chunk saves keys."""
+    if mask is None or mask.shape[2] <= ATTENTION_CHUNK_ROWS:
+        return ()
+    rows, slots = mask.shape[2], mask.shape[3]
+    hidden = mask[:, 0] < torch.finfo(mask.dtype).min / 2  # -inf, or the engine's masks' float minimum
+    seen = (~hidden) * torch.arange(1, slots + 1)  # [batch, new, slots]: 1 + the slot where visible
+    last = seen.amax(dim=-1)  # [batch, new]: 1 + the last visible slot, 0 for none
+    chunks = []
+    for start in range(0, rows, ATTENTION_CHUNK_ROWS):
+        stop = min(rows, start + ATTENTION_CHUNK_ROWS)
+        block = last[:, start:stop]
+        keys = slots if bool((block == 0).any()) else int(block.max())
+        chunks.append((start, stop, keys, mask[:, :, start:stop, :keys].contiguous()))
+    return tuple(chunks) if any(keys < slots for _, _, keys, _ in chunks) else ()
 
 
 def _applies(layer: Any, hidden_states: torch.Tensor, position_embeddings, kwargs) -> bool:

@@ -198,3 +198,32 @@ def test_an_int8_linear_whose_outputs_are_not_whole_groups_is_not_given_to_the_l
     assert layers._kernel_linear(whole)[0] == "int8"
     with pytest.raises(ValueError, match="not whole groups of 8"):
         layers._kernel_linear(padded)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_long_forward_attends_in_chunks_of_rows_with_the_same_bits(tiny_target, masked, monkeypatch):
+    """Past `ATTENTION_CHUNK_ROWS` query rows the native attention runs chunk by chunk, each
+    up to the last key its rows see: logits and cache bit for bit those of one call. The
+    masked case hides some keys of one row and lets another see none of the new tokens but
+    its own (padding)."""
+    from transformers import DynamicCache
+
+    model = copy.deepcopy(tiny_target)
+    quantize_model(model, "int4")  # blocks: every size on the native kernels, attention included
+    new = layers.ATTENTION_CHUNK_ROWS * 2 + 11
+    ids, positions, mask = _masked_step(2, 0, new)
+    if masked:
+        mask[1, 0, 40:] = torch.finfo(torch.float32).min
+        mask[1, 0, 40:].diagonal().zero_()
+    results, calls = [], []
+    layer_rest = native.layer_rest
+    monkeypatch.setattr(native, "layer_rest", lambda *a: calls.append(a[2].shape[2]) or layer_rest(*a))
+    with routing.install(model):
+        for chunk_rows in (layers.ATTENTION_CHUNK_ROWS, 10**6):
+            monkeypatch.setattr(layers, "ATTENTION_CHUNK_ROWS", chunk_rows)
+            cache = DynamicCache()
+            logits = _forward(model, ids, cache, mask if masked else None, position_ids=positions)
+            results.append((logits, [layer.keys.clone() for layer in cache.layers]))
+    assert calls[:3] == [64, 64, 11] and calls[6:] == [new, new]  # 2 layers x 3 chunks, then 2 layers x 1 call
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
