@@ -69,11 +69,12 @@ def native_layer_forward(layer: Any, replaced: Callable, hidden_states: torch.Te
     return layer_on_kernels(layer, hidden_states, position_embeddings, attention_mask, cache)[0]
 
 
-ATTENTION_CHUNK_ROWS = 64
+ATTENTION_CHUNK_ROWS = 128
 """Query rows per native call in a long forward (a prefill): each chunk of rows attends
 only up to the last key any of them sees. The keys after it are masked for every row of
-the chunk and would add exact zeros, so the bits are the same, for about half the
-attention work of a causal prefill (docs/BENCHMARKS.md)."""
+the chunk and would add exact zeros, so the bits are the same, for a third less attention
+work in a causal prefill of 300 tokens. Shorter forwards stay one call: split, their
+linears run on smaller tiles and cost more than the attention saves (docs/BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)

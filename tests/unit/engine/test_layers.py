@@ -210,20 +210,22 @@ def test_a_long_forward_attends_in_chunks_of_rows_with_the_same_bits(tiny_target
 
     model = copy.deepcopy(tiny_target)
     quantize_model(model, "int4")  # blocks: every size on the native kernels, attention included
-    new = layers.ATTENTION_CHUNK_ROWS * 2 + 11
+    chunk = layers.ATTENTION_CHUNK_ROWS
+    new = chunk + 11
     ids, positions, mask = _masked_step(2, 0, new)
     if masked:
-        mask[1, 0, 40:] = torch.finfo(torch.float32).min
-        mask[1, 0, 40:].diagonal().zero_()
+        own = torch.arange(120, new)
+        mask[1, 0, 120:] = torch.finfo(torch.float32).min
+        mask[1, 0, own, own] = 0.0  # these rows see only their own slot, as padding does
     results, calls = [], []
     layer_rest = native.layer_rest
     monkeypatch.setattr(native, "layer_rest", lambda *a: calls.append(a[2].shape[2]) or layer_rest(*a))
     with routing.install(model):
-        for chunk_rows in (layers.ATTENTION_CHUNK_ROWS, 10**6):
+        for chunk_rows in (chunk, 10**6):
             monkeypatch.setattr(layers, "ATTENTION_CHUNK_ROWS", chunk_rows)
             cache = DynamicCache()
             logits = _forward(model, ids, cache, mask if masked else None, position_ids=positions)
             results.append((logits, [layer.keys.clone() for layer in cache.layers]))
-    assert calls[:3] == [64, 64, 11] and calls[6:] == [new, new]  # 2 layers x 3 chunks, then 2 layers x 1 call
+    assert calls == [chunk, 11, chunk, 11, new, new]  # 2 layers x 2 chunks, then 2 layers x 1 call
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
