@@ -64,3 +64,25 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
 
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [7, 8], [3]]
+
+
+def masked_step(batch: int, context: int, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """New token ids `[batch, new]`, their positions and a 4-D additive float mask
+    `[batch, 1, new, context + new]` hiding cached slots 2-4 of row 0 and keeping the new
+    tokens causal."""
+    torch.manual_seed(context + new)
+    ids = torch.randint(3, 100, (batch, new))
+    positions = torch.arange(context, context + new).expand(batch, new)
+    visible = torch.ones(batch, new, context + new, dtype=torch.bool)
+    visible[:, :, context:] = torch.ones(new, new, dtype=torch.bool).tril()
+    visible[0, :, 2:5] = False
+    mask = torch.zeros(visible.shape).masked_fill_(~visible, torch.finfo(torch.float32).min)
+    return ids, positions, mask[:, None]
+
+
+def record_decisions(monkeypatch, module, name: str = "_applies") -> list[bool]:
+    """Patch `module.name` (a predicate) to also append each answer to the returned list."""
+    decisions: list[bool] = []
+    decide = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: decisions.append(decide(*args)) or decisions[-1])
+    return decisions

@@ -11,7 +11,7 @@ import torch
 from langchain_seed.engine import decoder, kernels, layers, routing
 from langchain_seed.engine.weights.convert import quantize_model, use_int8_activations
 
-from engine_fixtures import needs_kernel
+from engine_fixtures import masked_step, needs_kernel, record_decisions
 
 pytestmark = needs_kernel
 
@@ -19,10 +19,7 @@ pytestmark = needs_kernel
 @pytest.fixture
 def taken(monkeypatch) -> list[bool]:
     """Whether each decoder call took the native path, in order."""
-    decisions = []
-    applies = decoder._applies
-    monkeypatch.setattr(decoder, "_applies", lambda *a: decisions.append(applies(*a)) or decisions[-1])
-    return decisions
+    return record_decisions(monkeypatch, decoder)
 
 
 @pytest.fixture
@@ -32,26 +29,13 @@ def routed(tiny_target):
         yield model
 
 
-def _step_inputs(batch: int, context: int, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """New token ids `[batch, new]`, their positions and a 4-D float mask hiding a few of
-    the cached slots of row 0 and keeping the new tokens causal."""
-    torch.manual_seed(context * 7 + new)
-    ids = torch.randint(3, 100, (batch, new))
-    positions = torch.arange(context, context + new).expand(batch, new)
-    visible = torch.ones(batch, new, context + new, dtype=torch.bool)
-    visible[:, :, context:] = torch.ones(new, new, dtype=torch.bool).tril()
-    visible[0, :, 2:5] = False
-    mask = torch.zeros(visible.shape).masked_fill_(~visible, torch.finfo(torch.float32).min)
-    return ids, positions, mask[:, None]
-
-
 def _prompt_and_step(model, batch: int, new: int, masked: bool):
     """Logits of a 20-token prompt then of `new` tokens over it, and the cache's keys."""
     from transformers import DynamicCache
 
     torch.manual_seed(batch)
     prompt = torch.randint(3, 100, (batch, 20))
-    ids, positions, mask = _step_inputs(batch, 20, new)
+    ids, positions, mask = masked_step(batch, 20, new)
     cache = DynamicCache()
     with torch.inference_mode(), kernels.engine_kernels("native"):
         model(input_ids=prompt, cache=cache, use_cache=True)

@@ -12,7 +12,7 @@ from langchain_seed.engine import decoder, kernels, layers, native, routing
 from langchain_seed.engine.weights.convert import quantize_model, use_int8_activations
 
 import numerics
-from engine_fixtures import needs_kernel
+from engine_fixtures import masked_step, needs_kernel, record_decisions
 
 pytestmark = needs_kernel
 
@@ -31,28 +31,13 @@ def routed(tiny_target, monkeypatch):
 @pytest.fixture
 def taken(monkeypatch) -> list[bool]:
     """Whether each layer call took the native path, in order."""
-    decisions = []
-    applies = layers._applies
-    monkeypatch.setattr(layers, "_applies", lambda *a: decisions.append(applies(*a)) or decisions[-1])
-    return decisions
+    return record_decisions(monkeypatch, layers)
 
 
 def _forward(model, ids: torch.Tensor, cache=None, mask: torch.Tensor | None = None, kernel: str | None = "native",
              **extra) -> torch.Tensor:
     with torch.inference_mode(), kernels.engine_kernels(kernel):
         return model(input_ids=ids, cache=cache, attention_mask=mask, use_cache=cache is not None, **extra).logits
-
-
-def _masked_step(batch: int, context: int, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """New token ids, their positions and a mask hiding some cached slots."""
-    torch.manual_seed(context + new)
-    ids = torch.randint(3, 100, (batch, new))
-    positions = torch.arange(context, context + new).expand(batch, new)
-    visible = torch.ones(batch, new, context + new, dtype=torch.bool)
-    visible[:, :, context:] = torch.ones(new, new, dtype=torch.bool).tril()
-    visible[0, :, 2:5] = False
-    mask = torch.zeros(visible.shape).masked_fill_(~visible, torch.finfo(torch.float32).min)
-    return ids, positions, mask[:, None]
 
 
 def test_the_default_pairs_layer_class_is_supported(routed):
@@ -67,7 +52,7 @@ def test_native_layers_give_the_routed_layers_bits(routed, taken, batch, new, mo
 
     context = 20
     prompt = torch.randint(3, 100, (batch, context))
-    ids, positions, mask = _masked_step(batch, context, new)
+    ids, positions, mask = masked_step(batch, context, new)
     results = {}
     for path in ("native", "routed"):
         if path == "routed":
@@ -84,7 +69,7 @@ def test_native_layers_give_the_routed_layers_bits(routed, taken, batch, new, mo
 def test_native_layers_match_the_stock_model(tiny_target, routed):
     """Native layers and the stock model both within float32 rounding of the float64 model
     (numerics.llama_logits, itself checked against the stock model run in float64)."""
-    ids, positions, mask = _masked_step(2, 0, 7)
+    ids, positions, mask = masked_step(2, 0, 7)
     reference = numerics.llama_logits(tiny_target, ids, positions, mask)
     in_float64 = _forward(copy.deepcopy(tiny_target).double(), ids, mask=mask.double(), kernel=None,
                           position_ids=positions)
@@ -133,7 +118,7 @@ def test_a_layer_in_two_native_calls_gives_the_kernel_by_kernel_bits(tiny_target
         if weights.endswith("activations"):
             use_int8_activations(model)
     prompt = torch.randint(3, 100, (batch, 20))
-    ids, positions, mask = _masked_step(batch, 20, new)
+    ids, positions, mask = masked_step(batch, 20, new)
     calls = []
     layer_qkv = native.layer_qkv
     monkeypatch.setattr(native, "layer_qkv", lambda *a: calls.append(1) or layer_qkv(*a))
@@ -212,7 +197,7 @@ def test_a_long_forward_attends_in_chunks_of_rows_with_the_same_bits(tiny_target
     quantize_model(model, "int4")  # blocks: every size on the native kernels, attention included
     chunk = layers.ATTENTION_CHUNK_ROWS
     new = chunk + 11
-    ids, positions, mask = _masked_step(2, 0, new)
+    ids, positions, mask = masked_step(2, 0, new)
     if masked:
         own = torch.arange(120, new)
         mask[1, 0, 120:] = torch.finfo(torch.float32).min
