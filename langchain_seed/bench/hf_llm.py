@@ -128,7 +128,7 @@ def hf_generate(model, prompt_ids: Sequence[Sequence[int]], max_tokens: int, tok
         kwargs["do_sample"] = False
     from langchain_seed.engine.routing import engine_forward, needs_engine_forward
 
-    # A model with 8-bit activations is defined by the engine's kernels (`engine_forward`).
+    # A model in blocks or with 8-bit activations is defined by the engine's kernels (`engine_forward`).
     computed_as_defined = engine_forward(model) if needs_engine_forward(model) else contextlib.nullcontext()
     with torch.inference_mode(), computed_as_defined:
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),

@@ -91,8 +91,9 @@ the engines on it)."""
 def engine_forward(model: torch.nn.Module) -> Iterator[None]:
     """Within this block, in this thread, `model`'s own forward (transformers' `generate`,
     say) runs on the engine's native kernels, exactly as the engine computes it. A model
-    with 8-bit activations (`needs_engine_forward`) is defined by those kernels: run its
-    transformers baselines and references here."""
+    computed alike at every size (`needs_engine_forward`: weights in blocks or 8-bit
+    activations) is defined by those kernels: run its transformers baselines and
+    references here."""
     routing = install(model)
     try:
         with engine_kernels("native"):
@@ -102,9 +103,9 @@ def engine_forward(model: torch.nn.Module) -> Iterator[None]:
 
 
 def needs_engine_forward(model: torch.nn.Module) -> bool:
-    """Whether any of `model`'s modules must compute every row the same way at any batch
-    size (`batch_invariant`: the 8-bit-activation linears), so that only the engine's
-    kernels compute the model (`engine_forward`)."""
+    """Whether any of `model`'s modules computes every row the same way at any batch size
+    (`batch_invariant`: the linears kept in blocks and the 8-bit-activation linears), so
+    that the engine's kernels define the model (`engine_forward`)."""
     return any(getattr(module, "batch_invariant", False) for module in model.modules())
 
 
