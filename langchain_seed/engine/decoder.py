@@ -74,9 +74,10 @@ def _facts(decoder: Any) -> _DecoderFacts:
 
 
 def _attention_settings(attention: Any) -> tuple:
-    """What `kernels.takes_native_attention` reads of an attention module besides its inputs."""
+    """What `kernels.takes_native_attention` reads of an attention module besides its inputs
+    (and the module's class)."""
     return (type(attention), attention.head_dim, getattr(attention, "num_key_value_groups", 1),
-            kernels.batch_invariant(attention), getattr(attention, "is_causal", True))
+            kernels.batch_invariant(attention))
 
 
 def native_decoder_forward(decoder: Any, replaced, input_ids: torch.Tensor | None = None,

@@ -71,11 +71,8 @@ def verify_batch(
     for i, (sequence, row_tree, draft) in enumerate(zip(sequences, trees, drafts)):
         pending = sequence.target_pending
         kept = slice(pending - 1 - skip, pending - skip + row_tree.size)  # the root and the nodes
-        if best is not None and _plain_greedy(sequence):
-            node_tokens = draft.node_tokens if draft is not None else []
-            acceptance = accept_greedy(row_tree, node_tokens, best[i, kept].tolist())
-        else:
-            acceptance = accept_row(sequence, row_tree, draft, logits[i, kept], acceptance_rule)
+        acceptance = accept_row(sequence, row_tree, draft, logits[i, kept], acceptance_rule,
+                                best[i, kept].tolist() if best is not None else None)
         new_valid[i, :pending] = True
         new_valid[i, [pending + node for node in acceptance.path]] = True
         record_verification(sequence, row_tree, acceptance)
@@ -91,10 +88,15 @@ def _plain_greedy(sequence: SequenceState) -> bool:
     return sequence.params.greedy and sequence.masks is None
 
 
-def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, row_logits, rule: str) -> Acceptance:
-    """Apply the request's acceptance rule to one row. row_logits: `[1 + nodes, vocab]`."""
+def accept_row(sequence: SequenceState, tree: DraftTree, draft: Draft | None, row_logits, rule: str,
+               best_tokens: list[int] | None = None) -> Acceptance:
+    """Apply the request's acceptance rule to one row. row_logits: `[1 + nodes, vocab]`;
+    best_tokens: their argmax per row where the caller took it (`greedy_tokens`), which a
+    greedy row without a grammar uses as it is."""
     params = sequence.params
     node_tokens = draft.node_tokens if draft is not None else []
+    if _plain_greedy(sequence) and best_tokens is not None:
+        return accept_greedy(tree, node_tokens, best_tokens)
     if sequence.masks is not None:
         row_logits = constrained_logits(sequence, tree, node_tokens, row_logits)
     if params.greedy:

@@ -17,19 +17,18 @@ from engine_fixtures import build_model, hf_greedy, needs_kernel, noisy_copy
 pytestmark = needs_kernel
 
 
-def int8_model(seed: int):
-    """A model whose rows are computed the same way at every size, with 8-bit activations."""
+def blocks_model(seed: int):
+    """A float model with its weights kept in blocks (`QuantizedLinear`, the default pair's
+    kind): it computes every row the same way at every size, so it keeps a store."""
     model = build_model("llama", seed=seed)
     quantize_model(model, "int4")
-    use_int8_activations(model)
     return model
 
 
-def blocks_model(seed: int):
-    """A float model with its weights kept in blocks (`QuantizedLinear`, the default pair's
-    kind): it too computes every row the same way at every size, so it keeps a store."""
-    model = build_model("llama", seed=seed)
-    quantize_model(model, "int4")
+def int8_model(seed: int):
+    """The same with 8-bit activations."""
+    model = blocks_model(seed)
+    use_int8_activations(model)
     return model
 
 
