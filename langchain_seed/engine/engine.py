@@ -231,7 +231,10 @@ class SeedEngine:
                 continue
             key = id(model)
             if key not in self._mask_support:
-                self._mask_support[key] = supports_tree_mask(model)
+                # on the kernels the engine's forwards use: off them a model in blocks would
+                # dequantise every weight and its whole head for three tokens (186 MB at once)
+                with kernels.engine_kernels(self.linear_kernel, self.row_limits):
+                    self._mask_support[key] = supports_tree_mask(model)
             if not self._mask_support[key]:
                 name = type(model).__name__
                 what = f"a tree k_config {config.k_config}" if config.is_tree else "scheduled decoding"

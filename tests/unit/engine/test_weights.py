@@ -172,3 +172,29 @@ def test_every_mode_reproduces_the_quantised_targets_greedy_output(weights, k_co
         assert [r.token_ids for r in results] == reference, (mode, verify)
         if mode != "autoregressive":
             assert 0 < results.stats.acceptance_rate < 1, "the draft must be partly right for the test to mean anything"
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["speculative", "scheduled"])
+def test_a_target_in_blocks_never_builds_a_whole_dense_weight_for_a_request(monkeypatch, mode):
+    """Every forward of a request, the engine's first check whether the target takes tree
+    masks included, runs on the quantised kernels: dequantising a whole weight (the default
+    target's head alone is 113 MB of float32) would only raise the peak memory."""
+    target = build_model("llama")
+    draft = noisy_copy(target, 0.02)
+    quantize_model(target, "int4")
+    whole_weights: list[tuple[int, int]] = []
+    dense_weight = QuantizedLinear.weight.fget
+
+    def counted(linear):
+        whole_weights.append((linear.out_features, linear.in_features))
+        return dense_weight(linear)
+
+    monkeypatch.setattr(QuantizedLinear, "weight", property(counted))
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 2, 1)))
+    try:
+        results = engine.generate(PROMPTS, SamplingParams(max_tokens=8), mode=mode)
+    finally:
+        engine.close()
+    assert all(len(r.token_ids) == 8 for r in results)
+    assert whole_weights == []
