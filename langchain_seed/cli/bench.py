@@ -150,22 +150,24 @@ def load_bench_models(args: argparse.Namespace):
     if "hf_assisted_serial" in args.methods and draft is not None and is_feature_draft_dir(draft):
         raise SystemExit(f"--draft {draft} is a feature draft, which transformers' assisted generation cannot "
                          "run: pass a token draft as --draft and the feature draft as --seed-draft")
-    # The draft as loaded is the transformers methods' assistant: float32 (the seed methods'
-    # copy takes --draft-activations below).
-    loaded = load_models(target, draft if needs_draft else None, dtype=args.dtype, weights=args.weights,
-                         activations=args.activations, draft_activations="float32")
+    # A float32 draft is kept only for transformers' assisted generation; the seed methods'
+    # draft takes --draft-activations (its own copy when the assistant runs too), so their
+    # memory is what `SeedLLM` would hold.
+    assistant = "hf_assisted_serial" in args.methods
+    seeds = needs_draft and any(m in SEED_METHODS for m in args.methods)
+    own_seed_draft = seeds and seed_draft is not None
+    loaded = load_models(target, draft if assistant or (seeds and not own_seed_draft) else None, dtype=args.dtype,
+                         weights=args.weights, activations=args.activations,
+                         draft_activations="float32" if assistant else args.draft_activations)
     device = torch.device(args.device)
     loaded.target.to(device)
     if loaded.draft is not None:
         loaded.draft.to(device)
-    seed_model = None
-    if needs_draft and seed_draft is not None and any(m in SEED_METHODS for m in args.methods):
-        seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
-    if (needs_draft and any(m in SEED_METHODS for m in args.methods)
-            and draft_takes_int8(args.draft_activations, seed_model or loaded.draft)):
-        # The seed methods' draft only (a copy of its own): assisted generation keeps the float32 one.
-        if seed_model is None:
-            seed_model = load_draft(draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
+    seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device) \
+        if own_seed_draft else None
+    if seeds and assistant and seed_model is None and draft_takes_int8(args.draft_activations, loaded.draft):
+        seed_model = load_draft(draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
+    if seed_model is not None and draft_takes_int8(args.draft_activations, seed_model):
         int8_draft_layers(seed_model)
     hf_target, hf_draft, seed_target, seed_model = _float_baselines(args, loaded, draft, seed_model)
     head_ids = _head_ids(draft) if needs_draft else None
@@ -188,7 +190,8 @@ def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
             or not any(m in HF_METHODS for m in args.methods)):
         return loaded.target, loaded.draft, None, seed_model
     dense = dequantized_copy(loaded.target)
-    dense_draft = load_draft(draft, dense, loaded.tokenizer) if loaded.draft is not None else None
+    assistant = "hf_assisted_serial" in args.methods
+    dense_draft = load_draft(draft, dense, loaded.tokenizer) if assistant and loaded.draft is not None else None
     return dense, dense_draft, loaded.target, seed_model if seed_model is not None else loaded.draft
 
 

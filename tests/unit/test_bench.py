@@ -242,6 +242,32 @@ def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_
     assert len(list((tmp_path / "home" / "bench-reference").glob("*.json"))) == 1
 
 
+@pytest.mark.parametrize("methods", ["seed_batched", "hf_ar_serial,seed_batched", "hf_assisted_serial,seed_batched"])
+def test_the_seed_methods_hold_the_draft_seedllm_holds_and_a_float32_one_only_for_the_assistant(
+        tiny_target, tiny_draft, tiny_tokenizer, tmp_path, methods):
+    """Only transformers' assisted generation gets a float32 draft; the seed methods' draft
+    takes --draft-activations (int8 here), so their memory is what `SeedLLM` would hold."""
+    from langchain_seed.cli import bench as cli
+    from langchain_seed.engine.weights.int8_dot import Int8Linear
+
+    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
+    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
+        model.save_pretrained(directory)
+        tiny_tokenizer.save_pretrained(directory)
+    args = _parse(["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--methods", methods,
+                   "--draft-activations", "int8"])
+    models = cli.load_bench_models(args)
+
+    def int8_linears(model) -> int:
+        return sum(isinstance(module, Int8Linear) for module in model.modules())
+
+    assert int8_linears(models.engine_draft) > 0
+    if "hf_assisted_serial" in methods:
+        assert models.draft is not models.engine_draft and int8_linears(models.draft) == 0
+    else:
+        assert models.seed_draft is None and models.draft is models.engine_draft
+
+
 def test_reference_outputs_persist_per_model(models, tmp_path):
     calls = []
 
