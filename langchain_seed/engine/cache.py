@@ -249,29 +249,45 @@ class BatchKV:
             rows.append(single)
         return rows
 
+    def row_views(self, times: int) -> list[BatchKV]:
+        """`times` one-row batches over this one-row batch's tensors (views, no copy): rows that
+        will only be read or copied into a batch (a shared prompt prefix and nothing after it)."""
+        if self.batch_size != 1:
+            raise ValueError(f"row_views needs a one-row batch; this one has {self.batch_size} rows")
+        return [self.split_rows()[0] for _ in range(times)]
+
     def concat(self, other: BatchKV) -> None:
         """Append the rows of `other` below this batch's rows (slots padded as invalid)."""
-        if other.batch_size == 0:
+        self.concat_all([other])
+
+    def concat_all(self, others: list[BatchKV]) -> None:
+        """Append the rows of every batch in `others`, in order, below this batch's rows (slots
+        padded as invalid), copying every row once."""
+        parts = [part for part in (self, *others) if part.batch_size]
+        if len(parts) <= 1:
+            if parts and parts[0] is not self:
+                self.cache, self.valid = parts[0].cache, parts[0].valid
             return
-        if self.batch_size == 0:
-            self.cache, self.valid = other.cache, other.valid
+        if not any(_has_layers(part.cache) for part in parts):
+            self.valid = torch.cat([part.valid for part in parts], dim=0)
             return
-        if not _has_layers(self.cache) and not _has_layers(other.cache):
-            self.valid = torch.cat([self.valid, other.valid], dim=0)
-            return
-        if not _has_layers(other.cache):
-            other._materialize_like(self)
-        elif not _has_layers(self.cache):
-            self._materialize_like(other)
-        width = max(self.num_slots, other.num_slots)
-        for mine, theirs in zip(_layers(self.cache), _layers(other.cache)):
-            key_store = _stacked_store([mine.keys, theirs.keys], width)
-            value_store = _stacked_store([mine.values, theirs.values], width)
+        template = next(part for part in parts if _has_layers(part.cache))
+        for part in parts:
+            if not _has_layers(part.cache):
+                part._materialize_like(template)
+        width = max(part.num_slots for part in parts)
+        layer_lists = [list(_layers(part.cache)) for part in parts]
+        if parts[0] is not self:  # an empty batch takes new layers, leaving the parts as they were
+            self.cache = growing_cache()
+            self.cache.layers.extend(GrowingLayer() for _ in layer_lists[0])
+        for index, mine in enumerate(self.cache.layers):
+            key_store = _stacked_store([layers[index].keys for layers in layer_lists], width)
+            value_store = _stacked_store([layers[index].values for layers in layer_lists], width)
             if isinstance(mine, GrowingLayer):
                 mine.hold(key_store, value_store, width)
             else:
                 mine.keys, mine.values = key_store[:, :, :width], value_store[:, :, :width]
-        self.valid = torch.cat([_padded(self.valid, width), _padded(other.valid, width)], dim=0)
+        self.valid = torch.cat([_padded(part.valid, width) for part in parts], dim=0)
 
     def _materialize_like(self, template: BatchKV) -> None:
         """Give a cache that never saw a token (rows with no slots) empty layers shaped like `template`'s."""

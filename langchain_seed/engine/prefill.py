@@ -98,17 +98,20 @@ def prefill_prompts(model, token_lists: list[list[int]], pending_up_to: int = 0,
             (kv, forwards), prefix_features = prefill_cached(model, prefix), None
             done.forwards += forwards
         suffixes = [token_lists[m][length:] for m in members]
-        if len(members) > 1:
-            kv = kv.repeat_rows(len(members), room=max(len(s) for s in suffixes))
         suffix_features = None
-        if max(len(s) for s in suffixes) <= pending_up_to:
+        if max(len(s) for s in suffixes) <= pending_up_to or not any(suffixes):
             for member, suffix in zip(members, suffixes):
                 done.unfilled[member] = len(suffix)
-        elif any(suffixes):
+            # the members read the prefix until their batch copies it: views of it, no copy
+            rows = kv.row_views(len(members))
+        else:
+            if len(members) > 1:
+                kv = kv.repeat_rows(len(members), room=max(len(s) for s in suffixes))
             suffix_features = forward_hidden(model, kv, [causal_row(s, length) for s in suffixes])
             kv.commit_new_slots(_suffix_validity(suffixes))
             done.forwards += 1
-        for row, (member, row_kv) in enumerate(zip(members, kv.split_rows())):
+            rows = kv.split_rows()
+        for row, (member, row_kv) in enumerate(zip(members, rows)):
             caches[member] = row_kv
             if done.features is not None:
                 own = suffix_features[row, : len(suffixes[row])] if suffix_features is not None else None

@@ -47,8 +47,9 @@ class TargetBatch:
         self.kv = BatchKV.empty(0)
         self.members: list[SequenceState] = []
 
-    def add(self, kv: BatchKV, sequences: list[SequenceState]) -> None:
-        self.kv.concat(kv)
+    def add(self, kvs: list[BatchKV], sequences: list[SequenceState]) -> None:
+        """Append `kvs`' rows (one copy each) and their sequences, in order."""
+        self.kv.concat_all(kvs)
         self.members.extend(sequences)
 
     def remove(self, gone: set[int]) -> None:
@@ -96,7 +97,7 @@ class Lane:
                 sequence.target_features.append(features)
             if kv.num_slots:
                 sequence.stats.target_calls += 1
-            self._place(kv, sequence)
+        self._place(done.caches, sequences)
         if self.drafter is not None:
             self.drafter.add(sequences)
         self.members.extend(sequences)
@@ -107,13 +108,18 @@ class Lane:
             return 0
         return sys.maxsize if self.capacity == 1 else BATCHED_PENDING_MAX
 
-    def _place(self, kv: BatchKV, sequence: SequenceState) -> None:
-        """Put a one-row cache into the first target batch with room (or a new one)."""
-        batch = next((b for b in self.batches if len(b.members) < self.capacity), None)
-        if batch is None:
-            batch = TargetBatch()
-            self.batches.append(batch)
-        batch.add(kv, [sequence])
+    def _place(self, kvs: list[BatchKV], sequences: list[SequenceState]) -> None:
+        """Put each one-row cache into the first target batch with room (or a new one); each
+        batch takes its new rows in one copy."""
+        arrivals: dict[TargetBatch, list[int]] = {}  # batch -> indices of its new rows
+        for index in range(len(sequences)):
+            batch = next((b for b in self.batches if len(b.members) + len(arrivals.get(b, ())) < self.capacity), None)
+            if batch is None:
+                batch = TargetBatch()
+                self.batches.append(batch)
+            arrivals.setdefault(batch, []).append(index)
+        for batch, indices in arrivals.items():
+            batch.add([kvs[i] for i in indices], [sequences[i] for i in indices])
 
     def remove(self, sequences: list[SequenceState]) -> None:
         if not sequences:
@@ -135,7 +141,7 @@ class Lane:
             if host is None:
                 merged.append(batch)
             else:
-                host.add(batch.kv, batch.members)
+                host.add([batch.kv], batch.members)
         self.batches = merged
 
     # ----- 2-4. draft, verify, commit ----------------------------------------------

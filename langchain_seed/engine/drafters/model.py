@@ -73,8 +73,8 @@ class ModelDrafter:
         with torch.inference_mode():
             done = prefill_prompts(self.model, [s.request.prompt_ids[:-1] for s in sequences])
         self.forwards += done.forwards
-        for sequence, kv in zip(sequences, done.caches):
-            self.kv.concat(kv)
+        self.kv.concat_all(done.caches)
+        for sequence in sequences:
             self.rows.append(sequence)
             sequence.draft_pending = 1
             sequence.stats.draft_calls += 1

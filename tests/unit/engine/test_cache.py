@@ -94,3 +94,34 @@ def test_rows_joined_by_concat_pad_with_zeros_and_grow_in_place():
     store = layer.keys.data_ptr()
     _grow(short, 2, 50)
     assert layer.keys.data_ptr() == store and layer.keys[1, 0, 7:, 0].tolist() == [50.0, 51.0]
+
+
+def test_concat_all_joins_many_batches_in_order_and_leaves_them_intact():
+    """An empty batch taking several (a lane placing a cluster's rows) copies each row once
+    into new layers; a row with no slots yet becomes an invalid, zero-filled one."""
+    first, second, empty = BatchKV.empty(1), BatchKV.empty(2), BatchKV.empty(1)
+    _grow(first, 3, 0)
+    _grow(second, 5, 10)
+    joined = BatchKV.empty(0)
+    joined.concat_all([first, empty, second])
+    layer = next(_layers(joined.cache))
+    assert joined.valid.tolist() == [[True] * 3 + [False] * 2, [False] * 5, [True] * 5, [True] * 5]
+    assert [row[0, :, 0].tolist() for row in layer.keys] == [
+        [0.0, 1.0, 2.0, 0.0, 0.0], [0.0] * 5, [float(10 + i) for i in range(5)], [float(10 + i) for i in range(5)]]
+    assert layer is not next(_layers(first.cache)) and _slot_values(first) == [0.0, 1.0, 2.0]
+    store = layer.keys.data_ptr()
+    _grow(joined, 2, 50)
+    assert layer.keys.data_ptr() == store  # the joined store has room
+
+
+def test_row_views_share_the_prefix_and_grow_apart():
+    prefix = BatchKV.empty(1)
+    _grow(prefix, 3, 0)
+    _grow(prefix, 1, 3)  # now a view of a store with spare slots, which the rows must not write into
+    left, right = prefix.row_views(2)
+    assert next(_layers(left.cache)).keys.data_ptr() == next(_layers(prefix.cache)).keys.data_ptr()
+    _grow(left, 1, 100)
+    _grow(right, 2, 200)
+    assert _slot_values(left) == [0.0, 1.0, 2.0, 3.0, 100.0]
+    assert _slot_values(right) == [0.0, 1.0, 2.0, 3.0, 200.0, 201.0]
+    assert _slot_values(prefix) == [0.0, 1.0, 2.0, 3.0]
