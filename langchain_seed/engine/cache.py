@@ -33,6 +33,7 @@ class GrowingLayer(DynamicLayer):
         super().__init__()
         self._key_store: torch.Tensor | None = None
         self._value_store: torch.Tensor | None = None
+        self._own_views: tuple[torch.Tensor, torch.Tensor] | None = None  # keys, values as last set here
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append `[batch, heads, new, head_dim]` keys and values; returns the whole views."""
@@ -40,18 +41,38 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized or keys is None or values is None or keys.numel() == 0:
             # the first states are kept as given (a prefill, a row of a batch)
             self.is_initialized, self.device = True, key_states.device
-            self.keys, self.values = key_states, value_states
+            self.keys, self.values, self._own_views = key_states, value_states, None
             return key_states, value_states
         old, new = keys.shape[2], key_states.shape[2]
-        key_store, value_store = self._key_store, self._value_store
+        key_store, value_store = self.reserve(new)
+        key_store.narrow(2, old, new).copy_(key_states)
+        value_store.narrow(2, old, new).copy_(value_states)
+        self.filled(old + new)
+        return self.keys, self.values
+
+    def reserve(self, new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value stores `[batch, heads, capacity, head_dim]`, holding this layer's
+        slots first and room for `new` more after them (a copy into larger ones where needed);
+        whoever writes those slots then calls `filled`. The layer must hold slots already."""
+        keys, values = self.keys, self.values
+        views, key_store, value_store = self._own_views, self._key_store, self._value_store
+        if keys is None or values is None:
+            raise ValueError("reserve needs a layer that holds slots")
+        old = keys.shape[2]
+        if (views is not None and views[0] is keys and views[1] is values and key_store is not None
+                and value_store is not None and old + new <= key_store.shape[2]):
+            return key_store, value_store  # the views set by `filled`, untouched since: no checks
         if (key_store is None or value_store is None or not _is_leading_cut(keys, key_store, old + new)
                 or not _is_leading_cut(values, value_store, old + new)):
             key_store, value_store = _store_for(keys, old + new), _store_for(values, old + new)
             self._key_store, self._value_store = key_store, value_store
-        key_store[:, :, old:old + new] = key_states
-        value_store[:, :, old:old + new] = value_states
-        self.keys, self.values = key_store[:, :, :old + new], value_store[:, :, :old + new]
-        return self.keys, self.values
+        return key_store, value_store
+
+    def filled(self, slots: int) -> None:
+        """The first `slots` slots of the stores `reserve` returned are this layer's now."""
+        assert self._key_store is not None and self._value_store is not None, "filled follows reserve"
+        self.keys, self.values = self._key_store.narrow(2, 0, slots), self._value_store.narrow(2, 0, slots)
+        self._own_views = (self.keys, self.values)
 
     def hold(self, key_store: torch.Tensor, value_store: torch.Tensor, slots: int) -> None:
         """Take stores `[batch, heads, capacity, head_dim]` whose first `slots` slots are
@@ -59,6 +80,7 @@ class GrowingLayer(DynamicLayer):
         self.is_initialized, self.device = True, key_store.device
         self._key_store, self._value_store = key_store, value_store
         self.keys, self.values = key_store[:, :, :slots], value_store[:, :, :slots]
+        self._own_views = (self.keys, self.values)
 
 
 def _is_leading_cut(view: torch.Tensor, store: torch.Tensor, needed: int) -> bool:

@@ -133,11 +133,11 @@ def _attention_route(attention: Any, query: torch.Tensor, key: torch.Tensor, val
                      attention_mask: torch.Tensor | None) -> AttentionRoute:
     if kernels.takes_native_attention(attention, query, key, value, attention_mask):
         mask = kernels.native_attention_mask(query, attention_mask)
-        return AttentionRoute(key.shape, True, mask, _query_chunks(mask))
+        return AttentionRoute(key.shape, True, mask, query_chunks(mask))
     return AttentionRoute(key.shape, False, None)
 
 
-def _query_chunks(mask: torch.Tensor | None) -> tuple[tuple[int, int, int, torch.Tensor], ...]:
+def query_chunks(mask: torch.Tensor | None) -> tuple[tuple[int, int, int, torch.Tensor], ...]:
     """`AttentionRoute.chunks` for an additive mask `[batch, 1, new, slots]`: chunks of
     `ATTENTION_CHUNK_ROWS` query rows, each up to 1 + the last key a row of it sees (all of
     them where a row sees none: its softmax would change); none unless a chunk saves keys."""
@@ -210,6 +210,12 @@ def _facts(layer: Any) -> _LayerFacts:
         facts = _layer_facts[layer] = _LayerFacts(invariant, fits, _fusable_qkv(layer),
                                                   _fused_layer(layer) if fits else None)
     return facts
+
+
+def fused_weights(layer: Any) -> native.LayerWeights | None:
+    """The layer's weights for its two native calls (`native.layer_qkv` / `layer_rest`), or
+    None where they do not fit them."""
+    return _facts(layer).fused
 
 
 def _fused_layer(layer: Any) -> native.LayerWeights | None:

@@ -90,6 +90,8 @@ _SIGNATURES = {
     "float_tile_bits": ("seed_float_tile_bits", _I, []),
     "set_float_tile_bits": ("seed_set_float_tile_bits", _I, [_I]),
     "layer_rest": ("seed_layer_rest", _I, [_P] * 5 + [_L] * 5 + [_F] + [_P] * 4 + [_P, _F, _P] + [_L] * 7 + [_I]),
+    "decoder_layers": ("seed_decoder_layers", _I, [_P, _L] + [_P] * 8 + [_P, _P, _L, _P, _P] + [_L] * 5
+                       + [_P, _F, _P] + [_L] * 7 + [_I]),
 }
 """Each kernel's Python name: (C symbol, return type, argument types)."""
 
@@ -112,6 +114,7 @@ class _Library:
     int8_linear3: Callable[..., Any] | None
     layer_qkv: Callable[..., Any] | None
     layer_rest: Callable[..., Any] | None
+    decoder_layers: Callable[..., Any] | None
     float_tile_bits: Callable[..., Any] | None
     set_float_tile_bits: Callable[..., Any] | None
 
@@ -391,6 +394,84 @@ def layer_rest(layer: LayerWeights, hidden: torch.Tensor, query: torch.Tensor, k
     if status != 0:
         raise MemoryError(f"layer_rest: no memory for its buffers ({batch * tokens} rows, {slots} slots)")
     return out
+
+
+@dataclass(frozen=True)
+class DecoderWeights:
+    """A decoder's layers for `decoder_layers` (`layer.c`): each layer's `LayerWeights`
+    gathered into C arrays (norms, epsilons, and the addresses of its four linear arrays).
+    Build it with `decoder_weights`; it keeps the layers' arrays alive."""
+
+    layers: tuple[LayerWeights, ...]
+    arrays: tuple  # input norms, input epsilons, kinds, formats, weights, biases, post norms, post epsilons
+
+
+def decoder_weights(layers: tuple[LayerWeights, ...]) -> DecoderWeights:
+    """`DecoderWeights` of `layers`, which must all have the first one's sizes (ValueError)."""
+    if not layers or len({_sizes(layer) for layer in layers}) != 1:
+        raise ValueError("decoder: one layer at least, every layer of the first one's sizes")
+    count = len(layers)
+
+    def pointers(values) -> Any:
+        return (ctypes.c_void_p * count)(*values)
+
+    def floats(values) -> Any:
+        return (ctypes.c_float * count)(*values)
+
+    arrays = (pointers(layer.input_norm[0] for layer in layers), floats(layer.input_norm[1] for layer in layers),
+              *(pointers(layer.linears[i] for layer in layers) for i in range(4)),
+              pointers(layer.post_norm[0] for layer in layers), floats(layer.post_norm[1] for layer in layers))
+    return DecoderWeights(tuple(layers), arrays)
+
+
+def decoder_layers(decoder: DecoderWeights, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   key_stores: list[torch.Tensor], value_stores: list[torch.Tensor], slots: int,
+                   mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Every layer in turn (`layer.c`), each its `layer_qkv`, its new keys and values
+    written into its stores after their first `slots - new` slots, and its `layer_rest`
+    over `slots` slots: the same bits as those calls one layer at a time.
+
+    hidden: `[batch, new, hidden]`; cos, sin as `layer_qkv` takes them; key_stores and
+    value_stores: one pair per layer, `[batch, kv_heads, capacity >= slots, head_dim]`, each
+    slot's values contiguous and the same strides for every layer; mask as `layer_rest`
+    takes it, over `slots`. Returns the last layer's output `[batch, new, hidden]`."""
+    first = decoder.layers[0]
+    batch, tokens, width = hidden.shape
+    dim, kv_heads, count = first.head_dim, first.kv_heads, len(decoder.layers)
+    store_shape = key_stores[0].shape if key_stores else None
+    if (width != first.hidden or cos.shape[1:] != (tokens, dim) or cos.shape[0] not in (1, batch)
+            or sin.shape != cos.shape or len(key_stores) != count or len(value_stores) != count
+            or store_shape is None or store_shape[:2] != (batch, kv_heads) or store_shape[3] != dim
+            or not tokens <= slots <= store_shape[2] or not _alike_stores([*key_stores, *value_stores], dim)
+            or (mask is not None and (mask.shape != (batch, 1, tokens, slots) or mask.dtype is not torch.float32))):
+        raise ValueError(f"decoder_layers: hidden {tuple(hidden.shape)}, cos {tuple(cos.shape)}, stores "
+                         f"{None if store_shape is None else tuple(store_shape)} x {len(key_stores)}, {slots} slots, "
+                         f"mask {None if mask is None else tuple(mask.shape)} do not fit {count} layers")
+    hidden, cos, sin = hidden.contiguous(), cos.contiguous(), sin.contiguous()
+    mask = None if mask is None else mask.contiguous()
+    out = torch.empty(batch, tokens, width)
+    keys = (ctypes.c_void_p * count)(*(store.data_ptr() for store in key_stores))
+    values = (ctypes.c_void_p * count)(*(store.data_ptr() for store in value_stores))
+    batch_stride, head_stride = key_stores[0].stride(0), key_stores[0].stride(1)
+    status = _function("decoder_layers")(
+        hidden.data_ptr(), count, *decoder.arrays, cos.data_ptr(), sin.data_ptr(),
+        0 if cos.shape[0] == 1 else tokens * dim, keys, values, slots, batch_stride, head_stride, batch_stride,
+        head_stride, None if mask is None else mask.data_ptr(), scale, out.data_ptr(), batch, tokens, width,
+        first.heads, kv_heads, dim, first.intermediate, threads())
+    if status != 0:
+        raise MemoryError(f"decoder_layers: no memory for its buffers ({batch * tokens} rows, {slots} slots)")
+    return out
+
+
+def _sizes(layer: LayerWeights) -> tuple[int, ...]:
+    return layer.hidden, layer.heads, layer.kv_heads, layer.head_dim, layer.intermediate
+
+
+def _alike_stores(stores: list[torch.Tensor], dim: int) -> bool:
+    """Float32 CPU stores of one shape and strides, each slot's `dim` values contiguous."""
+    shape, strides = stores[0].shape, stores[0].stride()
+    return strides[2:] == (dim, 1) and all(store.shape == shape and store.stride() == strides and store.is_cpu
+                                           and store.dtype is torch.float32 for store in stores)
 
 
 def _dense(tensor: torch.Tensor) -> bool:

@@ -12,6 +12,10 @@
  *   seed_layer_rest: attended = attention(q, keys, values, mask);
  *                    h = hidden + o_proj(attended);
  *                    out = h + down_proj(gate_up_silu(rms_norm(h)))
+ *   seed_decoder_layers: every layer of a decoder in turn, each as seed_layer_qkv, its k
+ *                    and v copied into the layer's cache stores after their S - T filled
+ *                    slots, then seed_layer_rest over the S slots (the same calls, so the
+ *                    same bits, as one layer at a time)
  *
  * The layer's seven linears (q, k, v, o, gate, up, down, in that order) are described by
  * four arrays: kinds[i] (LINEAR_DENSE: float32 weight [out, in], skinny_linear.c;
@@ -153,5 +157,45 @@ int seed_layer_rest(const float *hidden, const float *q, const float *keys, cons
     status = project(kinds, formats, weights, biases, DOWN_PROJ, act, projected, R, I, E, threads) ? 1 : 0;
   if (status == 0) add_rows(out, projected, out, R * E);
   free(attended);
+  return status;
+}
+
+/* Every layer l < L of a decoder over B rows of T new tokens (module notes): hidden [B * T, E]
+ * in, out [B * T, E] the last layer's output. Layer l's stores key_stores[l] and
+ * value_stores[l] ([B, KV, capacity, D] by the strides given, the same for every layer)
+ * hold S - T filled slots and room for T more; the mask [B, 1, T, S] is every layer's.
+ * Per layer: norms' weights and epsilons, and the four arrays of seed_layer_qkv.
+ * Returns 0, 1 without memory, or -1 when the attention kernel refuses the shapes. */
+int seed_decoder_layers(const float *hidden, long L, const float *const *input_norms, const float *input_eps,
+                        const int *const *kinds, const int *const *formats, const void *const *const *weights,
+                        const float *const *const *biases, const float *const *post_norms, const float *post_eps,
+                        const float *cos, const float *sin, long cos_batch_stride, float *const *key_stores,
+                        float *const *value_stores, long S, long k_batch, long k_head, long v_batch, long v_head,
+                        const float *mask, float scale, float *out, long B, long T, long E, long H, long KV, long D,
+                        long I, int threads) {
+  const long R = B * T, filled = S - T;
+  float *q = malloc(sizeof(float) * R * (H * D + 2 * KV * D + E));
+  if (!q) return 1;
+  float *k = q + R * H * D, *v = k + R * KV * D, *spare = v + R * KV * D;
+  float *outputs[2] = {out, spare};  /* layer l writes outputs[(L - 1 - l) % 2]: the last one out */
+  const float *input = hidden;
+  int status = 0;
+  for (long l = 0; l < L && status == 0; ++l) {
+    float *output = outputs[(L - 1 - l) % 2];
+    status = seed_layer_qkv(input, input_norms[l], input_eps[l], kinds[l], formats[l], weights[l], biases[l], cos,
+                            sin, cos_batch_stride, q, k, v, B, T, E, H, KV, D, threads);
+    if (status != 0) break;
+    for (long b = 0; b < B; ++b)
+      for (long h = 0; h < KV; ++h) {
+        memcpy(key_stores[l] + b * k_batch + h * k_head + filled * D, k + (b * KV + h) * T * D, sizeof(float) * T * D);
+        memcpy(value_stores[l] + b * v_batch + h * v_head + filled * D, v + (b * KV + h) * T * D,
+               sizeof(float) * T * D);
+      }
+    status = seed_layer_rest(input, q, key_stores[l], value_stores[l], mask, S, k_batch, k_head, v_batch, v_head,
+                             scale, kinds[l], formats[l], weights[l], biases[l], post_norms[l], post_eps[l], output, B,
+                             T, E, H, KV, D, I, threads);
+    input = output;
+  }
+  free(q);
   return status;
 }

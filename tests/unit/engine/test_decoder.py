@@ -155,3 +155,53 @@ def test_rows_past_a_layers_row_limit_run_layer_by_layer(routed, taken, monkeypa
     monkeypatch.setattr(decoder, "_applies", lambda *a: False)
     assert torch.equal(logits, _prompt_and_step(routed, 1, 5, masked=False)[0])
     assert taken == [True, True] and layer_calls[:4] == [False] * 4
+
+
+def _growing_steps(model, batch: int, steps: list[tuple[int, bool]]):
+    """Logits of each step over a 20-token prompt in the engine's growing cache, and the
+    cache's keys and values after the last."""
+    from langchain_seed.engine.cache import growing_cache
+
+    torch.manual_seed(batch)
+    prompt = torch.randint(3, 100, (batch, 20))
+    cache, outputs, context = growing_cache(), [], 20
+    with torch.inference_mode(), kernels.engine_kernels("native"):
+        model(input_ids=prompt, cache=cache, use_cache=True)
+        for new, masked in steps:
+            ids, positions, mask = masked_step(batch, context, new)
+            outputs.append(model(input_ids=ids, position_ids=positions, attention_mask=mask if masked else None,
+                                 cache=cache, use_cache=True).logits)
+            context += new
+    return outputs, [layer.keys.clone() for layer in cache.layers] + [layer.values.clone() for layer in cache.layers]
+
+
+@pytest.mark.parametrize("weights", ["float32", "int4", "int4+int8 activations"])
+@pytest.mark.parametrize("batch, steps", [(1, [(1, False), (1, False)]), (3, [(6, True), (2, True), (30, True)]),
+                                          (2, [(1, True), (4, True)])])
+def test_all_layers_in_one_native_call_give_the_layer_by_layer_bits(tiny_target, monkeypatch, weights, batch,
+                                                                    steps):
+    """Steps over the engine's growing cache run every layer in one native call (the last
+    step past the stores' spare slots): logits and every cached key and value bit for bit
+    as layer by layer."""
+    model = copy.deepcopy(tiny_target)
+    if weights != "float32":
+        quantize_model(model, weights.split("+")[0])
+        if weights.endswith("activations"):
+            use_int8_activations(model)
+    at_once = decoder._all_layers_at_once
+    taken: list[bool] = []
+
+    def recorded(*args):
+        output = at_once(*args)
+        taken.append(output is not None)
+        return output
+
+    monkeypatch.setattr(decoder, "_all_layers_at_once", recorded)
+    with routing.install(model):
+        assert decoder._facts(model.model).stacked is not None
+        stacked_run = _growing_steps(model, batch, steps)
+        monkeypatch.setattr(decoder, "_all_layers_at_once", lambda *a: None)
+        layered_run = _growing_steps(model, batch, steps)
+    assert taken == [False] + [True] * len(steps)  # the prompt's forward fills empty layers one by one
+    assert all(torch.equal(a, b) for a, b in zip(stacked_run[0], layered_run[0], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(stacked_run[1], layered_run[1], strict=True))

@@ -214,3 +214,29 @@ def test_a_long_forward_attends_in_chunks_of_rows_with_the_same_bits(tiny_target
     assert calls == [chunk, 11, chunk, 11, new, new]  # 2 layers x 2 chunks, then 2 layers x 1 call
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_the_all_layers_call_refuses_what_does_not_fit_it(tiny_target):
+    """`native.decoder_weights` takes layers of one size; `native.decoder_layers` refuses
+    stores, masks or slots that do not fit, naming what it got."""
+    model = copy.deepcopy(tiny_target)
+    with routing.install(model):
+        fused = tuple(layers.fused_weights(layer) for layer in model.model.layers)
+    assert all(weights is not None for weights in fused)
+    with pytest.raises(ValueError, match="every layer of the first one's sizes"):
+        native.decoder_weights(())
+    stacked = native.decoder_weights(fused)
+    first = fused[0]
+    hidden = torch.zeros(2, 3, first.hidden)
+    cos = sin = torch.ones(1, 3, first.head_dim)
+
+    def stores(capacity: int) -> list[torch.Tensor]:
+        return [torch.zeros(2, first.kv_heads, capacity, first.head_dim) for _ in fused]
+
+    with pytest.raises(ValueError, match=r"decoder_layers: .*\b9 slots"):
+        native.decoder_layers(stacked, hidden, cos, sin, stores(8), stores(8), 9, None, 1.0)  # no room for them
+    with pytest.raises(ValueError, match=r"mask \(2, 1, 3, 4\)"):
+        native.decoder_layers(stacked, hidden, cos, sin, stores(8), stores(8), 5, torch.zeros(2, 1, 3, 4), 1.0)
+    with pytest.raises(ValueError, match="decoder_layers"):
+        native.decoder_layers(stacked, hidden, cos, sin, stores(8)[:1], stores(8), 5, None, 1.0)
+    assert native.decoder_layers(stacked, hidden, cos, sin, stores(8), stores(8), 5, None, 1.0).shape == hidden.shape
