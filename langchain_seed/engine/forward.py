@@ -63,15 +63,16 @@ def pack_rows(kv: BatchKV, rows: list[RowInput], dtype: torch.dtype, device) -> 
         raise ValueError(f"{len(rows)} row inputs for a cache of {kv.batch_size} rows")
     width = max(len(row.token_ids) for row in rows)
     batch = len(rows)
-    input_ids = torch.zeros(batch, width, dtype=torch.long)
-    position_ids = torch.zeros(batch, width, dtype=torch.long)
+    # one tensor each from the padded lists (a copy per row costs more than the forward's Python)
+    input_ids = torch.tensor([row.token_ids + [0] * (width - len(row.token_ids)) for row in rows], dtype=torch.long)
+    position_ids = torch.tensor([row.positions + [0] * (width - len(row.positions)) for row in rows],
+                                dtype=torch.long)
     visible_new = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
     visible_old = kv.valid[:, None, :].expand(batch, width, kv.num_slots).clone()
     for index, row in enumerate(rows):
         count = len(row.token_ids)
-        input_ids[index, :count] = torch.tensor(row.token_ids, dtype=torch.long)
-        position_ids[index, :count] = torch.tensor(row.positions, dtype=torch.long)
-        visible_new[index, :count, :count] = row.visible_new
+        if count:
+            visible_new[index, :count, :count] = row.visible_new
         visible_old[index, count:] = False
         for token_index, slots in enumerate(row.extra_slots):
             if slots:

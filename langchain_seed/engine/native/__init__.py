@@ -70,6 +70,8 @@ intrinsics do), so the rotary op rounds as torch's eager ops do."""
 BUILD_TIMEOUT_S = 120
 ATTENTION_MAX_HEAD_DIM = 256
 """The largest head size `attention` takes (a multiple of 8)."""
+DEQUANTIZE_ROWS_PER_THREAD = 64
+"""`dequantize` runs on one thread below this many rows (rows are independent: the same bits)."""
 
 
 _P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
@@ -201,8 +203,11 @@ def dequantize(blocks: torch.Tensor, fmt: str, in_features: int) -> torch.Tensor
     bytes]` contiguous uint8 in `fmt`) hold, as gguf-py dequantises it."""
     n_in = _quantized_in_features(blocks, fmt, in_features)
     out = torch.empty(blocks.shape[0], n_in, dtype=torch.float32)
-    _function("dequantize")(blocks.data_ptr(), QUANTIZED_FORMATS[fmt], out.data_ptr(), blocks.shape[0], n_in, threads())
+    # a few rows (an embedding lookup) on this thread: waking the others costs more than they save
+    workers = threads() if blocks.shape[0] >= DEQUANTIZE_ROWS_PER_THREAD else 1
+    _function("dequantize")(blocks.data_ptr(), QUANTIZED_FORMATS[fmt], out.data_ptr(), blocks.shape[0], n_in, workers)
     return out
+
 
 
 INT8_GROUP_BYTES = {"q8_0": 16 + 256, "q4_1": 32 + 128}

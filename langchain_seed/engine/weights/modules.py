@@ -99,9 +99,10 @@ def embedding_lookup(embedding, input_ids: torch.Tensor) -> torch.Tensor:
     """An embedding kept in blocks looked up: `input_ids` `[...]` int64 checked against its
     `num_embeddings`, then its `rows` -> `[..., embedding_dim]` float32."""
     flat = input_ids.reshape(-1)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= embedding.num_embeddings):
-        raise IndexError(f"token ids must be in [0, {embedding.num_embeddings}); got {int(flat.min())}.."
-                         f"{int(flat.max())}")
+    if flat.numel():
+        smallest, largest = (int(bound) for bound in torch.aminmax(flat))
+        if smallest < 0 or largest >= embedding.num_embeddings:
+            raise IndexError(f"token ids must be in [0, {embedding.num_embeddings}); got {smallest}..{largest}")
     return embedding.rows(flat).view(*input_ids.shape, embedding.embedding_dim)
 
 

@@ -209,6 +209,32 @@ def test_prompt_lookup_overrides_only_an_unsure_draft():
         SpeculativeConfig(prompt_lookup_below=0)
 
 
+@pytest.mark.parametrize("k_config", [(1, 1), (3, 2)])
+def test_a_greedy_levels_picks_for_the_whole_batch_are_each_parents_own(k_config):
+    """`_plain_greedy_picks` takes a level's candidates and top probabilities for every
+    member in one call each: the same as `_choose` and `_top_probability` per parent."""
+    from types import SimpleNamespace
+
+    from langchain_seed.engine.drafters.model import _top_probability
+    from langchain_seed.engine.tree import build_tree
+
+    drafter = ModelDrafter.__new__(ModelDrafter)
+    drafter.head_ids = torch.tensor([4, 9, 2, 7, 30, 11])
+    tree = build_tree(k_config)
+    sequence = SimpleNamespace(params=SamplingParams(), masks=None)
+    logits = torch.randn(3, 2, 6, generator=torch.Generator().manual_seed(3))  # [members, parents, head]
+    picks, tops = drafter._plain_greedy_picks([sequence] * 3, tree, [-1, 0], logits, None)
+    for member in range(3):
+        for parent in range(2):
+            count = len(tree.children(-1 if parent == 0 else 0))
+            expected, _ = drafter._choose(logits[member, parent], count, sequence)
+            assert picks[member][parent][:count] == expected
+            assert tops[member][parent] == _top_probability(logits[member, parent])
+    sampled = SimpleNamespace(params=SamplingParams(temperature=1.0), masks=None)
+    assert drafter._plain_greedy_picks([sequence, sampled], tree, [-1], logits[:2, :1], None) is None
+    assert drafter._plain_greedy_picks([sequence, sampled], tree, [-1], logits[:2, :1], [True, False]) is not None
+
+
 @pytest.mark.parametrize("verify", ["rounds", "batched"])
 def test_verification_keeps_the_validity_mask_as_long_as_the_cache(llama_pair, monkeypatch, verify):
     """After each verification every cached slot has exactly one validity entry, however long the
