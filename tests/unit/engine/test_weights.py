@@ -91,8 +91,10 @@ def test_quantized_embedding_returns_the_dequantised_rows():
     embedding = QuantizedEmbedding(blocks, "q8_0", 64)
     ids = torch.tensor([[4, 0, 49], [4, 4, 1]])
     assert torch.equal(embedding(ids), formats.dequantize(blocks, "q8_0", 64)[ids])
-    with pytest.raises(IndexError, match=r"\[0, 50\)"):
-        embedding(torch.tensor([50]))
+    with pytest.raises(IndexError, match=r"\[0, 50\); got 3\.\.50"):
+        embedding(torch.tensor([3, 50]))
+    with pytest.raises(IndexError, match=r"got -1\.\.4"):
+        embedding(torch.tensor([[4], [-1]]))
 
 
 @pytest.mark.parametrize("bad,match", [
