@@ -225,7 +225,6 @@ class ModelDrafter:
         """Logits over the head's tokens, `[..., head]`."""
         if self.int8_head is not None:
             return self.int8_head(hidden)
-        assert self.head_weight is not None, "a head without 8-bit rows keeps its float rows"
         return linear(hidden, self.head_weight)
 
     def _empty_probs(self, tree: DraftTree) -> torch.Tensor:
@@ -433,9 +432,7 @@ def _head_for(drafter_class, model, head_token_ids: list[int] | None):
         built = _heads.setdefault(model, {})
         if key not in built:
             vocab_size, ids, weight = drafter_class._head_of(model, head_token_ids)
-            int8_head = _int8_head(model, weight)
-            # the float rows are not kept beside an 8-bit head (19 MB for the default draft's)
-            built[key] = (vocab_size, ids, weight if int8_head is None else None, int8_head)
+            built[key] = (vocab_size, ids, weight, _int8_head(model, weight))
         return built[key]
 
 
