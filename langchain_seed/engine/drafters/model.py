@@ -363,8 +363,8 @@ class ModelDrafter:
         `[vocab]`) is not taken."""
         config = sequence.request.config
         always_look_up = config.prompt_lookup_below >= 1.0
-        if not (config.draft_confidence or not always_look_up):
-            top = 1.0
+        if always_look_up and not config.draft_confidence:
+            top = 1.0  # nothing reads it
         elif top is None:
             top = _top_probability(logits)
         if always_look_up or top < config.prompt_lookup_below:

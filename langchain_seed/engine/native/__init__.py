@@ -209,7 +209,6 @@ def dequantize(blocks: torch.Tensor, fmt: str, in_features: int) -> torch.Tensor
     return out
 
 
-
 INT8_GROUP_BYTES = {"q8_0": 16 + 256, "q4_1": 32 + 128}
 """Bytes of one block of 32 values for a group of 8 rows in the int8 kernels' repacked
 layout (`int8_dot.c`; `engine.weights.int8_dot.repack` writes it)."""
@@ -463,6 +462,9 @@ def decoder_layers(decoder: DecoderWeights, hidden: torch.Tensor, cos: torch.Ten
         0 if cos.shape[0] == 1 else tokens * dim, keys, values, slots, batch_stride, head_stride, batch_stride,
         head_stride, None if mask is None else mask.data_ptr(), scale, out.data_ptr(), batch, tokens, width,
         first.heads, kv_heads, dim, first.intermediate, threads())
+    if status < 0:
+        raise ValueError(f"decoder_layers: the attention kernel does not take {tokens} new tokens over {slots} "
+                         f"slots in heads of {dim}")
     if status != 0:
         raise MemoryError(f"decoder_layers: no memory for its buffers ({batch * tokens} rows, {slots} slots)")
     return out
