@@ -29,18 +29,24 @@ def test_scheduled_equals_solo(llama_pair, k_config, batch, verify, budget, inte
     config = SpeculativeConfig(k_config=k_config, verify=verify, max_batch_tokens=max(budget, 1 + 16))
     params = [SamplingParams(temperature=t, seed=seed, max_tokens=n) for _, t, seed, n in batch]
     solo_engine = SeedEngine(target, draft, config=config)
-    solo = [solo_engine.generate([p], [sp], mode="speculative")[0].token_ids for (p, *_), sp in zip(batch, params)]
+    try:
+        solo = [solo_engine.generate([p], [sp], mode="speculative")[0].token_ids
+                for (p, *_), sp in zip(batch, params)]
 
-    # The same requests, admitted at random rounds of one scheduler.
-    scheduler = Scheduler(target, lambda: ModelDrafter(draft), frozenset())
-    pending = [Request.create(p, sp, config) for (p, *_), sp in zip(batch, params)]
-    order = random.Random(interleave_seed)
-    submitted = []
-    while pending or scheduler.active:
-        if pending and (not scheduler.active or order.random() < 0.5):
-            count = order.randint(1, len(pending))
-            scheduler.submit(pending[:count], start_thread=False)
-            submitted += pending[:count]
-            pending = pending[count:]
-        scheduler.run_round()
+        # The same requests, admitted at random rounds of one scheduler on the engine's kernels
+        # (a sampled token may move with the last bits of the logits, which other kernels change).
+        scheduler = Scheduler(target, lambda: ModelDrafter(draft), frozenset(), kernel=solo_engine.linear_kernel,
+                              row_limits=solo_engine.row_limits)
+        pending = [Request.create(p, sp, config) for (p, *_), sp in zip(batch, params)]
+        order = random.Random(interleave_seed)
+        submitted = []
+        while pending or scheduler.active:
+            if pending and (not scheduler.active or order.random() < 0.5):
+                count = order.randint(1, len(pending))
+                scheduler.submit(pending[:count], start_thread=False)
+                submitted += pending[:count]
+                pending = pending[count:]
+            scheduler.run_round()
+    finally:
+        solo_engine.close()
     assert [r.handle.result().token_ids for r in submitted] == solo  # submitted in creation order
