@@ -161,27 +161,25 @@ def _all_layers_at_once(facts: _DecoderFacts, hidden_states: torch.Tensor, posit
     batch, new = hidden_states.shape[:2]
     weights, attention = stacked.layers[0], facts.layers[0].self_attn
     slots = shape[2] + new
-    query = _shaped(batch, weights.heads, new, weights.head_dim)
-    keys = _shaped(batch, weights.kv_heads, slots, weights.head_dim)
-    if (shape[:2] != (batch, weights.kv_heads) or shape[3] != weights.head_dim
-            or not kernels.takes_native_attention(attention, query, keys, keys, mask)):
+    if shape[:2] != (batch, weights.kv_heads) or shape[3] != weights.head_dim:
         return None
-    native_mask = kernels.native_attention_mask(query, mask)
-    if layers.query_chunks(native_mask):
+    keys = _shaped(batch, weights.kv_heads, slots, weights.head_dim)
+    route = layers.attention_route(attention, _shaped(batch, weights.heads, new, weights.head_dim), keys, keys, mask)
+    if not route.native or route.chunks:
         return None
     stores = [layer.reserve(new) for layer in cache_layers]
     if len({(key.shape, key.stride(), value.shape, value.stride()) for key, value in stores}) != 1:
         return None
     cos, sin = position_embeddings
     output = native.decoder_layers(stacked, hidden_states, cos, sin, [key for key, _ in stores],
-                                   [value for _, value in stores], slots, native_mask, attention.scaling)
+                                   [value for _, value in stores], slots, route.mask, attention.scaling)
     for layer in cache_layers:
         layer.filled(slots)
     return output
 
 
 def _shaped(*shape: int) -> torch.Tensor:
-    """A float32 CPU tensor of `shape` without storage of its own (for the route's shape checks)."""
+    """A float32 CPU tensor of `shape` without storage of its own (for the route's checks)."""
     return torch.empty(1, 1, 1, 1).expand(*shape)
 
 

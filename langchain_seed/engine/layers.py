@@ -115,7 +115,7 @@ def layer_on_kernels(layer: Any, hidden_states: torch.Tensor, position_embedding
     if cache is not None:
         key, value = cache.update(key, value, attention.layer_idx, kwargs={})
     if route is None or route.key_shape != key.shape:
-        route = _attention_route(attention, query, key, value, attention_mask)
+        route = attention_route(attention, query, key, value, attention_mask)
     if fused is not None and route.native:
         if route.chunks:
             return torch.cat([native.layer_rest(fused, hidden_states[:, start:stop], query[:, :, start:stop],
@@ -129,15 +129,17 @@ def layer_on_kernels(layer: Any, hidden_states: torch.Tensor, position_embedding
     return hidden_states + _project(mlp.down_proj, _gate_up_silu(mlp, normed)), route
 
 
-def _attention_route(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None) -> AttentionRoute:
+def attention_route(attention: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None) -> AttentionRoute:
+    """How `attention` runs over these query, keys and mask (`AttentionRoute`); only the
+    tensors' shapes, dtypes and devices are read."""
     if kernels.takes_native_attention(attention, query, key, value, attention_mask):
         mask = kernels.native_attention_mask(query, attention_mask)
-        return AttentionRoute(key.shape, True, mask, query_chunks(mask))
+        return AttentionRoute(key.shape, True, mask, _query_chunks(mask))
     return AttentionRoute(key.shape, False, None)
 
 
-def query_chunks(mask: torch.Tensor | None) -> tuple[tuple[int, int, int, torch.Tensor], ...]:
+def _query_chunks(mask: torch.Tensor | None) -> tuple[tuple[int, int, int, torch.Tensor], ...]:
     """`AttentionRoute.chunks` for an additive mask `[batch, 1, new, slots]`: chunks of
     `ATTENTION_CHUNK_ROWS` query rows, each up to 1 + the last key a row of it sees (all of
     them where a row sees none: its softmax would change); none unless a chunk saves keys."""
