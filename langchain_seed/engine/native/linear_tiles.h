@@ -199,6 +199,24 @@ static inline void rows_1(const float *w, const float *x, const float *bias, flo
  * [rows, n_out] products, the activation and the product of the eager MLP never exist. */
 #define GATE_UP_CHUNK 64
 
+/* out[r, o] = silu(g[r, o]) * u[r, o] for `rows` rows of `width` features (g and u: [rows, width];
+ * out: row stride n_out); g is overwritten. */
+static void silu_times(float *g, const float *u, float *out, long rows, long width, long n_out) {
+  long i = 0;
+  for (; i + 8 <= rows * width; i += 8) { /* width 4: two rows of the block at a time */
+    __m256 gv = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i);
+    __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, uv));
+  }
+  for (; i < rows * width; ++i) {
+    float lane[8] = {-g[i]};
+    _mm256_storeu_ps(lane, exp8(_mm256_loadu_ps(lane)));
+    g[i] = g[i] / (1.0f + lane[0]) * u[i];
+  }
+  for (long r = 0; r < rows; ++r)
+    for (long o = 0; o < width; ++o) out[r * n_out + o] = g[r * width + o];
+}
+
 static void gate_up_block(const float *x, const float *gate, const float *up, float *out, long n_rows, long n_in,
                           long n_out, long width, int paired, const float *pf_gate, const float *pf_up) {
   float g[GATE_UP_CHUNK * 4], u[GATE_UP_CHUNK * 4];
@@ -214,19 +232,7 @@ static void gate_up_block(const float *x, const float *gate, const float *up, fl
       rows_1(gate, x + r0 * n_in, 0, g, rows, n_in, 1, 0);
       rows_1(up, x + r0 * n_in, 0, u, rows, n_in, 1, 0);
     }
-    long i = 0;
-    for (; i + 8 <= rows * width; i += 8) { /* width 4: two rows of the block at a time */
-      __m256 gv = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i);
-      __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
-      _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, uv));
-    }
-    for (; i < rows * width; ++i) {
-      float lane[8] = {-g[i]};
-      _mm256_storeu_ps(lane, exp8(_mm256_loadu_ps(lane)));
-      g[i] = g[i] / (1.0f + lane[0]) * u[i];
-    }
-    for (long r = 0; r < rows; ++r)
-      for (long o = 0; o < width; ++o) out[(r0 + r) * n_out + o] = g[r * width + o];
+    silu_times(g, u, out + r0 * n_out, rows, width, n_out);
   }
 }
 

@@ -85,6 +85,88 @@ WIDE_TARGET static inline void wide_dequantize_q4_1(const uint8_t *block, float 
   }
 }
 
+/* ---- Few input rows: dequantised in registers (512 bits) ----
+ * With up to FUSED_ROWS_MAX input rows (a decoding step, a short verification) the block's
+ * values are used by so few products that writing them to the tile and reading them back
+ * costs as much as the products. There each 32-value block of a pair of weight rows is
+ * dequantised straight into the four registers a PAIRED tile would load ([row a values
+ * 8c..8c+7 | row b's], c = 0..3), with the same product and sum per value, and multiplied
+ * in the same order as paired_tile_4x: the same bits, without the round trip. */
+#define FUSED_ROWS_MAX 6
+
+/* Two rows' (a, b) block as four PAIRED registers: lanes 0-7 row a's values 8c..8c+7,
+ * lanes 8-15 row b's. */
+WIDE_TARGET static inline void pair_registers(const uint8_t *a, const uint8_t *b, int format, __m512 out[4]) {
+  const __m512 d = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(a)), _mm512_set1_ps(half_to_float(b)));
+  __m128i bytes[4];
+  if (format == 0) {
+    const __m128i a0 = _mm_loadu_si128((const __m128i *)(a + 2)), a1 = _mm_loadu_si128((const __m128i *)(a + 18));
+    const __m128i b0 = _mm_loadu_si128((const __m128i *)(b + 2)), b1 = _mm_loadu_si128((const __m128i *)(b + 18));
+    bytes[0] = _mm_unpacklo_epi64(a0, b0), bytes[1] = _mm_unpackhi_epi64(a0, b0);
+    bytes[2] = _mm_unpacklo_epi64(a1, b1), bytes[3] = _mm_unpackhi_epi64(a1, b1);
+    for (int c = 0; c < 4; ++c) out[c] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes[c])), d);
+    return;
+  }
+  const __m512 m = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(a + 2)),
+                                        _mm512_set1_ps(half_to_float(b + 2)));
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const __m128i qa = _mm_loadu_si128((const __m128i *)(a + 4)), qb = _mm_loadu_si128((const __m128i *)(b + 4));
+  const __m128i low_a = _mm_and_si128(qa, low4), low_b = _mm_and_si128(qb, low4);
+  const __m128i high_a = _mm_and_si128(_mm_srli_epi16(qa, 4), low4), high_b = _mm_and_si128(_mm_srli_epi16(qb, 4), low4);
+  bytes[0] = _mm_unpacklo_epi64(low_a, low_b), bytes[1] = _mm_unpackhi_epi64(low_a, low_b);
+  bytes[2] = _mm_unpacklo_epi64(high_a, high_b), bytes[3] = _mm_unpackhi_epi64(high_a, high_b);
+  for (int c = 0; c < 4; ++c)
+    out[c] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes[c])), d), m);
+}
+
+/* paired_tile_4xRB on 4 weight rows in `format` blocks (w: row 0's first block, rows
+ * row_bytes apart) instead of a dequantised PAIRED block: out[j, 0:4] for RB input rows. */
+#define DEFINE_FUSED_TILE(RB)                                                                 \
+  WIDE_TARGET static inline void fused_tile_4x##RB(const uint8_t *w, long row_bytes, int format, const float *x, \
+                                                   const float *bias, float *out, long n_in, long n_out) { \
+    const long bytes = block_bytes(format);                                                   \
+    __m512 acc[2][RB];                                                                        \
+    for (int p = 0; p < 2; ++p)                                                               \
+      for (int j = 0; j < RB; ++j) acc[p][j] = _mm512_setzero_ps();                           \
+    for (long k0 = 0, at = 0; k0 < n_in; k0 += BLOCK_VALUES, at += bytes) {                   \
+      __m512 w01[4], w23[4];                                                                  \
+      pair_registers(w + at, w + row_bytes + at, format, w01);                                \
+      pair_registers(w + 2 * row_bytes + at, w + 3 * row_bytes + at, format, w23);            \
+      for (int c = 0; c < 4; ++c)                                                             \
+        for (int j = 0; j < RB; ++j) {                                                        \
+          const __m512 xv = load_twice(x + j * n_in + k0 + 8 * c);                            \
+          acc[0][j] = _mm512_fmadd_ps(w01[c], xv, acc[0][j]);                                 \
+          acc[1][j] = _mm512_fmadd_ps(w23[c], xv, acc[1][j]);                                 \
+        }                                                                                     \
+    }                                                                                         \
+    for (int j = 0; j < RB; ++j) {                                                            \
+      __m128 s = hsum4(low_half(acc[0][j]), high_half(acc[0][j]), low_half(acc[1][j]), high_half(acc[1][j])); \
+      if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias));                                        \
+      _mm_storeu_ps(out + j * n_out, s);                                                      \
+    }                                                                                         \
+  }
+
+DEFINE_FUSED_TILE(6)
+DEFINE_FUSED_TILE(5)
+DEFINE_FUSED_TILE(4)
+DEFINE_FUSED_TILE(3)
+DEFINE_FUSED_TILE(2)
+DEFINE_FUSED_TILE(1)
+
+/* Every input row (n_rows <= FUSED_ROWS_MAX) against 4 weight rows in blocks: out[r, 0:4]. */
+WIDE_TARGET static void fused_rows_4(const uint8_t *w, long row_bytes, int format, const float *x, const float *bias,
+                                     float *out, long n_rows, long n_in, long n_out) {
+  switch (n_rows) {
+    case 6: fused_tile_4x6(w, row_bytes, format, x, bias, out, n_in, n_out); break;
+    case 5: fused_tile_4x5(w, row_bytes, format, x, bias, out, n_in, n_out); break;
+    case 4: fused_tile_4x4(w, row_bytes, format, x, bias, out, n_in, n_out); break;
+    case 3: fused_tile_4x3(w, row_bytes, format, x, bias, out, n_in, n_out); break;
+    case 2: fused_tile_4x2(w, row_bytes, format, x, bias, out, n_in, n_out); break;
+    case 1: fused_tile_4x1(w, row_bytes, format, x, bias, out, n_in, n_out); break;
+    default: break;
+  }
+}
+
 /* n_rows weight rows (each n_in values) into out [n_rows, n_in]. */
 static void narrow_dequantize_rows(const uint8_t *w, int format, long n_rows, long n_in, float *out) {
   const long blocks = n_in / BLOCK_VALUES, bytes = block_bytes(format);
@@ -145,7 +227,7 @@ static void prefetch_rows(const uint8_t *w, long bytes) {
 int seed_quantized_linear(const float *x, const uint8_t *w, int format, const float *bias, float *out,
                           long n_rows, long n_in, long n_out, int threads) {
   const long blocks = n_out / 4, row_bytes = n_in / BLOCK_VALUES * block_bytes(format);
-  const int paired = wide_registers();
+  const int paired = wide_registers(), fused = paired && n_rows <= FUSED_ROWS_MAX;
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
@@ -155,6 +237,11 @@ int seed_quantized_linear(const float *x, const uint8_t *w, int format, const fl
     for (long b = 0; b < blocks; ++b) {
       if (!tile) continue;
       if (b + PREFETCH_BLOCKS < blocks) prefetch_rows(w + 4 * (b + PREFETCH_BLOCKS) * row_bytes, 4 * row_bytes);
+      if (fused) {
+        fused_rows_4(w + 4 * b * row_bytes, row_bytes, format, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in,
+                     n_out);
+        continue;
+      }
       dequantize_block(w + 4 * b * row_bytes, format, n_in, tile, paired);
       (paired ? paired_rows_4 : narrow_rows_4)(tile, x, bias ? bias + 4 * b : 0, out + 4 * b, n_rows, n_in, n_out, 0);
     }
@@ -174,7 +261,7 @@ int seed_quantized_linear(const float *x, const uint8_t *w, int format, const fl
 int seed_quantized_gate_up_silu(const float *x, const uint8_t *gate, const uint8_t *up, int format, float *out,
                                 long n_rows, long n_in, long n_out, int threads) {
   const long blocks = n_out / 4, row_bytes = n_in / BLOCK_VALUES * block_bytes(format);
-  const int paired = wide_registers();
+  const int paired = wide_registers(), fused = paired && n_rows <= FUSED_ROWS_MAX;
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
@@ -183,6 +270,12 @@ int seed_quantized_gate_up_silu(const float *x, const uint8_t *gate, const uint8
 #pragma omp for schedule(static)
     for (long b = 0; b < blocks; ++b) {
       if (!tiles) continue;
+      if (fused) {
+        fused_rows_4(gate + 4 * b * row_bytes, row_bytes, format, x, 0, tiles, n_rows, n_in, 4);
+        fused_rows_4(up + 4 * b * row_bytes, row_bytes, format, x, 0, tiles + 4 * n_rows, n_rows, n_in, 4);
+        silu_times(tiles, tiles + 4 * n_rows, out + 4 * b, n_rows, 4, n_out);
+        continue;
+      }
       dequantize_block(gate + 4 * b * row_bytes, format, n_in, tiles, paired);
       dequantize_block(up + 4 * b * row_bytes, format, n_in, tiles + 4 * n_in, paired);
       gate_up_block(x, tiles, tiles + 4 * n_in, out + 4 * b, n_rows, n_in, n_out, 4, paired, 0, 0);

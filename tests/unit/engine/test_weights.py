@@ -22,7 +22,7 @@ from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedL
 from engine_fixtures import PROMPTS, build_model, hf_greedy, needs_kernel, noisy_copy
 
 FORMATS = ["q8_0", "q4_1"]
-ROWS = [1, 2, 3, 4, 5, 7, 17, 64, 130]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 17, 64, 130]
 
 
 def _blocks(out_features: int, in_features: int, fmt: str, seed: int = 0) -> torch.Tensor:
@@ -52,7 +52,7 @@ def test_quantized_linear_equals_the_dense_kernel_on_the_dequantised_weight(fmt,
 
 @needs_kernel
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("rows", [1, 3, 70])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7, 70])
 def test_quantized_gate_up_silu_equals_the_dense_kernel(fmt, rows):
     gate, up = _blocks(38, 64, fmt, 1), _blocks(38, 64, fmt, 2)
     x = torch.randn(rows, 64)
