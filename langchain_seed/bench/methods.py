@@ -248,6 +248,12 @@ class LlamaCppMethod(Method):
         reply = self.peer.generate(prompt_ids, max_tokens, self.models.eos_token_ids)
         return GroupOutput(reply.outputs, target_calls=reply.forwards)
 
+    def forget_prompts(self) -> None:
+        """llama.cpp reuses the previous prompt's prefix (`cache_prompt`); the harness's rule
+        for every method is that no timed call starts from another call's prompts. Within
+        a call (a group's prompts, one after another) it still reuses them."""
+        self.peer.forget_prompts()
+
     def make_llm(self, max_tokens: int):
         from langchain_seed.bench.peers import LlamaCppLLM
 

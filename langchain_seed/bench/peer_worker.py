@@ -12,8 +12,10 @@
 The protocol, one JSON object a line: the worker first answers ``{"ready": {settings}}`` or
 ``{"error": why, "unavailable": true}``; then each request ``{"prompts": [[ids]],
 "max_tokens": n, "eos": [ids], "stop": [strings]}`` gets ``{"outputs": [[ids]], "forwards":
-n, "evaluated_tokens": n, "peak_rss_mb": mb}`` or ``{"error": why}``. It ends at the end of
-its input. Stop strings are found in llama.cpp's own detokenization of the new tokens (as
+n, "evaluated_tokens": n, "peak_rss_mb": mb}`` or ``{"error": why}``; ``{"forget": true}`` gets
+``{"forgotten": true}`` once the next prompt can reuse nothing of the earlier ones (the harness
+asks before each timed call, as it asks every method: `bench.methods.Method.forget_prompts`).
+It ends at the end of its input. Stop strings are found in llama.cpp's own detokenization of the new tokens (as
 ``llama-server`` does); the caller cuts the text with the target's tokenizer.
 """
 
@@ -77,6 +79,10 @@ class LlamaCppDecoder:
         """Tokens llama.cpp has run through the model so far (prompt tokens it reused not included)."""
         return int(self._llama.evaluated_tokens)
 
+    def forget_prompts(self) -> None:
+        """Keep nothing of the earlier prompts: the next one is evaluated from its first token."""
+        self._llama.reset()
+
     def generate(self, prompt_ids: Sequence[int], max_tokens: int,
                  stop: Callable[[list[int]], bool] | None = None) -> list[int]:
         """Up to ``max_tokens`` greedy new ids after ``prompt_ids``; ends after the token
@@ -130,6 +136,9 @@ def _peak_rss_mb() -> float:
 
 
 def _answer(request: dict[str, Any], decoder: LlamaCppDecoder) -> dict[str, Any]:
+    if request.get("forget"):
+        decoder.forget_prompts()
+        return {"forgotten": True}
     max_tokens = int(request["max_tokens"])
     stop = decoder.stop_rule(request.get("eos", []), request.get("stop", []))
     forwards, evaluated = decoder.forwards, decoder.evaluated_tokens

@@ -213,13 +213,8 @@ class LlamaCppWorker:
                  stop: Sequence[str] = ()) -> PeerReply:
         """Greedy new ids for each prompt, one prompt after another, each ending after an EOS
         id or once llama.cpp's text of its new ids holds a stop string."""
-        if self._process.poll() is not None or self._process.stdin is None:
-            raise RuntimeError("the llama.cpp worker is closed")
-        request = {"prompts": [[int(t) for t in ids] for ids in prompts], "max_tokens": int(max_tokens),
-                   "eos": sorted(int(i) for i in eos_ids), "stop": list(stop)}
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        answer = self._read(self.reply_timeout_s)
+        answer = self._request({"prompts": [[int(t) for t in ids] for ids in prompts], "max_tokens": int(max_tokens),
+                                "eos": sorted(int(i) for i in eos_ids), "stop": list(stop)})
         if "error" in answer:
             raise ValueError(f"llama.cpp worker: {answer['error']}")
         reply = PeerReply(answer["outputs"], int(answer["forwards"]), int(answer["evaluated_tokens"]),
@@ -228,6 +223,20 @@ class LlamaCppWorker:
         self.evaluated_tokens += reply.evaluated_tokens
         self.peak_rss_mb = max(self.peak_rss_mb, reply.peak_rss_mb)
         return reply
+
+    def forget_prompts(self) -> None:
+        """Make the worker keep nothing of earlier prompts (its next prompt reuses no prefix)."""
+        answer = self._request({"forget": True})
+        if not answer.get("forgotten"):
+            raise RuntimeError(f"the llama.cpp worker did not forget its prompts: {answer}")
+
+    def _request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request line and wait for its answer."""
+        if self._process.poll() is not None or self._process.stdin is None:
+            raise RuntimeError("the llama.cpp worker is closed")
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        return self._read(self.reply_timeout_s)
 
     def close(self) -> None:
         """End the worker (its input closed; killed if it has not exited within 10 s)."""

@@ -17,7 +17,14 @@ import sys
 import pytest
 
 from langchain_seed.bench import peer_worker, peers, protocol, report, workloads
-from langchain_seed.bench.methods import BenchModels, GroupOutput, Method, make_method, reference_outputs
+from langchain_seed.bench.methods import (
+    BenchModels,
+    GroupOutput,
+    LlamaCppMethod,
+    Method,
+    make_method,
+    reference_outputs,
+)
 from langchain_seed.bench.records import first_divergence
 
 QUESTIONS = ["What is 12 + 30?", "Tom has 3 apples and buys 2 more. How many apples?"]
@@ -144,8 +151,11 @@ class _EchoDecoder:
     gguf, settings = "echo.gguf", {"threads": 2}
 
     def __init__(self) -> None:
-        self.forwards = self.evaluated_tokens = 0
+        self.forwards = self.evaluated_tokens = self.forgotten = 0
         self.closed = False
+
+    def forget_prompts(self) -> None:
+        self.forgotten += 1
 
     def stop_rule(self, eos_ids, stop):
         return lambda new: new[-1] in set(eos_ids)
@@ -184,6 +194,12 @@ def test_the_worker_says_ready_answers_each_request_and_closes_the_decoder_at_th
     assert answer["forwards"] == 6 and answer["evaluated_tokens"] == 1 + 4 + 2 + 2 and answer["peak_rss_mb"] > 0
     assert refused == {"error": "ValueError: prompt holds 0"}  # one bad request; the worker goes on
     assert after["outputs"] == [[2]] and decoder.closed
+
+
+def test_the_worker_forgets_its_prompts_when_asked():
+    decoder = _EchoDecoder()
+    _, answer, forgotten = _serve([{"prompts": [[5]], "max_tokens": 1}, {"forget": True}], lambda: decoder)
+    assert answer["outputs"] == [[6]] and forgotten == {"forgotten": True} and decoder.forgotten == 1
 
 
 def test_a_worker_without_llama_cpp_says_so_and_exits():
@@ -253,6 +269,10 @@ def test_llama_cpp_decodes_the_shipped_gguf_greedily_reusing_the_prompt_prefix(r
     again = real_decoder.generate(prompt_ids, 6)  # the prompt is cached: one token replayed for its logits
     assert again == first and real_decoder.evaluated_tokens - evaluated == 1 + 5
     assert real_decoder.generate(prompt_ids, 6, stop=lambda new: len(new) == 3) == first[:3]
+    real_decoder.forget_prompts()
+    evaluated = real_decoder.evaluated_tokens
+    assert real_decoder.generate(prompt_ids, 6) == first  # nothing reused: the whole prompt again
+    assert real_decoder.evaluated_tokens - evaluated == len(prompt_ids) + 5
     with pytest.raises(ValueError, match="exceed llama.cpp's context"):
         real_decoder.generate(prompt_ids, real_decoder.context_tokens)
 
@@ -281,6 +301,10 @@ def test_the_worker_decodes_as_the_decoder_does_in_its_own_process(real_worker, 
     with pytest.raises(ValueError, match="llama.cpp worker: .*exceed llama.cpp's context"):
         real_worker.generate(prompts[:1], real_worker.context_tokens)
     assert real_worker.generate(prompts[:1], 8).outputs == expected[:1]  # still serving
+    real_worker.generate(prompts[:1], 8)
+    assert real_worker.generate(prompts[:1], 8).evaluated_tokens == 1 + 7  # the prompt reused
+    real_worker.forget_prompts()
+    assert real_worker.generate(prompts[:1], 8).evaluated_tokens == len(prompts[0]) + 7
 
 
 def test_a_closed_worker_refuses_requests(real_gguf):
@@ -300,3 +324,22 @@ def test_the_peer_llm_cuts_at_stop_strings(real_worker, real_tokenizer):
     generation = result.generations[0][0]
     assert generation.text == " P" and generation.generation_info["finish_reason"] == "stop"
     assert generation.generation_info["new_tokens"] == 1  # llama.cpp stopped at the stop string itself
+
+
+def test_llamacpp_serial_forgets_its_prompts_before_each_timed_call_as_every_method_does(models):
+    class Peer:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def forget_prompts(self) -> None:
+            self.calls.append("forget")
+
+        def generate(self, prompts, max_tokens, eos_ids=()):
+            self.calls.append("generate")
+            return peers.PeerReply([[7] * max_tokens for _ in prompts], max_tokens, max_tokens, 1.0)
+
+    method = LlamaCppMethod.__new__(LlamaCppMethod)
+    method.name, method.models, method.peer = "llamacpp_serial", models, Peer()
+    workload = workloads.build_single(QUESTIONS, models.tokenizer, max_tokens=2)
+    protocol.run_benchmark(workload, [method], models, reference_outputs(models), reps=1, warmup=False, progress=False)
+    assert method.peer.calls == ["forget", "generate"] * len(QUESTIONS)
