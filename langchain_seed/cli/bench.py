@@ -26,38 +26,14 @@ import torch
 import transformers
 
 from langchain_seed.bench import paper, profile, protocol, report, workloads
-from langchain_seed.bench.methods import (
-    BENCH_METHODS,
-    DRAFT_METHODS,
-    HF_METHODS,
-    SEED_METHODS,
-    BenchModels,
-    make_method,
-    parse_methods,
-    reference_outputs,
-)
+from langchain_seed.bench.methods import BENCH_METHODS, make_method, parse_methods, reference_outputs
 from langchain_seed.bench.peers import PeerUnavailable
-from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
-from langchain_seed.cli.common import (
-    decoding_fields,
-    decoding_parent,
-    model_parent,
-    positive_int,
-)
-from langchain_seed.engine.feature_draft import is_feature_draft_dir
-from langchain_seed.engine.kernels import LINEAR_KERNELS, effective_kernel
-from langchain_seed.engine.models import draft_takes_int8, load_draft, load_models, read_head_token_ids
-from langchain_seed.engine.options import OPTIONS
-from langchain_seed.engine.weights.convert import (
-    decoder_layers,
-    dequantized_copy,
-    has_int8_activations,
-    int8_draft_layers,
-    is_quantized_model,
-)
-from langchain_seed.engine.weights.int8_dot import Int8Linear
-from langchain_seed.pair.assemble import ensure_default_pair
-from langchain_seed.pair.paths import cache_dir, default_seed_draft_dir
+from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS, truncate_at_eos
+from langchain_seed.cli import bench_own_process
+from langchain_seed.cli.bench_models import load_bench_models, model_pair_info
+from langchain_seed.cli.common import decoding_parent, model_parent, positive_int
+from langchain_seed.engine.kernels import LINEAR_KERNELS
+from langchain_seed.pair.paths import cache_dir
 
 FULL = {"tot-step": (20, 3), "single": (20, 3), "tot-full": (5, 3)}
 """Questions and repetitions of the default (full) run per workload."""
@@ -118,6 +94,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up call")
     parser.add_argument("--profile", action="store_true",
                         help="afterwards, profile seed_batched per round (draft / verify / other)")
+    parser.add_argument("--no-own-process", dest="own_process", action="store_false",
+                        help="skip running seed_batched again in a process of its own, which loads only what it "
+                             "needs, for its peak memory (the table's RSS is the shared process's)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH", help="write a PNG plot")
     parser.add_argument("--check-identical", action="store_true",
@@ -134,114 +113,6 @@ def resolve_counts(args: argparse.Namespace) -> tuple[int, int]:
     """(questions, reps) from the flags, the workload and ``--quick``."""
     questions, reps = (QUICK if args.quick else FULL)[args.workload]
     return args.questions or questions, args.reps or reps
-
-
-def load_bench_models(args: argparse.Namespace):
-    """Load the pair named by the flags (or the default pair) onto the device."""
-    needs_draft = any(m in DRAFT_METHODS for m in args.methods)
-    target, draft, seed_draft = args.target, args.draft, args.seed_draft
-    if target is None:
-        default_target, default_draft = ensure_default_pair(progress=args.progress)
-        target, draft = default_target, draft or default_draft
-        seed_draft = seed_draft or default_seed_draft_dir()
-    if needs_draft and draft is None:
-        raise SystemExit("the methods " + ", ".join(m for m in args.methods if m in DRAFT_METHODS)
-                         + " need --draft (or leave out --target to use the default pair)")
-    if "hf_assisted_serial" in args.methods and draft is not None and is_feature_draft_dir(draft):
-        raise SystemExit(f"--draft {draft} is a feature draft, which transformers' assisted generation cannot "
-                         "run: pass a token draft as --draft and the feature draft as --seed-draft")
-    # A float32 draft is kept only for transformers' assisted generation; the seed methods'
-    # draft takes --draft-activations (its own copy when the assistant runs too), so their
-    # memory is what `SeedLLM` would hold.
-    assistant = "hf_assisted_serial" in args.methods
-    seeds = needs_draft and any(m in SEED_METHODS for m in args.methods)
-    own_seed_draft = seeds and seed_draft is not None
-    loaded = load_models(target, draft if assistant or (seeds and not own_seed_draft) else None, dtype=args.dtype,
-                         weights=args.weights, activations=args.activations,
-                         draft_activations="float32" if assistant else args.draft_activations)
-    device = torch.device(args.device)
-    loaded.target.to(device)
-    if loaded.draft is not None:
-        loaded.draft.to(device)
-    seed_model = load_draft(seed_draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device) \
-        if own_seed_draft else None
-    if seeds and assistant and seed_model is None and draft_takes_int8(args.draft_activations, loaded.draft):
-        seed_model = load_draft(draft, loaded.target, loaded.tokenizer, dtype=args.dtype).to(device)
-    if seed_model is not None and draft_takes_int8(args.draft_activations, seed_model):
-        int8_draft_layers(seed_model)
-    hf_target, hf_draft, seed_target, seed_model = _float_baselines(args, loaded, draft, seed_model)
-    head_ids = _head_ids(draft) if needs_draft else None
-    tree = _seed_tree(args)
-    return BenchModels(hf_target, hf_draft, loaded.tokenizer, head_ids, tree["k_config"],
-                       str(target), str(draft) if needs_draft else "-", args.linear_kernel,
-                       tree["draft_confidence"], seed_model, str(seed_draft or draft) if seed_model is not None
-                       else None, seed_target, _weights_name(loaded.target), tree["draft_survival"])
-
-
-def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
-    """(target, draft) for the transformers methods and (target, draft) for the seed methods.
-
-    A target kept in blocks (a GGUF as shipped, or `--weights int8/int4`) runs the seed
-    methods; the transformers methods get its dequantised float32 copy (the same model in
-    torch's own code), built only when one of them is selected. Otherwise all share one:
-    with 8-bit activations (`--activations int8`) the target is the model with `Int8Linear`s,
-    whose forward is the same in transformers' `generate` as in the engine."""
-    if (not is_quantized_model(loaded.target) or has_int8_activations(loaded.target)
-            or not any(m in HF_METHODS for m in args.methods)):
-        return loaded.target, loaded.draft, None, seed_model
-    dense = dequantized_copy(loaded.target)
-    assistant = "hf_assisted_serial" in args.methods
-    dense_draft = load_draft(draft, dense, loaded.tokenizer) if assistant and loaded.draft is not None else None
-    return dense, dense_draft, loaded.target, seed_model if seed_model is not None else loaded.draft
-
-
-def _weights_name(model) -> str:
-    """How the seed methods' target keeps its weights: the block formats it uses, or its dtype."""
-    formats = sorted({m.fmt for m in model.modules() if hasattr(m, "fmt") and hasattr(m, "blocks")})
-    int8 = sorted({m.fmt for m in model.modules() if isinstance(m, Int8Linear)})
-    if int8:
-        return "+".join(int8) + " x int8 activations"
-    return "+".join(formats) if formats else str(next(model.parameters()).dtype).replace("torch.", "")
-
-
-def _seed_tree(args: argparse.Namespace) -> dict:
-    """The seed methods' k_config, draft_confidence and draft_survival: given, else the default
-    pair's tuned ones (on the default pair) or the options' defaults."""
-    fields = decoding_fields(args, default_pair=args.target is None)
-    names = ("k_config", "draft_confidence", "draft_survival")
-    return {name: fields.get(name, OPTIONS[name].default) for name in names}
-
-
-def _head_ids(draft) -> list[int] | None:
-    path = Path(str(draft))
-    if not (path / "head_token_ids.json").is_file():
-        return None
-    return read_head_token_ids(path)
-
-
-def model_pair_info(models) -> dict[str, Any]:
-    def params(model) -> int | None:
-        return sum(p.numel() for p in model.parameters()) if model is not None else None
-
-    draft_layers = decoder_layers(models.engine_draft)
-
-    return {
-        "target": models.target_name,
-        "draft": models.draft_name,
-        "seed_draft": models.seed_draft_name or models.draft_name,
-        "target_parameters": params(models.target),
-        "draft_parameters": params(models.draft),
-        "seed_draft_parameters": params(models.engine_draft),
-        "draft_head_tokens": len(models.draft_head_token_ids) if models.draft_head_token_ids else None,
-        "k_config": list(models.k_config),
-        "draft_confidence": models.draft_confidence,
-        "draft_survival": models.draft_survival,
-        "seed_linear_kernel": effective_kernel(models.linear_kernel),
-        "dtype": str(next(models.target.parameters()).dtype).replace("torch.", ""),
-        "seed_weights": models.seed_weights,
-        "seed_draft_weights": None if draft_layers is None else _weights_name(draft_layers),
-        "hf_weights": "float32 (dequantised copy)" if models.seed_target is not None else models.seed_weights,
-    }
 
 
 def reference_cache_path(args: argparse.Namespace, models) -> Path | None:
@@ -303,12 +174,19 @@ def run_bench(args: argparse.Namespace) -> int:
             method.close()
     if args.profile and args.workload != "tot-full" and models.engine_draft is not None:
         run.profile = profile.profile_seed(workload, models, "seed_batched")
+    own_process = _own_process_memory(args, workload, models, reference)
     machine["torch_threads"] = torch.get_num_threads()
     document = report.to_document(run, machine, model_pair_info(models),
                                   {"quick": args.quick, "warmup": args.warmup, "methods": args.methods})
+    if own_process is not None:
+        document["own_process"] = own_process
     print(f"workload {run.workload}: {run.settings} | {reps} reps, medians | "
           f"{document['machine']['cpu_model']}, {document['machine']['torch_threads']} torch threads")
     print(report.format_table(document["rows"]))
+    if own_process is not None:
+        print(f"{own_process['method']} in a process of its own (only what it loads): peak RSS "
+              f"{own_process['peak_rss_mb']:.0f} MB ({own_process['after_load_mb']:.0f} MB after loading), outputs "
+              + ("identical to" if own_process["identical_to_target"] else "NOT identical to") + " the target's")
     if run.profile is not None:
         print(report.format_profile(run.profile))
     if args.json_path:
@@ -323,6 +201,26 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.check_identical:
             return 2
     return 0
+
+
+def _own_process_memory(args: argparse.Namespace, workload, models, reference) -> dict[str, Any] | None:
+    """seed_batched's memory in a process of its own (`bench_own_process`), with whether its
+    outputs there equal the target's greedy ones; None where not asked or not run (why, on
+    stderr)."""
+    if not args.own_process or "seed_batched" not in args.methods or args.workload == "tot-full":
+        return None
+    try:
+        answer = bench_own_process.measure(args, workload.groups, "seed_batched", torch.get_num_threads())
+    except RuntimeError as error:
+        print(f"warning: {error}", file=sys.stderr)
+        return None
+    eos = models.eos_token_ids
+    outputs = answer.pop("outputs")
+    answer["identical_to_target"] = len(outputs) == len(workload.groups) and all(
+        truncate_at_eos(out, eos) == truncate_at_eos(expected, eos)
+        for group, outs in zip(workload.groups, outputs)
+        for out, expected in zip(outs, reference(group.id_lists(), group.max_tokens), strict=True))
+    return answer
 
 
 def run_paper_bench(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from langchain_seed.bench.methods import (
     parse_methods,
     reference_outputs,
 )
+from langchain_seed.bench.workloads import truncate_at_eos
 
 QUESTIONS = ["What is 12 + 30?", "Tom has 3 apples and buys 2 more. How many apples?"]
 ROW_KEYS = {"method", "seconds", "new_tokens", "tokens_per_s", "target_calls", "acceptance_rate", "peak_rss_mb",
@@ -237,6 +238,10 @@ def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_
     assert document["model_pair"]["draft_head_tokens"] == len(tiny_tokenizer)
     assert {row["method"] for row in document["rows"]} == set(METHODS)
     assert all(row["identical_to_target"] for row in document["rows"] if row["method"].startswith("seed_"))
+    own = document["own_process"]  # seed_batched again, in a process that loads only what it needs
+    assert own["method"] == "seed_batched" and own["identical_to_target"] is True
+    assert 0 < own["after_load_mb"] <= own["peak_rss_mb"]
+    assert "seed_batched in a process of its own" in out
     if _has_matplotlib():
         assert plot_path.stat().st_size > 1000
     assert len(list((tmp_path / "home" / "bench-reference").glob("*.json"))) == 1
@@ -247,7 +252,7 @@ def test_the_seed_methods_hold_the_draft_seedllm_holds_and_a_float32_one_only_fo
         tiny_target, tiny_draft, tiny_tokenizer, tmp_path, methods):
     """Only transformers' assisted generation gets a float32 draft; the seed methods' draft
     takes --draft-activations (int8 here), so their memory is what `SeedLLM` would hold."""
-    from langchain_seed.cli import bench as cli
+    from langchain_seed.cli import bench_models
     from langchain_seed.engine.weights.int8_dot import Int8Linear
 
     target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
@@ -256,7 +261,7 @@ def test_the_seed_methods_hold_the_draft_seedllm_holds_and_a_float32_one_only_fo
         tiny_tokenizer.save_pretrained(directory)
     args = _parse(["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--methods", methods,
                    "--draft-activations", "int8"])
-    models = cli.load_bench_models(args)
+    models = bench_models.load_bench_models(args)
 
     def int8_linears(model) -> int:
         return sum(isinstance(module, Int8Linear) for module in model.modules())
@@ -342,7 +347,7 @@ def test_cli_seed_draft_is_the_seed_methods_and_a_feature_draft_is_no_assistant(
         tiny_tokenizer.save_pretrained(directory)
     FeatureDraftModel.from_target(tiny_target, 1, list(range(len(tiny_tokenizer)))).save(feature_dir)
     common = ["bench", "--target", str(target_dir), "--data", str(data_file), "--questions", "1", "--reps", "1",
-              "--max-tokens", "6", "--value-tokens", "3", "--no-progress", "--no-warmup"]
+              "--max-tokens", "6", "--value-tokens", "3", "--no-progress", "--no-warmup", "--no-own-process"]
     with pytest.raises(SystemExit, match="feature draft"):
         main(common + ["--draft", str(feature_dir), "--methods", "hf_assisted_serial"])
     json_path = tmp_path / "b.json"
@@ -351,6 +356,7 @@ def test_cli_seed_draft_is_the_seed_methods_and_a_feature_draft_is_no_assistant(
     assert main(argv) == 0
     pair = json.loads(json_path.read_text())["model_pair"]
     assert pair["seed_draft"] == str(feature_dir) and pair["draft"] == str(draft_dir)
+    assert "own_process" not in json.loads(json_path.read_text())  # --no-own-process
     rows = json.loads(json_path.read_text())["rows"]
     assert all(row["identical_to_target"] for row in rows)
 
@@ -404,3 +410,27 @@ def test_every_timed_call_starts_without_earlier_prompts(models, reference, tot_
     finally:
         method.close()
     assert calls == ["forget", "run"] * len(tot_step.groups)
+
+
+def test_own_process_memory_runs_the_method_with_only_its_models_and_says_when_its_outputs_differ(
+        tiny_target, tiny_draft, tiny_tokenizer, tmp_path, monkeypatch):
+    from langchain_seed.cli import bench_own_process
+
+    monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
+    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
+    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
+        model.save_pretrained(directory)
+        tiny_tokenizer.save_pretrained(directory)
+    models = BenchModels(tiny_target, tiny_draft, tiny_tokenizer, None, (1, 1), str(target_dir), str(draft_dir))
+    reference = protocol.CachedReference(reference_outputs(models))
+    workload = workloads.build_single(["What is 2 + 3?", "Name a color."], tiny_tokenizer, max_tokens=5)
+    args = _parse(["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--k-config", "1,1"])
+    answer = bench_own_process.measure(args, workload.groups, "seed_batched", threads=1)
+    assert answer["method"] == "seed_batched" and 0 < answer["after_load_mb"] <= answer["peak_rss_mb"]
+    eos = models.eos_token_ids
+    expected = [[truncate_at_eos(ids, eos) for ids in reference(group.id_lists(), group.max_tokens)]
+                for group in workload.groups]
+    assert [[truncate_at_eos(ids, eos) for ids in outs] for outs in answer["outputs"]] == expected
+    with pytest.raises(RuntimeError, match="in a process of its own failed"):
+        bench_own_process.measure(_parse(["bench", "--target", str(tmp_path / "missing")]), workload.groups,
+                                  "seed_batched", threads=1)

@@ -10,7 +10,7 @@ import pytest
 
 import langchain_seed.pair.assemble
 import langchain_seed.pair.paths
-from langchain_seed.cli import bench, build_parser, main, serve
+from langchain_seed.cli import bench_models, build_parser, main, serve
 from langchain_seed.cli.common import decoding_fields
 from langchain_seed.engine.options import OPTIONS, tree_size
 from langchain_seed.pair.paths import (
@@ -65,11 +65,11 @@ def test_the_default_pairs_tuned_settings_apply_alike_in_run_bench_and_serve(com
 
 def test_bench_seed_tree_is_the_pairs_on_the_default_pair_and_the_options_default_elsewhere():
     survival = OPTIONS["draft_survival"].default
-    assert bench._seed_tree(_parse(["bench"])) == {**DEFAULT_PAIR_OPTIONS, "draft_survival": survival}
-    assert bench._seed_tree(_parse(["bench", "--target", "dir"])) == {
+    assert bench_models._seed_tree(_parse(["bench"])) == {**DEFAULT_PAIR_OPTIONS, "draft_survival": survival}
+    assert bench_models._seed_tree(_parse(["bench", "--target", "dir"])) == {
         "k_config": OPTIONS["k_config"].default, "draft_confidence": OPTIONS["draft_confidence"].default,
         "draft_survival": survival}
-    assert bench._seed_tree(_parse(["bench", "--draft-survival", "0"]))["draft_survival"] == 0.0
+    assert bench_models._seed_tree(_parse(["bench", "--draft-survival", "0"]))["draft_survival"] == 0.0
 
 
 def test_serve_on_the_default_pair_uses_its_tuned_draft_tree(tmp_path, monkeypatch):
@@ -98,11 +98,20 @@ def test_serve_on_the_default_pair_uses_its_tuned_draft_tree(tmp_path, monkeypat
 
 
 def test_command_modules_import_nothing_from_each_other():
-    commands = {path.stem for path in CLI_DIR.glob("*.py")} - {"__init__", "__main__", "common"}
+    """A command's module imports no other command's, nor another command's helpers
+    (``<command>_*.py``, e.g. ``bench_models``); a command and its helpers share theirs."""
+    modules = {path.stem for path in CLI_DIR.glob("*.py")} - {"__init__", "__main__", "common"}
+    commands = {name for name in modules if not any(name.startswith(f"{other}_") for other in modules)}
+    assert {"bench", "run", "serve", "distill", "models"} <= commands
+
+    def family(name: str) -> str:
+        return next(command for command in commands if name == command or name.startswith(f"{command}_"))
+
     for path in CLI_DIR.glob("*.py"):
-        if path.stem not in commands:
+        if path.stem not in modules:
             continue
+        others = {f"langchain_seed.cli.{name}" for name in modules if family(name) != family(path.stem)}
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported = {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-                assert not {f"langchain_seed.cli.{name}" for name in commands} & imported, path.name
+                assert not others & imported, path.name
