@@ -57,13 +57,17 @@ class ModelDrafter:
 
     @staticmethod
     def _head_of(model, head_token_ids: list[int] | None):
-        """(vocabulary size, head token ids or None for all, head weight `[head, hidden]`).
-        A head kept in blocks (`engine.weights`) dequantises only the rows of a restricted head."""
+        """(vocabulary size, head token ids or None for all, head weight `[head, hidden]`, or
+        None where the head's 8-bit rows are its own blocks: `_blocks_for_int8_head`). A head
+        kept in blocks (`engine.weights`) dequantises only the rows of a restricted head."""
         head = model.get_output_embeddings()
         vocab_size = int(getattr(model.config, "vocab_size", None) or head.out_features)
-        if head_token_ids is None:
+        ids = None if head_token_ids is None else torch.tensor(sorted(set(head_token_ids)), dtype=torch.long,
+                                                               device=model_device(model))
+        if _blocks_for_int8_head(model) is not None:
+            return vocab_size, ids, None
+        if ids is None:
             return vocab_size, None, head.weight.detach()
-        ids = torch.tensor(sorted(set(head_token_ids)), dtype=torch.long, device=model_device(model))
         if hasattr(head, "rows"):
             return vocab_size, ids, head.rows(ids)
         return vocab_size, ids, head.weight.index_select(0, ids).detach().clone()
@@ -432,17 +436,40 @@ def _head_for(drafter_class, model, head_token_ids: list[int] | None):
         built = _heads.setdefault(model, {})
         if key not in built:
             vocab_size, ids, weight = drafter_class._head_of(model, head_token_ids)
-            built[key] = (vocab_size, ids, weight, _int8_head(model, weight))
+            built[key] = (vocab_size, ids, weight, _int8_head(model, ids, weight))
         return built[key]
 
 
-def _int8_head(model, head_weight: torch.Tensor):
+def _blocks_for_int8_head(model):
+    """The LM head of a draft whose layers take 8-bit activations, where its weight is kept
+    in GGML blocks the 8-bit kernels read (the default draft's: the target's Q8_0 embedding);
+    else None."""
+    from langchain_seed.engine.native import INT8_GROUP_BYTES
+    from langchain_seed.engine.weights.convert import has_int8_activations
+    from langchain_seed.engine.weights.modules import QuantizedLinear
+
+    if not has_int8_activations(model) or not hasattr(model, "get_output_embeddings"):
+        return None
+    head = model.get_output_embeddings()
+    if type(head) is not QuantizedLinear or head.bias is not None or head.fmt not in INT8_GROUP_BYTES \
+            or not head.blocks.is_cpu:
+        return None
+    return head
+
+
+def _int8_head(model, head_ids: torch.Tensor | None, head_weight: torch.Tensor | None):
     """A draft whose layers take 8-bit activations (`engine.weights.int8_dot`) computes its
-    head the same way, on the head's rows quantised to Q8_0; None for any other draft."""
+    head the same way: on the head's own blocks of the head's rows where the 8-bit kernels
+    read them (`_blocks_for_int8_head`: no float32 copy of the rows is ever made), else on
+    `head_weight` quantised to Q8_0; None for any other draft."""
     from langchain_seed.engine.weights.convert import has_int8_activations
     from langchain_seed.engine.weights.formats import quantize
     from langchain_seed.engine.weights.int8_dot import Int8Linear
 
-    if not has_int8_activations(model) or head_weight.shape[-1] % 32 or not head_weight.is_cpu:
+    head = _blocks_for_int8_head(model)
+    if head is not None:
+        blocks = head.blocks if head_ids is None else head.blocks.index_select(0, head_ids.cpu())
+        return Int8Linear.from_blocks(blocks, head.fmt, head.in_features)
+    if head_weight is None or not has_int8_activations(model) or head_weight.shape[-1] % 32 or not head_weight.is_cpu:
         return None
     return Int8Linear.from_blocks(quantize(head_weight, "q8_0"), "q8_0", head_weight.shape[-1])

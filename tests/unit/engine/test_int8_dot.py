@@ -115,6 +115,33 @@ def test_every_mode_decodes_the_int8_models_greedy_output(weights, mode, k_confi
     assert [r.token_ids for r in again] == reference
 
 
+def test_an_int8_drafts_head_in_blocks_is_its_own_rows_with_no_float_copy_and_decodes_the_targets_output():
+    """The default draft's head is the target's Q8_0 embedding: its 8-bit head takes the
+    head rows' own blocks (no float32 rows dequantised and quantised again, none kept), the
+    same groups as that route gives, and the engine still decodes the target's output."""
+    from langchain_seed.engine.drafters.model import ModelDrafter
+    from langchain_seed.engine.weights.convert import int8_draft_layers
+
+    target = build_model("llama", seed=16)
+    draft = noisy_copy(build_model("llama", seed=16), 0.05)
+    quantize_model(draft, "int8")  # embedding, head and layers in Q8_0 blocks
+    int8_draft_layers(draft)  # the layers take 8-bit activations; the head stays in blocks
+    head, ids = draft.lm_head, sorted({3, 9, 17, 40, 41, 2})
+    drafter = ModelDrafter(draft, head_token_ids=ids)
+    rows = head.blocks.index_select(0, torch.tensor(ids))
+    assert drafter.head_weight is None
+    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(rows, "q8_0", head.in_features))
+    requantized = formats.quantize(formats.dequantize(rows, "q8_0", head.in_features), "q8_0")
+    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(requantized, "q8_0", head.in_features))
+    reference = [hf_greedy(target, prompt, 16) for prompt in PROMPTS]
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 1)), draft_head_token_ids=list(range(60)))
+    try:
+        results = engine.generate(PROMPTS, SamplingParams(max_tokens=16), mode="scheduled")
+    finally:
+        engine.close()
+    assert [r.token_ids for r in results] == reference
+
+
 def _last_logits(model, ids: list[int], split: int | None = None, pad_before: int = 0) -> torch.Tensor:
     """The model's logits after `ids`: in one forward, or prefilled up to `split` and then
     fed the rest over the cache, or left-padded by `pad_before` slots in a batch of two."""
