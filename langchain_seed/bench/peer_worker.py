@@ -25,11 +25,12 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+from langchain_seed.bench.process_memory import status_mb
 
 CONTEXT_TOKENS = 4096
 """llama.cpp context size: prompt plus new tokens, at most."""
@@ -132,7 +133,7 @@ class LlamaCppDecoder:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return status_mb("VmHWM")  # its own peak, not the harness's it was forked from (`process_memory`)
 
 
 def _answer(request: dict[str, Any], decoder: LlamaCppDecoder) -> dict[str, Any]:

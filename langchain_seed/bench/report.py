@@ -246,3 +246,13 @@ def save_figure(figure: Any, path: str | Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def format_own_process(own: dict[str, Any]) -> str:
+    """One line for a method's memory in a process of its own (`cli.bench_own_process`)."""
+    decoding = own.get("decoding_peak_mb")
+    while_decoding = f"{decoding:.0f} MB while decoding, " if decoding is not None else ""
+    outputs = "identical to" if own["identical_to_target"] else "NOT identical to"
+    return (f"{own['method']} in a process of its own (only what it loads): peak RSS {while_decoding}"
+            f"{own['peak_rss_mb']:.0f} MB with loading ({own['after_load_mb']:.0f} MB after loading); outputs "
+            f"{outputs} the target's")

@@ -184,9 +184,7 @@ def run_bench(args: argparse.Namespace) -> int:
           f"{document['machine']['cpu_model']}, {document['machine']['torch_threads']} torch threads")
     print(report.format_table(document["rows"]))
     if own_process is not None:
-        print(f"{own_process['method']} in a process of its own (only what it loads): peak RSS "
-              f"{own_process['peak_rss_mb']:.0f} MB ({own_process['after_load_mb']:.0f} MB after loading), outputs "
-              + ("identical to" if own_process["identical_to_target"] else "NOT identical to") + " the target's")
+        print(report.format_own_process(own_process))
     if run.profile is not None:
         print(report.format_profile(run.profile))
     if args.json_path:

@@ -7,7 +7,8 @@ the target for its baselines, a float32 draft for its assisted generation. `meas
 one method again over the workload's groups, untimed, twice over (the second pass is what
 a warm engine holds), in a fresh interpreter that loads only what that method needs, as
 the bench loads it (`load_bench_models` with that method alone), and reports the RSS after
-loading, the peak RSS (`ru_maxrss`: loading included), and the outputs, which the caller
+loading, the peak RSS while decoding and over the process's life (loading included; both
+``VmHWM``: `bench.process_memory`), and the outputs, which the caller
 compares with the target's greedy ones.
 
 Run as ``python -m langchain_seed.cli.bench_own_process REQUEST.json``: the request holds
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,16 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_seed.bench.process_memory import restart_peak, status_mb
+
 TIMEOUT_S = 900.0
 """The longest the fresh process may take (loading, then two passes over the groups)."""
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,7 +48,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace, groups: Sequence[Any], method: str, threads: int) -> dict[str, Any]:
     """`method` over `groups` (`PromptGroup`s) in a fresh process: ``{"method", "after_load_mb",
-    "peak_rss_mb", "outputs": [per group, per prompt: new ids]}``. RuntimeError where that
+    "decoding_peak_mb" (None where the peak cannot be restarted after loading), "peak_rss_mb"
+    (loading included), "outputs": [per group, per prompt: new ids]}``. RuntimeError where that
     process fails or does not answer within `TIMEOUT_S`."""
     request = {"flags": _flags(args), "method": method, "threads": threads,
                "groups": [{"prompts": group.id_lists(), "max_tokens": group.max_tokens} for group in groups]}
@@ -81,7 +76,8 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(request["threads"]))
     args = argparse.Namespace(**{**request["flags"], "methods": [request["method"]], "progress": False})
     method = make_method(request["method"], load_bench_models(args))
-    after_load = _rss_mb()
+    after_load, load_peak = status_mb("VmRSS"), status_mb("VmHWM")
+    restarted = restart_peak()
     try:
         for _ in range(2):
             outputs = []
@@ -90,9 +86,10 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
                 outputs.append(method.run_group(group["prompts"], int(group["max_tokens"])).token_ids)
     finally:
         method.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": request["method"], "after_load_mb": round(after_load, 1), "peak_rss_mb": round(peak, 1),
-            "outputs": outputs}
+    decode_peak = status_mb("VmHWM")
+    return {"method": request["method"], "after_load_mb": round(after_load, 1),
+            "decoding_peak_mb": round(decode_peak, 1) if restarted else None,
+            "peak_rss_mb": round(max(load_peak, decode_peak), 1), "outputs": outputs}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

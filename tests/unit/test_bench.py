@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from langchain_seed.bench import probes, profile, protocol, report, workloads
+from langchain_seed.bench import probes, process_memory, profile, protocol, report, workloads
 from langchain_seed.bench.methods import (
     BENCH_METHODS,
     METHODS,
@@ -241,7 +241,7 @@ def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_
     own = document["own_process"]  # seed_batched again, in a process that loads only what it needs
     assert own["method"] == "seed_batched" and own["identical_to_target"] is True
     assert 0 < own["after_load_mb"] <= own["peak_rss_mb"]
-    assert "seed_batched in a process of its own" in out
+    assert report.format_own_process(own) in out and "identical to the target's" in out
     if _has_matplotlib():
         assert plot_path.stat().st_size > 1000
     assert len(list((tmp_path / "home" / "bench-reference").glob("*.json"))) == 1
@@ -425,8 +425,14 @@ def test_own_process_memory_runs_the_method_with_only_its_models_and_says_when_i
     reference = protocol.CachedReference(reference_outputs(models))
     workload = workloads.build_single(["What is 2 + 3?", "Name a color."], tiny_tokenizer, max_tokens=5)
     args = _parse(["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--k-config", "1,1"])
+    ballast = bytearray(800 * 2**20)  # this process holds 800 MB more than the fresh one can
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))
     answer = bench_own_process.measure(args, workload.groups, "seed_batched", threads=1)
     assert answer["method"] == "seed_batched" and 0 < answer["after_load_mb"] <= answer["peak_rss_mb"]
+    assert answer["decoding_peak_mb"] is None or answer["decoding_peak_mb"] <= answer["peak_rss_mb"]
+    # its own peak, not this process's (a forked child's ru_maxrss starts from its parent's)
+    assert answer["peak_rss_mb"] < process_memory.status_mb("VmRSS") - 700
+    del ballast
     eos = models.eos_token_ids
     expected = [[truncate_at_eos(ids, eos) for ids in reference(group.id_lists(), group.max_tokens)]
                 for group in workload.groups]
@@ -434,3 +440,16 @@ def test_own_process_memory_runs_the_method_with_only_its_models_and_says_when_i
     with pytest.raises(RuntimeError, match="in a process of its own failed"):
         bench_own_process.measure(_parse(["bench", "--target", str(tmp_path / "missing")]), workload.groups,
                                   "seed_batched", threads=1)
+
+
+def test_process_memory_reads_this_process_and_the_own_process_line():
+    assert 0 < process_memory.status_mb("VmRSS") <= process_memory.status_mb("VmHWM")
+    with pytest.raises(RuntimeError, match="no VmNothing"):
+        process_memory.status_mb("VmNothing")
+    own = {"method": "seed_batched", "after_load_mb": 504.2, "decoding_peak_mb": 580.4, "peak_rss_mb": 590.0,
+           "identical_to_target": False}
+    assert report.format_own_process(own) == (
+        "seed_batched in a process of its own (only what it loads): peak RSS 580 MB while decoding, 590 MB with "
+        "loading (504 MB after loading); outputs NOT identical to the target's")
+    assert "while decoding" not in report.format_own_process({**own, "decoding_peak_mb": None})
+
