@@ -12,11 +12,12 @@
 The protocol, one JSON object a line: the worker first answers ``{"ready": {settings}}`` or
 ``{"error": why, "unavailable": true}``; then each request ``{"prompts": [[ids]],
 "max_tokens": n, "eos": [ids], "stop": [strings]}`` gets ``{"outputs": [[ids]], "forwards":
-n, "evaluated_tokens": n, "peak_rss_mb": mb}`` or ``{"error": why}``; ``{"forget": true}`` gets
-``{"forgotten": true}`` once the next prompt can reuse nothing of the earlier ones (the harness
-asks before each timed call, as it asks every method: `bench.methods.Method.forget_prompts`).
-It ends at the end of its input. Stop strings are found in llama.cpp's own detokenization of the new tokens (as
-``llama-server`` does); the caller cuts the text with the target's tokenizer.
+n, "evaluated_tokens": n, "peak_rss_mb": mb}`` or ``{"error": why}``; ``{"forget": true}``
+gets ``{"forgotten": true}`` once the next prompt can reuse nothing of the earlier ones (the
+harness asks before each timed call, as it asks every method: `bench.methods.Method.
+forget_prompts`). It ends at the end of its input. Stop strings are found in llama.cpp's own
+detokenization of the new tokens (as ``llama-server`` does); the caller cuts the text with
+the target's tokenizer.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ loading, the peak RSS while decoding and over the process's life (loading includ
 ``VmHWM``: `bench.process_memory`), and the outputs, which the caller
 compares with the target's greedy ones.
 
-Run as ``python -m langchain_seed.cli.bench_own_process REQUEST.json``: the request holds
-the bench's flags, the method, the thread count and the groups (prompt ids, max tokens);
-the answer is one JSON line on stdout.
+Run as ``python -m langchain_seed.cli.bench_own_process REQUEST.json ANSWER.json``: the
+request holds the bench's flags, the method, the thread count and the groups (prompt ids,
+max tokens); the answer is written as JSON (not to stdout, where a library may print).
 """
 
 from __future__ import annotations
@@ -54,17 +54,18 @@ def measure(args: argparse.Namespace, groups: Sequence[Any], method: str, thread
     request = {"flags": _flags(args), "method": method, "threads": threads,
                "groups": [{"prompts": group.id_lists(), "max_tokens": group.max_tokens} for group in groups]}
     with tempfile.TemporaryDirectory(prefix="langchain-seed-own-process-") as directory:
-        path = Path(directory) / "request.json"
-        path.write_text(json.dumps(request))
+        request_path, answer_path = Path(directory) / "request.json", Path(directory) / "answer.json"
+        request_path.write_text(json.dumps(request))
         try:
-            done = subprocess.run([sys.executable, "-m", __name__, str(path)], capture_output=True, text=True,
-                                  timeout=TIMEOUT_S, env=os.environ.copy())
+            done = subprocess.run([sys.executable, "-m", __name__, str(request_path), str(answer_path)],
+                                  capture_output=True, text=True, timeout=TIMEOUT_S, env=os.environ.copy())
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{method} in a process of its own gave no answer within {TIMEOUT_S:.0f} s") from None
-    if done.returncode != 0 or not done.stdout.strip():
-        tail = done.stderr.strip().splitlines()[-5:]
-        raise RuntimeError(f"{method} in a process of its own failed (status {done.returncode}): " + " | ".join(tail))
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        if done.returncode != 0 or not answer_path.is_file():
+            tail = done.stderr.strip().splitlines()[-5:]
+            raise RuntimeError(f"{method} in a process of its own failed (status {done.returncode}): "
+                               + " | ".join(tail))
+        return dict(json.loads(answer_path.read_text()))
 
 
 def _serve(request: dict[str, Any]) -> dict[str, Any]:
@@ -95,9 +96,9 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("request", type=Path)
+    parser.add_argument("answer", type=Path)
     args = parser.parse_args(argv)
-    answer = _serve(json.loads(args.request.read_text()))
-    print(json.dumps(answer), flush=True)
+    args.answer.write_text(json.dumps(_serve(json.loads(args.request.read_text()))))
 
 
 if __name__ == "__main__":
