@@ -8,8 +8,10 @@
  * dequantised into a per-thread float32 buffer (4 x n_in floats, in L1/L2) with the same
  * rounding as gguf-py's and transformers' dequantisation (a product, then a sum: never
  * fused), and then multiplied by every input row with the dense kernels' register tiles
- * (linear_tiles.h). So the result equals the dense kernel on the dequantised weight bit for
- * bit, while memory streams 0.6 (Q4_1) or 1.06 (Q8_0) bytes per weight instead of 4.
+ * (linear_tiles.h); with at most FUSED_ROWS_MAX input rows on 512 bits the values go
+ * straight into the registers those tiles load instead (below). So the result equals the
+ * dense kernel on the dequantised weight bit for bit, while memory streams 0.6 (Q4_1) or
+ * 1.06 (Q8_0) bytes per weight instead of 4.
  */
 #include <stdint.h>
 #include <stdlib.h>
