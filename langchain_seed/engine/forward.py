@@ -62,11 +62,18 @@ def pack_rows(kv: BatchKV, rows: list[RowInput], dtype: torch.dtype, device) -> 
     if len(rows) != kv.batch_size:
         raise ValueError(f"{len(rows)} row inputs for a cache of {kv.batch_size} rows")
     width = max(len(row.token_ids) for row in rows)
-    batch = len(rows)
     # one tensor each from the padded lists (a copy per row costs more than the forward's Python)
     input_ids = torch.tensor([row.token_ids + [0] * (width - len(row.token_ids)) for row in rows], dtype=torch.long)
     position_ids = torch.tensor([row.positions + [0] * (width - len(row.positions)) for row in rows],
                                 dtype=torch.long)
+    mask = None if _is_plain_causal(kv, rows, width) else _attention_mask(kv, rows, width, dtype, device)
+    return BatchInputs(input_ids.to(device), position_ids.to(device), mask, width, _pack_features(rows, width, device))
+
+
+def _attention_mask(kv: BatchKV, rows: list[RowInput], width: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The 4-D additive mask `[batch, 1, width, slots + width]`: each row's new tokens see the
+    cache's valid slots, their `extra_slots` and the new tokens their `visible_new` allows."""
+    batch = len(rows)
     visible_new = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
     visible_old = kv.valid[:, None, :].expand(batch, width, kv.num_slots).clone()
     for index, row in enumerate(rows):
@@ -77,11 +84,7 @@ def pack_rows(kv: BatchKV, rows: list[RowInput], dtype: torch.dtype, device) -> 
         for token_index, slots in enumerate(row.extra_slots):
             if slots:
                 visible_old[index, token_index, slots] = True
-    if _is_plain_causal(kv, rows, width):
-        mask = None
-    else:
-        mask = kv.attention_mask(visible_old.to(device), visible_new.to(device), dtype)
-    return BatchInputs(input_ids.to(device), position_ids.to(device), mask, width, _pack_features(rows, width, device))
+    return kv.attention_mask(visible_old.to(device), visible_new.to(device), dtype)
 
 
 def _pack_features(rows: list[RowInput], width: int, device) -> torch.Tensor | None:
