@@ -161,8 +161,7 @@ def run_benchmark(
         raise ValueError(f"reps must be >= 1; got {reps}")
     eos = models.eos_token_ids
     groups = workload.groups
-    expected = [[truncate_at_eos(out, eos, g.max_tokens) for out in reference(g.id_lists(), g.max_tokens)]
-                for g in groups]
+    expected = expected_outputs(groups, reference, eos)
     with watching(models) as (counter, sampler):
         def measure(method: Method, index: int, totals: RepTotals, record: MethodRecord, rep: int) -> None:
             _measure_group(method, groups[index], expected[index], counter, sampler, eos, totals, record, rep == 0)
@@ -170,6 +169,23 @@ def run_benchmark(
         records = _interleaved(methods, groups, [g.name for g in groups], reps, warmup, f"bench {workload.name}",
                                progress, lambda m: m.run_group(groups[0].id_lists(), groups[0].max_tokens), measure)
     return BenchRun(workload.name, dict(workload.settings), records, reps)
+
+
+def expected_outputs(groups: Sequence[PromptGroup], reference: Callable[[list[list[int]], int], list[list[int]]],
+                     eos: frozenset[int]) -> list[list[list[int]]]:
+    """The target's greedy outputs per group and prompt, cut as every method's are compared
+    (`truncate_at_eos`, at most the group's max tokens)."""
+    return [[truncate_at_eos(out, eos, g.max_tokens) for out in reference(g.id_lists(), g.max_tokens)]
+            for g in groups]
+
+
+def outputs_identical(groups: Sequence[PromptGroup], outputs: Sequence[Sequence[Sequence[int]]],
+                      reference: Callable[[list[list[int]], int], list[list[int]]], eos: frozenset[int]) -> bool:
+    """Whether a method's new ids per group and prompt equal the target's greedy ones, cut
+    the same way (`expected_outputs`)."""
+    cut = [[truncate_at_eos(out, eos, g.max_tokens) for out in group_outputs]
+           for g, group_outputs in zip(groups, outputs, strict=True)]
+    return cut == expected_outputs(groups, reference, eos)
 
 
 def _measure_group(method: Method, group: PromptGroup, expected: list[list[int]], counter: ForwardCounter,

@@ -28,7 +28,7 @@ import transformers
 from langchain_seed.bench import paper, profile, protocol, report, workloads
 from langchain_seed.bench.methods import BENCH_METHODS, make_method, parse_methods, reference_outputs
 from langchain_seed.bench.peers import PeerUnavailable
-from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS, truncate_at_eos
+from langchain_seed.bench.workloads import THOUGHT_TOKENS, VALUE_TOKENS, WORKLOADS
 from langchain_seed.cli import bench_own_process
 from langchain_seed.cli.bench_models import load_bench_models, model_pair_info
 from langchain_seed.cli.common import decoding_parent, model_parent, positive_int
@@ -212,12 +212,9 @@ def _own_process_memory(args: argparse.Namespace, workload, models, reference) -
     except RuntimeError as error:
         print(f"warning: {error}", file=sys.stderr)
         return None
-    eos = models.eos_token_ids
     outputs = answer.pop("outputs")
-    answer["identical_to_target"] = len(outputs) == len(workload.groups) and all(
-        truncate_at_eos(out, eos) == truncate_at_eos(expected, eos)
-        for group, outs in zip(workload.groups, outputs)
-        for out, expected in zip(outs, reference(group.id_lists(), group.max_tokens), strict=True))
+    answer["identical_to_target"] = len(outputs) == len(workload.groups) and protocol.outputs_identical(
+        workload.groups, outputs, reference, models.eos_token_ids)
     return answer
 
 

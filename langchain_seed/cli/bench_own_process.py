@@ -73,11 +73,12 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
 
     from langchain_seed.bench.methods import make_method
     from langchain_seed.cli.bench_models import load_bench_models
+    from langchain_seed.engine.stats import current_rss_mb
 
     torch.set_num_threads(int(request["threads"]))
     args = argparse.Namespace(**{**request["flags"], "methods": [request["method"]], "progress": False})
     method = make_method(request["method"], load_bench_models(args))
-    after_load, load_peak = status_mb("VmRSS"), status_mb("VmHWM")
+    after_load, load_peak = current_rss_mb(), status_mb("VmHWM")
     restarted = restart_peak()
     try:
         for _ in range(2):

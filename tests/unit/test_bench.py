@@ -214,15 +214,21 @@ def test_cli_quick_parsing():
             _parse(bad)
 
 
+def _save_pair(tmp_path, target, draft, tokenizer):
+    """The tiny target and draft saved as model directories (each with the tokenizer)."""
+    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
+    for model, directory in ((target, target_dir), (draft, draft_dir)):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return target_dir, draft_dir
+
+
 def test_cli_end_to_end(tiny_target, tiny_draft, tiny_tokenizer, tmp_path, data_file, capsys, monkeypatch):
     from langchain_seed.cli import main
 
     monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
 
-    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
-    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
-        model.save_pretrained(directory)
-        tiny_tokenizer.save_pretrained(directory)
+    target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
     (draft_dir / "head_token_ids.json").write_text(json.dumps(list(range(len(tiny_tokenizer)))))
     json_path, plot_path = tmp_path / "b.json", tmp_path / "b.png"
     argv = ["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--data", str(data_file),
@@ -255,10 +261,7 @@ def test_the_seed_methods_hold_the_draft_seedllm_holds_and_a_float32_one_only_fo
     from langchain_seed.cli import bench_models
     from langchain_seed.engine.weights.int8_dot import Int8Linear
 
-    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
-    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
-        model.save_pretrained(directory)
-        tiny_tokenizer.save_pretrained(directory)
+    target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
     args = _parse(["bench", "--target", str(target_dir), "--draft", str(draft_dir), "--methods", methods,
                    "--draft-activations", "int8"])
     models = bench_models.load_bench_models(args)
@@ -341,10 +344,8 @@ def test_cli_seed_draft_is_the_seed_methods_and_a_feature_draft_is_no_assistant(
     from langchain_seed.engine import FeatureDraftModel
 
     monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
-    target_dir, draft_dir, feature_dir = tmp_path / "target", tmp_path / "draft", tmp_path / "feature"
-    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
-        model.save_pretrained(directory)
-        tiny_tokenizer.save_pretrained(directory)
+    target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
+    feature_dir = tmp_path / "feature"
     FeatureDraftModel.from_target(tiny_target, 1, list(range(len(tiny_tokenizer)))).save(feature_dir)
     common = ["bench", "--target", str(target_dir), "--data", str(data_file), "--questions", "1", "--reps", "1",
               "--max-tokens", "6", "--value-tokens", "3", "--no-progress", "--no-warmup", "--no-own-process"]
@@ -417,10 +418,7 @@ def test_own_process_memory_runs_the_method_with_only_its_models_and_says_when_i
     from langchain_seed.cli import bench_own_process
 
     monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
-    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
-    for model, directory in ((tiny_target, target_dir), (tiny_draft, draft_dir)):
-        model.save_pretrained(directory)
-        tiny_tokenizer.save_pretrained(directory)
+    target_dir, draft_dir = _save_pair(tmp_path, tiny_target, tiny_draft, tiny_tokenizer)
     models = BenchModels(tiny_target, tiny_draft, tiny_tokenizer, None, (1, 1), str(target_dir), str(draft_dir))
     reference = protocol.CachedReference(reference_outputs(models))
     workload = workloads.build_single(["What is 2 + 3?", "Name a color."], tiny_tokenizer, max_tokens=5)

@@ -103,6 +103,14 @@ DEFINE_ROWS(1)
 
 /* ---- 512 bits (AVX-512F) ---- */
 
+/* The 4 outputs of one input row from a 512-bit tile's two registers ([row 0 | row 1] and
+ * [row 2 | row 3] partial sums), reduced as the 256-bit tile reduces its four, plus the bias. */
+WIDE_TARGET static inline void store_paired_sums(__m512 acc01, __m512 acc23, const float *bias, float *out) {
+  __m128 s = hsum4(low_half(acc01), high_half(acc01), low_half(acc23), high_half(acc23));
+  if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias));
+  _mm_storeu_ps(out, s);
+}
+
 /* tile_4xRB on 512-bit registers, each holding two weight rows' 8 partial sums side by side
  * ([row 0 | row 1] and [row 2 | row 3] against one input row): every lane takes exactly the
  * products and sums the 256-bit tile's lane takes, and the halves are reduced as it reduces
@@ -127,13 +135,11 @@ DEFINE_ROWS(1)
       }                                                                                       \
     }                                                                                         \
     for (int j = 0; j < RB; ++j) {                                                            \
-      const __m256 sums[4] = {low_half(acc[0][j]), high_half(acc[0][j]), low_half(acc[1][j]), high_half(acc[1][j])}; \
       if (k == n_in) {                                                                        \
-        __m128 s = hsum4(sums[0], sums[1], sums[2], sums[3]);                                 \
-        if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias));                                      \
-        _mm_storeu_ps(out + j * n_out, s);                                                    \
+        store_paired_sums(acc[0][j], acc[1][j], bias, out + j * n_out);                       \
         continue;                                                                             \
       }                                                                                       \
+      const __m256 sums[4] = {low_half(acc[0][j]), high_half(acc[0][j]), low_half(acc[1][j]), high_half(acc[1][j])}; \
       for (int i = 0; i < 4; ++i) { /* row-major only: a PAIRED block has no tail */         \
         float sum = hsum(sums[i]);                                                            \
         for (long t = k; t < n_in; ++t) sum += w[i * n_in + t] * x[j * n_in + t];             \

@@ -141,11 +141,7 @@ WIDE_TARGET static inline void pair_registers(const uint8_t *a, const uint8_t *b
           acc[1][j] = _mm512_fmadd_ps(w23[c], xv, acc[1][j]);                                 \
         }                                                                                     \
     }                                                                                         \
-    for (int j = 0; j < RB; ++j) {                                                            \
-      __m128 s = hsum4(low_half(acc[0][j]), high_half(acc[0][j]), low_half(acc[1][j]), high_half(acc[1][j])); \
-      if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias));                                        \
-      _mm_storeu_ps(out + j * n_out, s);                                                      \
-    }                                                                                         \
+    for (int j = 0; j < RB; ++j) store_paired_sums(acc[0][j], acc[1][j], bias, out + j * n_out); \
   }
 
 DEFINE_FUSED_TILE(6)
