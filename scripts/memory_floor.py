@@ -8,8 +8,10 @@ tokenizers, the GGUF reader), reads the default target's tensors as the GGUF hol
 builds its tokenizer and imports `langchain_seed.lc.llms`, printing the resident size
 (VmRSS) after each step and whether sympy, torch._dynamo or transformers.modeling_utils
 are loaded; then, in a fresh interpreter of its own, `SeedLLM.from_default()` as the product
-loads it. The gap between the last two lines is what importing a transformers model class
-costs. Needs the default pair in the cache (`langchain-seed models`).
+loads it, and after one short invocation. The product builds the engine's own Llama
+modules (`engine.llama`), so none of those three should be loaded on its lines: importing a
+transformers model class (or its config, or `AutoTokenizer`, which reads the config) costs
+~90 MB. Needs the default pair in the cache (`langchain-seed models`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from langchain_seed import SeedLLM
 llm = SeedLLM.from_default()
 heavy = [name for name in {heavy!r} if name in sys.modules]
 print(f"{{status_mb('VmRSS'):.0f}} {{','.join(heavy) or '-'}}")
+llm.invoke("Q: What is 12 times 7?\nA:", max_tokens=32)
+heavy = [name for name in {heavy!r} if name in sys.modules]
+print(f"{{status_mb('VmHWM'):.0f}} {{','.join(heavy) or '-'}}")
 """
 
 
@@ -67,8 +72,9 @@ def main() -> None:
     _line("+ langchain_seed.lc.llms")
     done = subprocess.run([sys.executable, "-c", PRODUCT.format(heavy=HEAVY)], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[1])
-    rss, heavy = done.stdout.split()
+    (rss, heavy), (peak, heavy_after) = (line.split() for line in done.stdout.splitlines()[-2:])
     print(f"{float(rss):7.0f} MB  SeedLLM.from_default() in a fresh interpreter  (loaded: {heavy})")
+    print(f"{float(peak):7.0f} MB  its peak (VmHWM) after one 32-token invocation  (loaded: {heavy_after})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from langchain_seed.bench.methods import DRAFT_METHODS, HF_METHODS, SEED_METHODS
 from langchain_seed.cli.common import decoding_fields
 from langchain_seed.engine.feature_draft import is_feature_draft_dir
 from langchain_seed.engine.kernels import effective_kernel
+from langchain_seed.engine.llama import as_transformers
 from langchain_seed.engine.models import draft_takes_int8, load_draft, load_models, read_head_token_ids
 from langchain_seed.engine.options import OPTIONS
 from langchain_seed.engine.weights.convert import (
@@ -78,11 +79,18 @@ def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
     methods; the transformers methods get its dequantised float32 copy (the same model in
     torch's own code), built only when one of them is selected. Otherwise all share one:
     with 8-bit activations (`--activations int8`) the target is the model with `Int8Linear`s,
-    whose forward is the same in transformers' `generate` as in the engine."""
-    if (not is_quantized_model(loaded.target) or has_int8_activations(loaded.target)
-            or not any(m in HF_METHODS for m in args.methods)):
+    whose forward is the same in transformers' `generate` as in the engine. A target in the
+    engine's own Llama modules (a GGUF as shipped) runs the transformers methods in
+    transformers' classes holding the same modules (`llama.as_transformers`)."""
+    if not any(m in HF_METHODS for m in args.methods):
         return loaded.target, loaded.draft, None, seed_model
-    dense = dequantized_copy(loaded.target)
+    if not is_quantized_model(loaded.target) or has_int8_activations(loaded.target):
+        hf_target = as_transformers(loaded.target)
+        if hf_target is loaded.target:
+            return loaded.target, loaded.draft, None, seed_model
+        return (hf_target, as_transformers(loaded.draft), loaded.target,
+                seed_model if seed_model is not None else loaded.draft)
+    dense = dequantized_copy(as_transformers(loaded.target))
     assistant = "hf_assisted_serial" in args.methods
     dense_draft = load_draft(draft, dense, loaded.tokenizer) if assistant and loaded.draft is not None else None
     return dense, dense_draft, loaded.target, seed_model if seed_model is not None else loaded.draft

@@ -1,9 +1,10 @@
 """A Llama decoder's whole forward as one loop over its layers' native calls.
 
 Inside `engine_kernels("native")`, every installed `LlamaModel` (the decoder a causal LM
-wraps) runs `native_decoder_forward`: transformers' `LlamaModel.forward` step for step:
-the token embedding, the attention mask transformers builds (`create_causal_mask`, which
-passes the engine's 4-D masks through unchanged), the rotary embedding, each decoder
+wraps: transformers' or the engine's own, `engine.llama`) runs `native_decoder_forward`:
+transformers' `LlamaModel.forward` step for step: the token embedding, the attention mask
+transformers builds (`create_causal_mask`, or the engine's Llama's `causal_mask`, the same
+mask; both pass the engine's 4-D masks through unchanged), the rotary embedding, each decoder
 layer as `layers.layer_on_kernels` computes it, and the final norm. The bits are the
 layers' own; what it removes is the Python around them: transformers' decorators and
 output capture, thirty layer module calls, and the checks `layers.native_layer_forward`
@@ -115,15 +116,13 @@ def native_decoder_forward(decoder: Any, replaced, input_ids: torch.Tensor | Non
     if not _applies(decoder, input_ids, position_ids, cache, inputs_embeds, kwargs):
         return replaced(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                         inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
-    from transformers.masking_utils import create_causal_mask
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
     facts = _facts(decoder)
     hidden_states = decoder.embed_tokens(input_ids)
     if position_ids is None:  # as transformers numbers them: after the cache's tokens
         position_ids = (torch.arange(hidden_states.shape[1]) + cache.get_seq_length())[None, :]
-    mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden_states, attention_mask=attention_mask,
-                              cache=cache, position_ids=position_ids)
+    mask = _causal_mask(decoder, hidden_states, attention_mask, cache, position_ids)
     position_embeddings = decoder.rotary_emb(hidden_states, position_ids=position_ids)
     if not (_fits_layers(facts, hidden_states, position_embeddings) and _rows_fit(facts, hidden_states)):
         return _layer_by_layer(decoder, hidden_states, mask, position_embeddings, position_ids, cache, use_cache)
@@ -136,6 +135,19 @@ def native_decoder_forward(decoder: Any, replaced, input_ids: torch.Tensor | Non
         hidden_states, route = layers.layer_on_kernels(layer, hidden_states, position_embeddings, mask, cache,
                                                        route if facts.uniform_attention else None)
     return BaseModelOutputWithPast(last_hidden_state=decoder.norm(hidden_states), cache=cache)
+
+
+def _causal_mask(decoder: Any, hidden_states: torch.Tensor, attention_mask, cache, position_ids):
+    """The mask the layers get: the decoder's own `causal_mask` where it has one (the engine's
+    Llama, `engine.llama`, which imports no transformers model code), else transformers'
+    `create_causal_mask`."""
+    own = getattr(decoder, "causal_mask", None)
+    if own is not None:
+        return own(hidden_states, attention_mask, cache)
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(config=decoder.config, inputs_embeds=hidden_states, attention_mask=attention_mask,
+                              cache=cache, position_ids=position_ids)
 
 
 def _all_layers_at_once(facts: _DecoderFacts, hidden_states: torch.Tensor, position_embeddings, mask,

@@ -60,6 +60,18 @@ def decoder_config(target_config: Any, layers: int) -> Any:
     return config
 
 
+def _decoder(config: Any) -> Any:
+    """A decoder for `config`: the engine's own Llama for a target built from its modules
+    (`engine.llama`), else transformers' model class."""
+    from langchain_seed.engine.llama import LlamaModel, LlamaSettings
+
+    if isinstance(config, LlamaSettings):
+        return LlamaModel(config)
+    from transformers import AutoModel
+
+    return AutoModel.from_config(config)
+
+
 class FeatureDraftModel(nn.Module):
     """Predicts the target's next feature from (its feature, the next token).
 
@@ -76,12 +88,10 @@ class FeatureDraftModel(nn.Module):
 
     def __init__(self, target_config: Any, layers: int, embed_weight: torch.Tensor,
                  head_token_ids: Sequence[int], head_weight: torch.Tensor) -> None:
-        from transformers import AutoModel
-
         super().__init__()
         self.config = decoder_config(target_config, layers)
         hidden = int(self.config.hidden_size)
-        self.decoder = AutoModel.from_config(self.config)
+        self.decoder = _decoder(self.config)
         self.proj = nn.Linear(hidden, hidden, bias=False)
         nn.init.zeros_(self.proj.weight)
         self.register_buffer("embed_weight", embed_weight.detach(), persistent=False)

@@ -149,10 +149,10 @@ def engine_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         return native.attention(query, key, value, native_attention_mask(query, attention_mask), scale), None
     if not _takes_grouped_path(module, query, key, value, attention_mask, kwargs):
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
-                                               scaling=scaling, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                             scale=scaling, enable_gqa=True)
     return output.transpose(1, 2).contiguous(), None

@@ -160,9 +160,8 @@ def find_gguf(name_or_path: str | Path) -> Path | None:
 
 
 def _load_gguf(gguf: Path, weights: str, dtype: str | torch.dtype, role: str):
-    """A GGUF model as shipped ("auto": blocks) or dequantised ("float32")."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """A GGUF model as shipped ("auto": blocks, in the engine's own Llama modules where they
+    cover the architecture) or dequantised ("float32", in transformers' classes)."""
     if weights in ("int8", "int4"):
         raise ValueError(f"{role} {gguf.name} is a GGUF file, used as shipped (weights='auto') or dequantised "
                          f"(weights='float32'); weights={weights!r} quantises float models")
@@ -171,12 +170,14 @@ def _load_gguf(gguf: Path, weights: str, dtype: str | torch.dtype, role: str):
     from langchain_seed.engine.weights.convert import dequantize_model
     from langchain_seed.engine.weights.gguf import UnsupportedTensorType, load_gguf_model
 
-    config = AutoConfig.from_pretrained(gguf.parent) if (gguf.parent / "config.json").is_file() else None
     try:
-        model = load_gguf_model(gguf, config=config)
+        model = load_gguf_model(gguf, implementation="engine" if weights == "auto" else "transformers")
     except UnsupportedTensorType:
         if weights != "float32":
             raise
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(gguf.parent) if (gguf.parent / "config.json").is_file() else None
         return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
                                                     dtype=torch.float32).eval()
     _read_generation_config(model, gguf.parent)
@@ -184,10 +185,25 @@ def _load_gguf(gguf: Path, weights: str, dtype: str | torch.dtype, role: str):
 
 
 def _read_generation_config(model, directory: Path) -> None:
-    if (directory / "generation_config.json").is_file():
-        from transformers import GenerationConfig
+    """The generation config beside the model's file; for the engine's own modules, which
+    have none of their own, else one made from the model's config (as transformers does)."""
+    from transformers import GenerationConfig
 
+    from langchain_seed.engine.llama import is_engine_llama
+
+    if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory)
+    elif is_engine_llama(model):
+        config = model.config
+        model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                                   pad_token_id=config.pad_token_id)
+
+
+FAST_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""`tokenizer_class` values naming transformers' generic tokenizer over `tokenizer.json`,
+which is built directly: `AutoTokenizer` would read the model's config for its type, and
+that import alone costs ~60 MB (transformers' model configs import `torch.distributed`
+and sympy)."""
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
@@ -197,7 +213,24 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".gguf":
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if _names_fast_tokenizer(path):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
     return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+
+
+def _names_fast_tokenizer(directory: Path) -> bool:
+    """Whether `directory` holds a `tokenizer.json` and a tokenizer config naming the generic
+    fast tokenizer (`FAST_TOKENIZER_CLASSES`)."""
+    config = directory / "tokenizer_config.json"
+    if not (config.is_file() and (directory / "tokenizer.json").is_file()):
+        return False
+    try:
+        tokenizer_class = json.loads(config.read_text()).get("tokenizer_class")
+    except (ValueError, AttributeError):
+        return False
+    return tokenizer_class in FAST_TOKENIZER_CLASSES
 
 
 def load_models(
@@ -289,17 +322,14 @@ def load_layers_draft(draft: str | Path, target_model):
     embedding is the target's module and its tied LM head reads the same table (blocks or
     float weight), so the draft adds only its layers to memory. Raises ValueError when the
     sizes do not fit or a weight is missing."""
-    from accelerate import init_empty_weights
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(draft)
+    config = _draft_config(Path(draft), target_model)
     for name in ("hidden_size", "vocab_size"):
         if getattr(config, name) != getattr(target_model.config, name):
             raise ValueError(f"draft {draft} does not fit the target: {name} {getattr(config, name)} vs "
                              f"{getattr(target_model.config, name)}")
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = _empty_model(config)
     state = {key: value.float() for key, value in load_file(str(Path(draft) / DRAFT_LAYERS_FILE)).items()}
     model.load_state_dict(state, strict=False, assign=True)
     _share_embedding(model, target_model)
@@ -308,6 +338,32 @@ def load_layers_draft(draft: str | Path, target_model):
         raise ValueError(f"draft {draft}: {DRAFT_LAYERS_FILE} lacks {', '.join(missing[:5])}")
     model.generation_config = target_model.generation_config
     return model.eval()
+
+
+def _draft_config(draft: Path, target_model) -> Any:
+    """A layers-only draft's config: the engine's own Llama settings where the target is built
+    from the engine's modules and they cover the draft; else transformers' config."""
+    from langchain_seed.engine.llama import LlamaSettings, is_engine_llama
+
+    settings = LlamaSettings.from_file(draft / "config.json") if is_engine_llama(target_model) else None
+    if settings is not None:
+        return settings
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(draft)
+
+
+def _empty_model(config) -> torch.nn.Module:
+    """A causal LM for `config` with its parameters on the meta device (to be assigned)."""
+    from langchain_seed.engine.llama import LlamaForCausalLM, LlamaSettings
+
+    if isinstance(config, LlamaSettings):
+        return LlamaForCausalLM(config, device="meta")
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def _share_embedding(draft_model, target_model) -> None:

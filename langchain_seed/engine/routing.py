@@ -5,7 +5,10 @@ decoder layer and decoder of that one model an instance-level `forward` (the rou
 forwards of `engine.kernels`, `engine.layers` and `engine.decoder`), and points the model's "sdpa" attention at
 `kernels.engine_attention`, registered in transformers' `AttentionInterface` under its own
 name. `KernelRouting.remove()` puts back exactly what was there. Nothing module-level of
-torch or transformers is rebound.
+torch or transformers is rebound. The engine's own Llama modules (`engine.llama`) carry
+transformers' class names, so the same forwards are routed onto them; their attention
+takes `engine_attention` inside `engine_kernels()` by itself (they have no "sdpa" config
+to point, and nothing is registered for them).
 """
 
 from __future__ import annotations
@@ -156,6 +159,10 @@ def _route_attention(routing: KernelRouting, model: torch.nn.Module) -> None:
     routing._configs = sdpa
 
 
+_registered: set[str] = set()
+"""The names this module has registered in transformers' interfaces (and not yet taken out)."""
+
+
 def _register_attention() -> bool:
     """Register `engine_attention` (and sdpa's mask function) under `ATTENTION_IMPLEMENTATION`
     in transformers' interfaces; False when this transformers has none."""
@@ -166,12 +173,16 @@ def _register_attention() -> bool:
         return False
     AttentionInterface.register(ATTENTION_IMPLEMENTATION, engine_attention)
     AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+    _registered.add(ATTENTION_IMPLEMENTATION)
     return True
 
 
 def _unregister_attention() -> None:
     """Take `ATTENTION_IMPLEMENTATION` out of transformers' interfaces again (once no model
     uses it), so the registries are as they were before any engine."""
+    if ATTENTION_IMPLEMENTATION not in _registered:  # never registered: nothing to import or undo
+        return
+    _registered.discard(ATTENTION_IMPLEMENTATION)
     try:
         from transformers.masking_utils import AttentionMaskInterface
         from transformers.modeling_utils import AttentionInterface

@@ -1,12 +1,14 @@
-"""A transformers causal LM whose weights come straight from a GGUF file, still in blocks.
+"""A causal LM whose weights come straight from a GGUF file, still in blocks.
 
 transformers' own GGUF loading (`from_pretrained(..., gguf_file=...)`) dequantises every
 tensor to a dense copy; `load_gguf_model` keeps Q4_1 and Q8_0 tensors as they are in the
 file (`QuantizedLinear` / `QuantizedEmbedding`) and dense (F32, F16, BF16) tensors as float32
 parameters, so the model holds the file's bytes, not four to six times as many. The
-architecture, the tensor names and Llama's query/key row order come from transformers'
-GGUF support (its config parsing, `get_gguf_hf_weights_map` and tensor processors), so the
-model computes exactly what transformers' dequantised model computes.
+tensor names and Llama's query/key row order follow gguf-py's name map and transformers'
+GGUF support, so the model computes exactly what transformers' dequantised model
+computes. A Llama is built from the engine's own modules (`engine.llama`: the same
+computation, without the ~90 MB that importing a transformers model class costs); other
+architectures, or `implementation="transformers"`, from transformers' classes.
 
 Tensor types the engine does not compute with (the K-quants, Q4_0, Q5_x, IQ...) are
 refused with a message naming the tensor and its type; `from_pretrained(...,
@@ -38,28 +40,69 @@ class UnsupportedTensorType(ValueError):
     """A GGUF tensor of a type the engine does not compute with (its message names it)."""
 
 
-def load_gguf_model(path: str | Path, config: Any = None) -> torch.nn.Module:
+IMPLEMENTATIONS = ("engine", "transformers")
+"""Whose module classes a GGUF model is built from: the engine's own Llama (`engine.llama`,
+where it covers the architecture; else transformers') or transformers'."""
+
+
+def load_gguf_model(path: str | Path, config: Any = None, implementation: str = "engine") -> torch.nn.Module:
     """The causal LM in GGUF file `path`, its Q4_1/Q8_0 weights kept in blocks, in eval mode.
 
-    `config`: the transformers config to build (default: the one transformers reads from
-    the file). Raises ValueError naming the tensor when one has an unsupported type, an
-    unexpected name or a size that does not match its shape (a truncated or corrupt file).
+    `config`: the transformers config to build (default: `config.json` beside the file, else
+    the one transformers reads from the file). `implementation` (`IMPLEMENTATIONS`): "engine"
+    builds a Llama from the engine's own modules, which import no transformers model class
+    (another architecture falls back to transformers'). Raises ValueError naming the tensor
+    when one has an unsupported type, an unexpected name or a size that does not match its
+    shape (a truncated or corrupt file).
     """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
     path = Path(path)
     tensors = read_index(path)
-    if config is None:
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = (_engine_model(path, config) if implementation == "engine" else None) or _transformers_model(path, config)
+    config = model.config
     names = _tensor_names(model, config)
     for tensor in tensors:
         _place(model, config, names, tensor, path)
     _tie_output(model, config)
     _refuse_missing(model, path.name)
     return model.eval()
+
+
+def _engine_model(path: Path, config: Any) -> torch.nn.Module | None:
+    """An empty (meta) `engine.llama.LlamaForCausalLM` for the file, or None where its config
+    is not one the engine's modules cover."""
+    from langchain_seed.engine.llama import LlamaForCausalLM, LlamaSettings
+
+    if config is not None:
+        settings = LlamaSettings.from_dict(config.to_dict())
+    elif (path.parent / "config.json").is_file():
+        settings = LlamaSettings.from_file(path.parent / "config.json")
+    else:
+        settings = LlamaSettings.from_dict(_transformers_config(path, None).to_dict())
+    if settings is None:
+        return None
+    return LlamaForCausalLM(settings, device="meta")
+
+
+def _transformers_model(path: Path, config: Any) -> torch.nn.Module:
+    """An empty (meta) transformers causal LM for the file."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(_transformers_config(path, config), dtype=torch.float32)
+
+
+def _transformers_config(path: Path, config: Any) -> Any:
+    """`config`, else the `config.json` beside the file, else the one transformers reads from it."""
+    from transformers import AutoConfig
+
+    if config is not None:
+        return config
+    if (path.parent / "config.json").is_file():
+        return AutoConfig.from_pretrained(path.parent)
+    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def _tensor_names(model: torch.nn.Module, config: Any) -> dict[str, str]:

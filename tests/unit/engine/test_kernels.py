@@ -158,11 +158,13 @@ def test_grouped_attention_equals_transformers_sdpa_bit_for_bit(new):
 
 
 def test_attention_outside_the_block_or_unusual_calls_go_to_transformers(monkeypatch):
+    from transformers.integrations import sdpa_attention
     from transformers.modeling_utils import AttentionInterface
 
+    assert AttentionInterface._global_mapping["sdpa"] is sdpa_attention.sdpa_attention_forward  # what it hands to
     handed = []
-    sdpa = AttentionInterface._global_mapping["sdpa"]
-    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", lambda *a, **k: handed.append(1) or sdpa(*a, **k))
+    sdpa = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **k: handed.append(1) or sdpa(*a, **k))
     module, query, key, value, mask = _attention_inputs(4, 20)
     with torch.inference_mode():
         kernels.engine_attention(module, query, key, value, mask)  # outside the block

@@ -1,0 +1,231 @@
+"""The engine's own Llama modules (`engine.llama`): transformers' `LlamaForCausalLM` bit for
+bit on shared weights, on torch's kernels and on the engine's; every decoding mode
+reproduces their greedy output; and the product's path through them (a GGUF as shipped, a
+layers-only draft, the fast tokenizer) imports no transformers model class."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import DynamicCache
+
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
+from langchain_seed.engine.feature_draft import FeatureDraftModel
+from langchain_seed.engine.kernels import engine_kernels
+from langchain_seed.engine.llama import (
+    LlamaForCausalLM,
+    LlamaModel,
+    LlamaSettings,
+    as_transformers,
+    is_engine_llama,
+)
+from langchain_seed.engine.models import DRAFT_LAYERS_FILE, load_models
+from langchain_seed.engine.routing import install
+from langchain_seed.engine.weights.convert import quantize_model
+from langchain_seed.engine.weights.modules import QuantizedLinear
+
+from engine_fixtures import PROMPTS, VOCAB, build_model, hf_greedy, needs_kernel, noisy_copy, write_tiny_gguf
+
+HEAVY_MODULES = ("transformers.modeling_utils", "transformers.masking_utils", "sympy", "torch._dynamo")
+"""What importing a transformers model class (or config) loads: ~90 MB the default pair's
+process must not hold."""
+
+
+def engine_copy(model) -> LlamaForCausalLM:
+    """transformers' Llama `model` in the engine's modules, on copies of the same weights."""
+    settings = LlamaSettings.from_dict(model.config.to_dict())
+    assert settings is not None
+    ours = LlamaForCausalLM(settings)
+    ours.load_state_dict(copy.deepcopy(model.state_dict()))
+    ours.generation_config = model.generation_config
+    return ours.eval()
+
+
+@pytest.fixture(scope="module")
+def twins():
+    transformers_model = build_model("llama")
+    return transformers_model, engine_copy(transformers_model)
+
+
+def test_settings_cover_llama_and_name_the_rest_none():
+    config = build_model("llama").config.to_dict()
+    settings = LlamaSettings.from_dict(config)
+    assert settings is not None and settings.num_key_value_heads == 2 and settings.head_dim == 8
+    assert settings.rope_theta == config["rope_parameters"]["rope_theta"]
+    older = {**config, "rope_theta": 500000.0, "rope_scaling": None}
+    del older["rope_parameters"]
+    assert LlamaSettings.from_dict(older).rope_theta == 500000.0
+    for change in ({"model_type": "mistral"}, {"hidden_act": "gelu"}, {"pretraining_tp": 2},
+                   {"rope_parameters": {"rope_theta": 1e4, "rope_type": "llama3", "factor": 8.0}}):
+        assert LlamaSettings.from_dict({**config, **change}) is None, change
+
+
+def _tree_mask(batch: int, new: int, slots: int) -> torch.Tensor:
+    """An additive mask `[batch, 1, new, slots + new]` over a cache of `slots`: every cached
+    slot, and a tree among the new tokens (each sees itself and the first)."""
+    visible = torch.zeros(batch, 1, new, slots + new, dtype=torch.bool)
+    visible[..., :slots] = True
+    visible[..., slots] = True
+    visible[..., torch.arange(new), slots + torch.arange(new)] = True
+    return torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))
+
+
+def _forwards(model) -> list[torch.Tensor]:
+    """Logits of one model over the cases the engine and its callers use."""
+    ids = torch.tensor([PROMPTS[2], PROMPTS[2][::-1]])
+    padding = torch.ones(ids.shape, dtype=torch.long)
+    padding[0, :3] = 0
+    outputs = [model(ids).logits, model(ids, attention_mask=padding).logits[1],
+               model(ids, logits_to_keep=1).logits, model(inputs_embeds=model.get_input_embeddings()(ids)).logits]
+    cache = DynamicCache()
+    outputs.append(model(input_ids=ids, cache=cache, use_cache=True).logits)
+    outputs.append(model(input_ids=ids[:, :3], cache=cache, use_cache=True).logits)  # causal over a cache
+    outputs.append(model(input_ids=ids[:, :1], cache=cache, use_cache=True).logits)  # one token
+    positions = torch.full((2, 4), cache.get_seq_length())
+    outputs.append(model(input_ids=ids[:, :4], position_ids=positions, cache=cache, use_cache=True,
+                         attention_mask=_tree_mask(2, 4, cache.get_seq_length())).logits)
+    return outputs
+
+
+@pytest.mark.parametrize("kernel", [None, "torch", pytest.param("native", marks=needs_kernel)])
+def test_logits_are_transformers_bit_for_bit(twins, kernel):
+    transformers_model, ours = twins
+    routings = [install(transformers_model), install(ours)] if kernel else []
+    try:
+        with torch.inference_mode(), engine_kernels(kernel) if kernel else torch.inference_mode():
+            expected, got = _forwards(transformers_model), _forwards(ours)
+    finally:
+        for routing in routings:
+            routing.remove()
+    for index, (want, have) in enumerate(zip(expected, got)):
+        assert torch.equal(want, have), index
+
+
+@pytest.mark.parametrize("weights", ["float32", "int4"])
+def test_every_mode_reproduces_the_greedy_output(weights):
+    transformers_target = build_model("llama")
+    target, draft = engine_copy(transformers_target), engine_copy(noisy_copy(transformers_target, 0.02))
+    if weights != "float32":
+        quantize_model(target, weights)
+    reference = [hf_greedy(as_transformers(target), prompt, 20) for prompt in PROMPTS]
+    if weights == "float32":
+        assert reference == [hf_greedy(transformers_target, prompt, 20) for prompt in PROMPTS]
+    for mode, verify in [("autoregressive", "batched"), ("speculative", "rounds"), ("scheduled", "rounds"),
+                         ("scheduled", "batched")]:
+        engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 2, 1), verify=verify))
+        try:
+            results = engine.generate(PROMPTS, SamplingParams(max_tokens=20), mode=mode)
+        finally:
+            engine.close()
+        assert [r.token_ids for r in results] == reference, (mode, verify)
+        if mode != "autoregressive":
+            assert 0 < results.stats.acceptance_rate < 1, "the draft must be partly right for the test to mean anything"
+
+
+def test_a_feature_draft_on_the_engines_llama_is_built_from_its_modules():
+    transformers_target = build_model("llama")
+    target = engine_copy(transformers_target)
+    draft = FeatureDraftModel.from_target(target, 1, list(range(VOCAB)))
+    assert isinstance(draft.decoder, LlamaModel)
+    reference = [hf_greedy(transformers_target, prompt, 12) for prompt in PROMPTS]
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 1)))
+    try:
+        results = engine.generate(PROMPTS, SamplingParams(max_tokens=12), mode="scheduled")
+    finally:
+        engine.close()
+    assert [r.token_ids for r in results] == reference
+    assert results.stats.acceptance_rate > 0
+
+
+def test_as_transformers_holds_the_same_modules(twins):
+    _, ours = twins
+    quantized = copy.deepcopy(ours)
+    quantize_model(quantized, "int4")
+    twin = as_transformers(quantized)
+    assert not is_engine_llama(twin) and as_transformers(twin) is twin
+    assert twin.model.layers[1].mlp.up_proj is quantized.model.layers[1].mlp.up_proj
+    assert isinstance(twin.lm_head, QuantizedLinear)
+    assert twin.model.norm.weight is quantized.model.norm.weight
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.inference_mode():
+        assert torch.equal(twin(ids).logits, quantized(ids).logits)
+
+
+def test_what_only_transformers_computes_is_refused_by_name(twins):
+    _, ours = twins
+    ids = torch.tensor([PROMPTS[0]])
+    with pytest.raises(ValueError, match="output_hidden_states.*as_transformers"):
+        ours(ids, output_hidden_states=True)
+    with pytest.raises(ValueError, match="labels"):
+        ours(ids, labels=ids)
+    with pytest.raises(ValueError, match=r"attention_mask must be 4-D or \[batch, slots\]"):
+        ours(ids, attention_mask=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        ours()
+
+
+def _product_dirs(root: Path) -> tuple[Path, Path]:
+    """A GGUF target directory as `langchain-seed models` installs one (the file, config,
+    generation config, a fast tokenizer) and a layers-only draft on it."""
+    from transformers import AutoModelForCausalLM
+
+    from tiny_llama import make_tiny_llama
+
+    source = make_tiny_llama(root / "source", layers=2)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    target = root / "target"
+    target.mkdir()
+    write_tiny_gguf(target / "tiny.Q4_1.gguf", embedding_type="Q8_0", model=model)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (target / name).write_bytes((source / name).read_bytes())
+    draft = root / "draft"
+    draft.mkdir()
+    config = json.loads((source / "config.json").read_text())
+    (draft / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    layers = {name: value.clone() for name, value in noisy_copy(model, 0.02).state_dict().items()
+              if not name.startswith(("model.embed_tokens", "lm_head", "model.layers.1."))}
+    save_file(layers, str(draft / DRAFT_LAYERS_FILE))
+    return target, draft
+
+
+PRODUCT_RUN = """
+import json, sys
+from langchain_seed import SeedLLM
+llm = SeedLLM.from_pretrained({target!r}, draft={draft!r})
+text = llm.invoke("ab", max_tokens=12)
+loaded = llm.engine.target_model
+print(json.dumps({{"heavy": [name for name in {heavy!r} if name in sys.modules], "text": text,
+                  "target": type(loaded).__module__, "draft": type(llm.engine.draft_model).__module__}}))
+"""
+
+
+def test_the_products_path_imports_no_transformers_model_class(tmp_path):
+    target, draft = _product_dirs(tmp_path)
+    loaded = load_models(target, draft)
+    assert is_engine_llama(loaded.target) and is_engine_llama(loaded.draft)
+    assert loaded.draft.get_input_embeddings() is loaded.target.get_input_embeddings()
+    assert type(loaded.tokenizer).__name__ == "TokenizersBackend"
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(target)
+    assert type(auto) is type(loaded.tokenizer) and auto.get_vocab() == loaded.tokenizer.get_vocab()
+    for text in ("ab cd", "Hello, world!\n", ""):
+        assert auto(text).input_ids == loaded.tokenizer(text).input_ids
+    assert (auto.eos_token_id, auto.pad_token_id, auto.bos_token_id) == (
+        loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id, loaded.tokenizer.bos_token_id)
+    code = PRODUCT_RUN.format(target=str(target), draft=str(draft), heavy=HEAVY_MODULES)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["target"] == report["draft"] == "langchain_seed.engine.llama"
+    assert report["heavy"] == [], f"imported on the product's path: {report['heavy']}"
+    assert isinstance(report["text"], str)
