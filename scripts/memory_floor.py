@@ -32,7 +32,7 @@ from langchain_seed import SeedLLM
 llm = SeedLLM.from_default()
 heavy = [name for name in {heavy!r} if name in sys.modules]
 print(f"{{status_mb('VmRSS'):.0f}} {{','.join(heavy) or '-'}}")
-llm.invoke("Q: What is 12 times 7?\nA:", max_tokens=32)
+llm.invoke("Q: What is 12 times 7? A:", max_tokens=32)
 heavy = [name for name in {heavy!r} if name in sys.modules]
 print(f"{{status_mb('VmHWM'):.0f}} {{','.join(heavy) or '-'}}")
 """

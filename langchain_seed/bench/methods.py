@@ -295,9 +295,14 @@ def parse_methods(text: str | Sequence[str] | None) -> list[str]:
 
 
 def reference_outputs(models: BenchModels):
-    """The target's greedy decoding, one prompt at a time (`hf_ar_serial`), as a workload reference."""
+    """The target's greedy decoding, one prompt at a time (`hf_ar_serial`), as a workload
+    reference: transformers' `generate` (on the same modules where the target is the engine's
+    own Llama: `llama.as_transformers`)."""
+    from langchain_seed.engine.llama import as_transformers
+
+    target = as_transformers(models.target)
 
     def run(prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
-        return [hf_generate(models.target, [ids], max_tokens, models.tokenizer)[0] for ids in prompt_ids]
+        return [hf_generate(target, [ids], max_tokens, models.tokenizer)[0] for ids in prompt_ids]
 
     return run

@@ -94,6 +94,10 @@ class LlamaSettings:
     def rope_parameters(self) -> dict[str, Any]:
         return {"rope_theta": self.rope_theta, "rope_type": "default"}
 
+    def to_json_string(self) -> str:
+        """The settings as JSON (keys sorted), as transformers' configs give theirs."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as transformers' `LlamaConfig` keyword arguments."""
         fields = asdict(self)

@@ -413,6 +413,33 @@ def test_every_timed_call_starts_without_earlier_prompts(models, reference, tot_
     assert calls == ["forget", "run"] * len(tot_step.groups)
 
 
+@pytest.mark.parametrize("methods", ["seed_batched", "hf_ar_serial,hf_ar_batched,seed_batched"])
+def test_a_gguf_target_runs_in_the_engines_modules_and_transformers_methods_on_the_same_ones(
+        tmp_path, data_file, capsys, monkeypatch, methods):
+    """The seed methods decode the GGUF in the engine's own Llama modules (`engine.llama`);
+    the transformers methods run transformers' classes on the same modules or their
+    float32 copy, and every output is the same."""
+    from langchain_seed.cli import bench_models, main
+    from langchain_seed.engine.llama import is_engine_llama
+    from tiny_llama import make_tiny_gguf_pair
+
+    monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
+    target, draft = make_tiny_gguf_pair(tmp_path)
+    argv = ["bench", "--target", str(target), "--draft", str(draft), "--data", str(data_file), "--questions", "1",
+            "--reps", "1", "--max-tokens", "6", "--value-tokens", "3", "--k-config", "1,1", "--methods", methods]
+    models = bench_models.load_bench_models(_parse(argv))
+    assert is_engine_llama(models.engine_target) and is_engine_llama(models.engine_draft)
+    if "hf_ar_serial" in methods:
+        assert not is_engine_llama(models.target) and hasattr(models.target, "generate")
+    json_path = tmp_path / "gguf.json"
+    assert main([*argv, "--json", str(json_path), "--no-progress", "--check-identical"]) == 0
+    document = json.loads(json_path.read_text())
+    assert {row["method"] for row in document["rows"]} == set(methods.split(","))
+    assert all(row["identical_to_target"] for row in document["rows"])
+    assert document["own_process"]["identical_to_target"] is True
+    assert "seed_batched" in capsys.readouterr().out
+
+
 def test_own_process_memory_runs_the_method_with_only_its_models_and_says_when_its_outputs_differ(
         tiny_target, tiny_draft, tiny_tokenizer, tmp_path, monkeypatch):
     from langchain_seed.cli import bench_own_process

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 from langchain_seed.engine import native
 
@@ -89,61 +86,3 @@ def record_decisions(monkeypatch, module, name: str = "_applies") -> list[bool]:
     decide = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *args: decisions.append(decide(*args)) or decisions[-1])
     return decisions
-
-
-LAYER_TENSORS = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-def _interleave(weight: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's converter's row order for query and key weights (the inverse of the loader's)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape)
-
-
-def write_tiny_gguf(path: Path, layer_type: str = "Q4_1", embedding_type: str = "Q8_0",
-                    model: torch.nn.Module | None = None) -> torch.nn.Module:
-    """A tiny Llama (`model`, else `build_model("llama")`) as a GGUF file, as llama.cpp would
-    write it; returns the float model."""
-    model = model if model is not None else build_model("llama")
-    config = model.config
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
-
-    def add(name: str, values: np.ndarray, kind: str) -> None:
-        if kind == "F32":
-            writer.add_tensor(name, values.astype(np.float32))
-            return
-        qtype = GGMLQuantizationType[kind]
-        writer.add_tensor(name, quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
-
-    add("token_embd.weight", state["model.embed_tokens.weight"], embedding_type)
-    add("output.weight", state["lm_head.weight"], embedding_type)
-    add("output_norm.weight", state["model.norm.weight"], "F32")
-    for layer in range(config.num_hidden_layers):
-        prefix = f"model.layers.{layer}."
-        for gguf_name, hf_name in LAYER_TENSORS.items():
-            values = state[f"{prefix}{hf_name}.weight"]
-            if gguf_name in ("attn_q", "attn_k"):
-                values = _interleave(values, config.num_attention_heads if gguf_name == "attn_q"
-                                     else config.num_key_value_heads)
-            add(f"blk.{layer}.{gguf_name}.weight", values, layer_type)
-        add(f"blk.{layer}.attn_norm.weight", state[f"{prefix}input_layernorm.weight"], "F32")
-        add(f"blk.{layer}.ffn_norm.weight", state[f"{prefix}post_attention_layernorm.weight"], "F32")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return model

@@ -14,13 +14,14 @@ from langchain_seed.engine.weights.gguf import load_gguf_model
 from langchain_seed.engine.weights.gguf_file import read_index
 from langchain_seed.engine.weights.modules import QuantizedEmbedding, QuantizedLinear
 
-from engine_fixtures import write_tiny_gguf
+from engine_fixtures import build_model
+from tiny_llama import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("gguf") / "tiny.Q4_1.gguf"
-    write_tiny_gguf(path)
+    write_tiny_gguf(path, build_model("llama"))
     return path
 
 
@@ -45,7 +46,7 @@ def test_blocks_are_kept_and_weights_equal_transformers_dequantised_load(tiny_gg
 
 
 def test_query_and_key_rows_come_back_in_the_models_order(tiny_gguf, tmp_path):
-    float_model = write_tiny_gguf(tmp_path / "again.gguf", layer_type="Q8_0")
+    float_model = write_tiny_gguf(tmp_path / "again.gguf", build_model("llama"), layer_type="Q8_0")
     model = load_gguf_model(tmp_path / "again.gguf")
     original = float_model.model.layers[0].self_attn.k_proj.weight
     loaded = model.model.layers[0].self_attn.k_proj.weight
@@ -66,7 +67,7 @@ def test_load_model_keeps_a_gguf_as_shipped_or_dequantises_it(tiny_gguf):
 
 def test_an_unsupported_tensor_type_is_refused_naming_the_tensor_and_type(tmp_path):
     path = tmp_path / "q5.gguf"
-    write_tiny_gguf(path, layer_type="Q5_0")
+    write_tiny_gguf(path, build_model("llama"), layer_type="Q5_0")
     with pytest.raises(ValueError, match=r"tensor blk\.0\.attn_q\.weight has type Q5_0.*weights='float32'"):
         load_gguf_model(path)
     with pytest.raises(ValueError, match="Q5_0"):

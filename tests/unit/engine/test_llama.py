@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
@@ -27,12 +26,13 @@ from langchain_seed.engine.llama import (
     as_transformers,
     is_engine_llama,
 )
-from langchain_seed.engine.models import DRAFT_LAYERS_FILE, load_models
+from langchain_seed.engine.models import load_models
 from langchain_seed.engine.routing import install
 from langchain_seed.engine.weights.convert import quantize_model
 from langchain_seed.engine.weights.modules import QuantizedLinear
 
-from engine_fixtures import PROMPTS, VOCAB, build_model, hf_greedy, needs_kernel, noisy_copy, write_tiny_gguf
+from engine_fixtures import PROMPTS, VOCAB, build_model, hf_greedy, needs_kernel, noisy_copy
+from tiny_llama import make_tiny_gguf_pair
 
 HEAVY_MODULES = ("transformers.modeling_utils", "transformers.masking_utils", "sympy", "torch._dynamo")
 """What importing a transformers model class (or config) loads: ~90 MB the default pair's
@@ -172,30 +172,6 @@ def test_what_only_transformers_computes_is_refused_by_name(twins):
         ours()
 
 
-def _product_dirs(root: Path) -> tuple[Path, Path]:
-    """A GGUF target directory as `langchain-seed models` installs one (the file, config,
-    generation config, a fast tokenizer) and a layers-only draft on it."""
-    from transformers import AutoModelForCausalLM
-
-    from tiny_llama import make_tiny_llama
-
-    source = make_tiny_llama(root / "source", layers=2)
-    model = AutoModelForCausalLM.from_pretrained(source).eval()
-    target = root / "target"
-    target.mkdir()
-    write_tiny_gguf(target / "tiny.Q4_1.gguf", embedding_type="Q8_0", model=model)
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
-        (target / name).write_bytes((source / name).read_bytes())
-    draft = root / "draft"
-    draft.mkdir()
-    config = json.loads((source / "config.json").read_text())
-    (draft / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
-    layers = {name: value.clone() for name, value in noisy_copy(model, 0.02).state_dict().items()
-              if not name.startswith(("model.embed_tokens", "lm_head", "model.layers.1."))}
-    save_file(layers, str(draft / DRAFT_LAYERS_FILE))
-    return target, draft
-
-
 PRODUCT_RUN = """
 import json, sys
 from langchain_seed import SeedLLM
@@ -208,7 +184,7 @@ print(json.dumps({{"heavy": [name for name in {heavy!r} if name in sys.modules],
 
 
 def test_the_products_path_imports_no_transformers_model_class(tmp_path):
-    target, draft = _product_dirs(tmp_path)
+    target, draft = make_tiny_gguf_pair(tmp_path)
     loaded = load_models(target, draft)
     assert is_engine_llama(loaded.target) and is_engine_llama(loaded.draft)
     assert loaded.draft.get_input_embeddings() is loaded.target.get_input_embeddings()
