@@ -442,15 +442,19 @@ def _head_for(drafter_class, model, head_token_ids: list[int] | None):
 
 def _blocks_for_int8_head(model):
     """The LM head of a draft whose layers take 8-bit activations, where its weight is kept
-    in GGML blocks the 8-bit kernels read (the default draft's: the target's Q8_0 embedding);
-    else None."""
+    in GGML blocks the 8-bit kernels read: the default draft's (the target's Q8_0 embedding,
+    a `QuantizedLinear`), or with 8-bit activations in the target too the target's head
+    itself (an `Int8Linear`, its blocks repacked); else None."""
     from langchain_seed.engine.native import INT8_GROUP_BYTES
     from langchain_seed.engine.weights.convert import has_int8_activations
+    from langchain_seed.engine.weights.int8_dot import Int8Linear
     from langchain_seed.engine.weights.modules import QuantizedLinear
 
     if not has_int8_activations(model) or not hasattr(model, "get_output_embeddings"):
         return None
     head = model.get_output_embeddings()
+    if type(head) is Int8Linear:
+        return head if head.bias is None and head.groups.is_cpu else None
     if type(head) is not QuantizedLinear or head.bias is not None or head.fmt not in INT8_GROUP_BYTES \
             or not head.blocks.is_cpu:
         return None
@@ -464,9 +468,14 @@ def _int8_head(model, head_ids: torch.Tensor | None, head_weight: torch.Tensor |
     `head_weight` quantised to Q8_0; None for any other draft."""
     from langchain_seed.engine.weights.convert import has_int8_activations
     from langchain_seed.engine.weights.formats import quantize
-    from langchain_seed.engine.weights.int8_dot import Int8Linear
+    from langchain_seed.engine.weights.int8_dot import Int8Linear, unpack_rows
 
     head = _blocks_for_int8_head(model)
+    if isinstance(head, Int8Linear):
+        if head_ids is None:
+            return head
+        return Int8Linear.from_blocks(unpack_rows(head.groups, head.fmt, head.in_features, head_ids.cpu()),
+                                      head.fmt, head.in_features)
     if head is not None:
         blocks = head.blocks if head_ids is None else head.blocks.index_select(0, head_ids.cpu())
         return Int8Linear.from_blocks(blocks, head.fmt, head.in_features)

@@ -142,6 +142,39 @@ def test_an_int8_drafts_head_in_blocks_is_its_own_rows_with_no_float_copy_and_de
     assert [r.token_ids for r in results] == reference
 
 
+def test_an_int8_drafts_repacked_head_gives_its_rows_own_blocks_with_no_float_copy():
+    """With 8-bit activations in the target too, the draft's head is the target's `Int8Linear`
+    (its blocks repacked): the 8-bit head takes those rows' blocks back out of the groups
+    (no 19 MB of float32 rows for the default draft's 8,192, none kept), the groups the
+    requantising route gave, the whole head itself when unrestricted, and the engine still
+    decodes the target's output."""
+    from langchain_seed.engine.drafters.model import ModelDrafter
+
+    target = build_model("llama", seed=17)
+    quantize_model(target, "int8")
+    use_int8_activations(target)
+    draft = noisy_copy(build_model("llama", seed=17), 0.05)
+    quantize_model(draft, "int8")
+    blocks = draft.lm_head.blocks.clone()
+    use_int8_activations(draft)  # layers, head (and its tied embedding) on 8-bit activations
+    head, ids = draft.lm_head, sorted({3, 9, 17, 40, 41, 2})
+    assert isinstance(head, int8_dot.Int8Linear)
+    drafter = ModelDrafter(draft, head_token_ids=ids)
+    rows = blocks.index_select(0, torch.tensor(ids))
+    assert drafter.head_weight is None
+    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(rows, "q8_0", head.in_features))
+    requantized = formats.quantize(formats.dequantize(rows, "q8_0", head.in_features), "q8_0")
+    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(requantized, "q8_0", head.in_features))
+    assert ModelDrafter(draft).int8_head is head
+    reference = [hf_greedy(target, prompt, 16) for prompt in PROMPTS]
+    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 1)), draft_head_token_ids=list(range(60)))
+    try:
+        results = engine.generate(PROMPTS, SamplingParams(max_tokens=16), mode="scheduled")
+    finally:
+        engine.close()
+    assert [r.token_ids for r in results] == reference
+
+
 def _last_logits(model, ids: list[int], split: int | None = None, pad_before: int = 0) -> torch.Tensor:
     """The model's logits after `ids`: in one forward, or prefilled up to `split` and then
     fed the rest over the cache, or left-padded by `pad_before` slots in a batch of two."""
