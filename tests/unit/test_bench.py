@@ -421,6 +421,7 @@ def test_a_gguf_target_runs_in_the_engines_modules_and_transformers_methods_on_t
     float32 copy, and every output is the same."""
     from langchain_seed.cli import bench_models, main
     from langchain_seed.engine.llama import is_engine_llama
+
     from tiny_llama import make_tiny_gguf_pair
 
     monkeypatch.setenv("LANGCHAIN_SEED_HOME", str(tmp_path / "home"))
