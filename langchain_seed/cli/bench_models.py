@@ -90,7 +90,7 @@ def _float_baselines(args: argparse.Namespace, loaded, draft, seed_model):
             return loaded.target, loaded.draft, None, seed_model
         return (hf_target, as_transformers(loaded.draft), loaded.target,
                 seed_model if seed_model is not None else loaded.draft)
-    dense = dequantized_copy(as_transformers(loaded.target))
+    dense = dequantized_copy(loaded.target)
     assistant = "hf_assisted_serial" in args.methods
     dense_draft = load_draft(draft, dense, loaded.tokenizer) if assistant and loaded.draft is not None else None
     return dense, dense_draft, loaded.target, seed_model if seed_model is not None else loaded.draft

@@ -26,7 +26,8 @@ def default_pair():
 
 @pytest.fixture(scope="module")
 def float_target(default_pair):
-    """The target's dequantised float32 copy, computed by transformers' own code."""
+    """The target's dequantised float32 copy, computed by transformers' own code (the
+    target itself is built from the engine's own Llama modules)."""
     from langchain_seed.engine.weights.convert import dequantized_copy
 
     return dequantized_copy(default_pair[0])
@@ -38,6 +39,25 @@ def test_the_cache_holds_the_gguf_and_the_draft_layers_not_a_float_copy(default_
     target_dir, draft_dir = ensure_default_pair(progress=False)
     assert list(target_dir.glob("*.gguf")) and not list(target_dir.glob("*.safetensors"))
     assert sum(p.stat().st_size for p in draft_dir.iterdir()) < 30e6, "the draft's layers, not an embedding copy"
+
+
+def test_the_default_pair_runs_in_the_engines_own_modules_without_a_transformers_model_class(default_pair):
+    """`SeedLLM.from_default()` and one invocation, in a fresh process: the engine's own Llama
+    modules and the fast tokenizer, and none of what importing a transformers model class
+    loads (~90 MB: docs/BENCHMARKS.md, ninth session)."""
+    import subprocess
+    import sys
+
+    from langchain_seed.engine.llama import is_engine_llama
+
+    target, draft, tokenizer, _ = default_pair
+    assert is_engine_llama(target) and is_engine_llama(draft) and type(tokenizer).__name__ == "TokenizersBackend"
+    heavy = ("transformers.modeling_utils", "transformers.masking_utils", "sympy", "torch._dynamo")
+    code = ("import sys\nfrom langchain_seed import SeedLLM\nSeedLLM.from_default().invoke('2 + 3 =', max_tokens=8)\n"
+            f"print([name for name in {heavy!r} if name in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_blocks_hold_exactly_transformers_dequantised_weights(float_target):
@@ -102,11 +122,13 @@ def test_every_mode_is_the_int8_targets_greedy_output(int8_pair, heldout_prompts
     """The real model is where float noise turns into different int8 roundings (before the
     kernels were made batch-invariant, 8 of 18 benchmark outputs matched): every mode and
     transformers' own generate on the engine's kernels must agree token for token."""
+    from langchain_seed.engine.llama import as_transformers
     from langchain_seed.engine.routing import engine_forward
 
     target, draft, tokenizer, head_ids = int8_pair
-    with engine_forward(target):
-        expected = [target_greedy(target, p, 40) for p in heldout_prompts]
+    transformers_target = as_transformers(target)  # transformers' classes on the same 8-bit modules
+    with engine_forward(transformers_target):
+        expected = [target_greedy(transformers_target, p, 40) for p in heldout_prompts]
     engine = SeedEngine(target, draft, tokenizer, SpeculativeConfig(k_config=(1, 1, 1, 1)), draft_head_token_ids=head_ids)
     for mode, verify, k_config in (("speculative", "rounds", (1, 1, 1, 1)), ("scheduled", "rounds", (1, 1, 1, 1)),
                                    ("scheduled", "batched", (1, 1, 1, 1)), ("scheduled", "batched", (2, 2, 1))):

@@ -126,10 +126,13 @@ def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None
 def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` with its block-quantised modules dense again (`dequantize_model`):
     the same model, computed by transformers' and torch's own code (the benchmark's float32
-    baselines); `model` keeps its blocks."""
+    baselines; a model in the engine's own Llama modules is copied into transformers'
+    classes, `llama.as_transformers`); `model` keeps its blocks."""
     import copy
 
-    return dequantize_model(copy.deepcopy(model))
+    from langchain_seed.engine.llama import as_transformers
+
+    return dequantize_model(copy.deepcopy(as_transformers(model)))
 
 
 def dequantize_model(model: torch.nn.Module) -> torch.nn.Module:
