@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from langchain_seed.engine import native
+from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, native
 
 VOCAB = 64
 
@@ -86,3 +86,23 @@ def record_decisions(monkeypatch, module, name: str = "_applies") -> list[bool]:
     decide = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *args: decisions.append(decide(*args)) or decisions[-1])
     return decisions
+
+
+MODES_AND_VERIFY = [("autoregressive", "batched"), ("speculative", "rounds"), ("scheduled", "rounds"),
+                    ("scheduled", "batched")]
+"""Every decoding mode, the scheduled one with both verifications."""
+
+
+def assert_every_mode_decodes(target, draft, reference: list[list[int]], k_config: tuple[int, ...],
+                              max_tokens: int) -> None:
+    """An engine on the pair gives `reference` (one list per `PROMPTS` entry) in every mode
+    of `MODES_AND_VERIFY`, its draft partly right (else the test would mean little)."""
+    for mode, verify in MODES_AND_VERIFY:
+        engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=k_config, verify=verify))
+        try:
+            results = engine.generate(PROMPTS, SamplingParams(max_tokens=max_tokens), mode=mode)
+        finally:
+            engine.close()
+        assert [r.token_ids for r in results] == reference, (mode, verify)
+        if mode != "autoregressive":
+            assert 0 < results.stats.acceptance_rate < 1, "the draft must be partly right for the test to mean anything"

@@ -127,19 +127,9 @@ def test_an_int8_drafts_head_in_blocks_is_its_own_rows_with_no_float_copy_and_de
     quantize_model(draft, "int8")  # embedding, head and layers in Q8_0 blocks
     int8_draft_layers(draft)  # the layers take 8-bit activations; the head stays in blocks
     head, ids = draft.lm_head, sorted({3, 9, 17, 40, 41, 2})
-    drafter = ModelDrafter(draft, head_token_ids=ids)
-    rows = head.blocks.index_select(0, torch.tensor(ids))
-    assert drafter.head_weight is None
-    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(rows, "q8_0", head.in_features))
-    requantized = formats.quantize(formats.dequantize(rows, "q8_0", head.in_features), "q8_0")
-    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(requantized, "q8_0", head.in_features))
-    reference = [hf_greedy(target, prompt, 16) for prompt in PROMPTS]
-    engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 1)), draft_head_token_ids=list(range(60)))
-    try:
-        results = engine.generate(PROMPTS, SamplingParams(max_tokens=16), mode="scheduled")
-    finally:
-        engine.close()
-    assert [r.token_ids for r in results] == reference
+    _assert_head_is_its_rows_blocks(ModelDrafter(draft, head_token_ids=ids), head.blocks.index_select(0, torch.tensor(ids)),
+                                    head.in_features)
+    _assert_decodes_the_targets_output(target, draft)
 
 
 def test_an_int8_drafts_repacked_head_gives_its_rows_own_blocks_with_no_float_copy():
@@ -159,13 +149,22 @@ def test_an_int8_drafts_repacked_head_gives_its_rows_own_blocks_with_no_float_co
     use_int8_activations(draft)  # layers, head (and its tied embedding) on 8-bit activations
     head, ids = draft.lm_head, sorted({3, 9, 17, 40, 41, 2})
     assert isinstance(head, int8_dot.Int8Linear)
-    drafter = ModelDrafter(draft, head_token_ids=ids)
-    rows = blocks.index_select(0, torch.tensor(ids))
-    assert drafter.head_weight is None
-    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(rows, "q8_0", head.in_features))
-    requantized = formats.quantize(formats.dequantize(rows, "q8_0", head.in_features), "q8_0")
-    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(requantized, "q8_0", head.in_features))
+    _assert_head_is_its_rows_blocks(ModelDrafter(draft, head_token_ids=ids), blocks.index_select(0, torch.tensor(ids)),
+                                    head.in_features)
     assert ModelDrafter(draft).int8_head is head
+    _assert_decodes_the_targets_output(target, draft)
+
+
+def _assert_head_is_its_rows_blocks(drafter, rows: torch.Tensor, in_features: int) -> None:
+    """The drafter's 8-bit head is the Q8_0 blocks `rows` repacked (no float32 rows kept):
+    the groups that dequantising and quantising them again also gives."""
+    assert drafter.head_weight is None
+    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(rows, "q8_0", in_features))
+    requantized = formats.quantize(formats.dequantize(rows, "q8_0", in_features), "q8_0")
+    assert torch.equal(drafter.int8_head.groups, int8_dot.repack(requantized, "q8_0", in_features))
+
+
+def _assert_decodes_the_targets_output(target, draft) -> None:
     reference = [hf_greedy(target, prompt, 16) for prompt in PROMPTS]
     engine = SeedEngine(target, draft, config=SpeculativeConfig(k_config=(2, 1)), draft_head_token_ids=list(range(60)))
     try:
