@@ -59,7 +59,9 @@ def load_gguf_model(path: str | Path, config: Any = None, implementation: str = 
         raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
     path = Path(path)
     tensors = read_index(path)
-    model = (_engine_model(path, config) if implementation == "engine" else None) or _transformers_model(path, config)
+    model = _engine_model(path, config) if implementation == "engine" else None
+    if model is None:
+        model = _transformers_model(path, config)
     config = model.config
     names = _tensor_names(model, config)
     for tensor in tensors:
