@@ -106,3 +106,16 @@ def assert_every_mode_decodes(target, draft, reference: list[list[int]], k_confi
         assert [r.token_ids for r in results] == reference, (mode, verify)
         if mode != "autoregressive":
             assert 0 < results.stats.acceptance_rate < 1, "the draft must be partly right for the test to mean anything"
+
+
+def engine_llama_copy(model):
+    """transformers' Llama `model` in the engine's own modules (`engine.llama`), on copies of
+    the same weights."""
+    from langchain_seed.engine.llama import LlamaForCausalLM, LlamaSettings
+
+    settings = LlamaSettings.from_dict(model.config.to_dict())
+    assert settings is not None, "a Llama config the engine's modules cover"
+    copied = LlamaForCausalLM(settings)
+    copied.load_state_dict(copy.deepcopy(model.state_dict()))
+    copied.generation_config = model.generation_config
+    return copied.eval()

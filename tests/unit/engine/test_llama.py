@@ -20,7 +20,6 @@ from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 from langchain_seed.engine.feature_draft import FeatureDraftModel
 from langchain_seed.engine.kernels import engine_kernels
 from langchain_seed.engine.llama import (
-    LlamaForCausalLM,
     LlamaModel,
     LlamaSettings,
     as_transformers,
@@ -31,7 +30,16 @@ from langchain_seed.engine.routing import install
 from langchain_seed.engine.weights.convert import quantize_model
 from langchain_seed.engine.weights.modules import QuantizedLinear
 
-from engine_fixtures import PROMPTS, VOCAB, assert_every_mode_decodes, build_model, hf_greedy, needs_kernel, noisy_copy
+from engine_fixtures import (
+    PROMPTS,
+    VOCAB,
+    assert_every_mode_decodes,
+    build_model,
+    engine_llama_copy,
+    hf_greedy,
+    needs_kernel,
+    noisy_copy,
+)
 from tiny_llama import make_tiny_gguf_pair
 
 HEAVY_MODULES = ("transformers.modeling_utils", "transformers.masking_utils", "sympy", "torch._dynamo")
@@ -39,20 +47,10 @@ HEAVY_MODULES = ("transformers.modeling_utils", "transformers.masking_utils", "s
 process must not hold."""
 
 
-def engine_copy(model) -> LlamaForCausalLM:
-    """transformers' Llama `model` in the engine's modules, on copies of the same weights."""
-    settings = LlamaSettings.from_dict(model.config.to_dict())
-    assert settings is not None
-    ours = LlamaForCausalLM(settings)
-    ours.load_state_dict(copy.deepcopy(model.state_dict()))
-    ours.generation_config = model.generation_config
-    return ours.eval()
-
-
 @pytest.fixture(scope="module")
 def twins():
     transformers_model = build_model("llama")
-    return transformers_model, engine_copy(transformers_model)
+    return transformers_model, engine_llama_copy(transformers_model)
 
 
 def test_settings_cover_llama_and_name_the_rest_none():
@@ -112,7 +110,7 @@ def test_logits_are_transformers_bit_for_bit(twins, kernel):
 @pytest.mark.parametrize("weights", ["float32", "int4"])
 def test_every_mode_reproduces_the_greedy_output(weights):
     transformers_target = build_model("llama")
-    target, draft = engine_copy(transformers_target), engine_copy(noisy_copy(transformers_target, 0.02))
+    target, draft = engine_llama_copy(transformers_target), engine_llama_copy(noisy_copy(transformers_target, 0.02))
     if weights != "float32":
         quantize_model(target, weights)
     reference = [hf_greedy(as_transformers(target), prompt, 20) for prompt in PROMPTS]
@@ -123,7 +121,7 @@ def test_every_mode_reproduces_the_greedy_output(weights):
 
 def test_a_feature_draft_on_the_engines_llama_is_built_from_its_modules():
     transformers_target = build_model("llama")
-    target = engine_copy(transformers_target)
+    target = engine_llama_copy(transformers_target)
     draft = FeatureDraftModel.from_target(target, 1, list(range(VOCAB)))
     assert isinstance(draft.decoder, LlamaModel)
     reference = [hf_greedy(transformers_target, prompt, 12) for prompt in PROMPTS]

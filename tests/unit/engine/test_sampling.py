@@ -27,7 +27,7 @@ import torch
 
 from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig, decoding
 
-from engine_fixtures import noisy_copy
+from engine_fixtures import engine_llama_copy, noisy_copy
 
 SMALL_VOCAB = 8
 PROMPT = [1, 5, 2]
@@ -123,7 +123,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models():
     target = small_model(0)
-    return {"target": target, "near": noisy_copy(target, 0.06), "far": small_model(7)}
+    near = noisy_copy(target, 0.06)
+    return {"target": target, "near": near, "far": small_model(7),
+            "engine target": engine_llama_copy(target), "engine near": engine_llama_copy(near)}
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +171,7 @@ class Case:
     draft: str = "near"
     draft_confidence: float = 0.0
     samples: int = 4000
+    target: str = "target"
 
     @property
     def depth(self) -> int:
@@ -188,24 +191,27 @@ CASES = {
     "chain2-speculative-t0.5-far": Case("speculative", (1, 1), 0.5, draft="far", samples=1000),
     "autoregressive-t0.5": Case("autoregressive", (), 0.5, samples=1000),
     "autoregressive-t1.5-top_p0.8": Case("autoregressive", (), 1.5, top_p=0.8, samples=1000),
+    # the same model in the engine's own Llama modules (`engine.llama`), its logits the ones above
+    "tree22-scheduled-t1-engine-llama": Case("scheduled", (2, 2), 1.0, target="engine target", draft="engine near",
+                                             samples=2000),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_sampled_tokens_follow_target_distribution(models, logits, verifications, name):
     case = CASES[name]
-    target_joint = exact_joint(logits["target"], case.temperature, case.top_p)
+    target_joint = exact_joint(logits[case.target], case.temperature, case.top_p)
     wrong = {}  # distributions the samples must be told apart from
     if case.depth:
         wrong["the draft's"] = exact_joint(logits[case.draft], case.temperature, case.top_p)
     if case.temperature != 1.0:
-        wrong["the target's at temperature 1"] = exact_joint(logits["target"], 1.0, case.top_p)
+        wrong["the target's at temperature 1"] = exact_joint(logits[case.target], 1.0, case.top_p)
     if case.top_p < 1.0:
-        wrong["the target's without top_p"] = exact_joint(logits["target"], case.temperature, 1.0)
+        wrong["the target's without top_p"] = exact_joint(logits[case.target], case.temperature, 1.0)
 
     config = SpeculativeConfig(k_config=case.k_config or (1,), acceptance=case.acceptance, verify=case.verify,
                                draft_confidence=case.draft_confidence)
-    engine = SeedEngine(models["target"], models[case.draft], config=config)
+    engine = SeedEngine(models[case.target], models[case.draft], config=config)
     # A round commits at most depth + 1 tokens: with fewer left the drafter shortens the draft.
     max_tokens = max(TOKENS, case.depth + 1)
     params = [SamplingParams(temperature=case.temperature, top_p=case.top_p, max_tokens=max_tokens, seed=seed)
