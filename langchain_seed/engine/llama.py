@@ -343,6 +343,8 @@ class LlamaModel(nn.Module):
 
 def _refuse_recording(kwargs: dict[str, Any]) -> None:
     asked = [name for name in _RECORDING if kwargs.get(name) is not None and kwargs.get(name) is not False]
+    if kwargs.get("return_dict") is False:
+        asked.append("return_dict=False (tuples)")
     if asked:
         raise ValueError(f"the engine's Llama modules do not compute {', '.join(asked)}; use "
                          "engine.llama.as_transformers(model) for transformers' classes on the same weights")

@@ -155,6 +155,9 @@ def test_what_only_transformers_computes_is_refused_by_name(twins):
         ours(ids, output_hidden_states=True)
     with pytest.raises(ValueError, match="labels"):
         ours(ids, labels=ids)
+    with pytest.raises(ValueError, match="return_dict=False"):
+        ours(ids, return_dict=False)
+    assert ours(ids, return_dict=True, output_hidden_states=False).logits.shape == (1, len(PROMPTS[0]), VOCAB)
     with pytest.raises(ValueError, match=r"attention_mask must be 4-D or \[batch, slots\]"):
         ours(ids, attention_mask=torch.ones(1, 3))
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
