@@ -15,14 +15,15 @@ training losses, recorded hidden states, other attention implementations) is not
 `as_transformers` puts the same modules into transformers' classes where a caller needs
 those (the benchmark's transformers baselines).
 
-Covered (`LlamaSettings.from_dict`): model type "llama", SiLU MLPs, default rotary
-embeddings, no tensor-parallel pretraining split. Any other configuration stays with
+Covered (`LlamaSettings.from_dict`): model type "llama", SiLU MLPs, default or Llama 3
+rotary embeddings over whole heads, no tensor-parallel pretraining split. Any other configuration stays with
 transformers' classes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class LlamaSettings:
     num_key_value_heads: int
     head_dim: int
     rms_norm_eps: float
-    rope_theta: float
+    rope_parameters: dict[str, Any]
     max_position_embeddings: int
     tie_word_embeddings: bool = False
     attention_bias: bool = False
@@ -61,8 +62,8 @@ class LlamaSettings:
     def from_dict(cls, config: dict[str, Any]) -> LlamaSettings | None:
         """The settings in a transformers config dictionary (`config.json`), or None where it
         asks for something these modules do not compute (another architecture or activation,
-        scaled rotary embeddings, a tensor-parallel split)."""
-        rope = _rope(config)
+        rotary embeddings other than `ROPE_TYPES`, a tensor-parallel split)."""
+        rope = _rope(config, int(config.get("max_position_embeddings", 2048)))
         if (config.get("model_type") != "llama" or config.get("hidden_act", "silu") != "silu" or rope is None
                 or int(config.get("pretraining_tp", 1) or 1) != 1):
             return None
@@ -73,7 +74,7 @@ class LlamaSettings:
             num_hidden_layers=int(config["num_hidden_layers"]), num_attention_heads=heads,
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or int(config["hidden_size"]) // heads),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=rope,
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_parameters=rope,
             max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", False)), mlp_bias=bool(config.get("mlp_bias", False)),
@@ -91,8 +92,8 @@ class LlamaSettings:
         return settings
 
     @property
-    def rope_parameters(self) -> dict[str, Any]:
-        return {"rope_theta": self.rope_theta, "rope_type": "default"}
+    def rope_theta(self) -> float:
+        return float(self.rope_parameters["rope_theta"])
 
     def to_json_string(self) -> str:
         """The settings as JSON (keys sorted), as transformers' configs give theirs."""
@@ -101,22 +102,55 @@ class LlamaSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as transformers' `LlamaConfig` keyword arguments."""
         fields = asdict(self)
-        theta, name = fields.pop("rope_theta"), fields.pop("name_or_path")
-        return {**fields, "rope_parameters": {"rope_theta": theta, "rope_type": "default"}, "hidden_act": "silu",
-                "model_type": self.model_type, "_name_or_path": name}
+        name = fields.pop("name_or_path")
+        return {**fields, "hidden_act": "silu", "model_type": self.model_type, "_name_or_path": name}
 
 
-def _rope(config: dict[str, Any]) -> float | None:
-    """The rotary base of a config with default rotary embeddings (either spelling:
-    transformers 5's `rope_parameters` or the older `rope_theta` / `rope_scaling`), else None."""
-    parameters = config.get("rope_parameters")
-    if parameters is None:
+ROPE_TYPES = {"default": (), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings")}
+"""The rotary embeddings these modules compute, and the parameters each reads."""
+
+
+def _rope(config: dict[str, Any], max_positions: int) -> dict[str, Any] | None:
+    """The rotary parameters of a config (either spelling: transformers 5's `rope_parameters`
+    or the older `rope_theta` / `rope_scaling`), where they are a kind of `ROPE_TYPES`
+    over whole heads; else None. A Llama 3 scaling without its pretraining length takes the
+    config's (as transformers does)."""
+    parameters = dict(config.get("rope_parameters") or {})
+    if not parameters:
         scaling = config.get("rope_scaling") or {}
-        parameters = {"rope_theta": config.get("rope_theta", 10000.0),
-                      "rope_type": scaling.get("rope_type", scaling.get("type", "default"))}
-    if parameters.get("rope_type", "default") != "default" or "rope_theta" not in parameters:
+        parameters = {**scaling, "rope_theta": config.get("rope_theta", 10000.0)}
+    kind = parameters.get("rope_type", parameters.get("type", "default"))
+    if kind not in ROPE_TYPES or parameters.get("rope_theta") is None \
+            or float(parameters.get("partial_rotary_factor", 1.0)) != 1.0:
         return None
-    return float(parameters["rope_theta"])
+    if kind == "llama3":
+        parameters["original_max_position_embeddings"] = config.get(
+            "original_max_position_embeddings", parameters.get("original_max_position_embeddings", max_positions))
+    if any(parameters.get(name) is None for name in ROPE_TYPES[kind]):
+        return None
+    return {"rope_type": kind, "rope_theta": float(parameters["rope_theta"]),
+            **{name: parameters[name] for name in ROPE_TYPES[kind]}}
+
+
+def _inverse_frequencies(settings: LlamaSettings) -> torch.Tensor:
+    """`[head_dim / 2]` float32: the rotary frequencies, as transformers computes them for the
+    settings' kind (Llama 3: the long wavelengths divided by `factor`, the middle ones
+    interpolated)."""
+    dim, parameters = settings.head_dim, settings.rope_parameters
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").to(dtype=torch.float) / dim
+    inv_freq = 1.0 / (settings.rope_theta ** exponents)
+    if parameters["rope_type"] == "default":
+        return inv_freq
+    factor, low, high = parameters["factor"], parameters["low_freq_factor"], parameters["high_freq_factor"]
+    old_context = parameters["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
 
 
 Device = torch.device | str | None
@@ -147,15 +181,12 @@ class LlamaRMSNorm(nn.Module):
 
 
 class LlamaRotaryEmbedding(nn.Module):
-    """The default rotary embedding: cos and sin tables per position."""
+    """The rotary embedding (`ROPE_TYPES`): cos and sin tables per position."""
 
     def __init__(self, settings: LlamaSettings) -> None:
         super().__init__()
-        dim = settings.head_dim
-        exponents = torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim
-        inv_freq = 1.0 / (settings.rope_theta ** exponents)
         self.inv_freq: torch.Tensor
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", _inverse_frequencies(settings), persistent=False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,8 +53,9 @@ def _interleave(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_tiny_gguf(path: Path, model: torch.nn.Module, layer_type: str = "Q4_1",
-                    embedding_type: str = "Q8_0") -> torch.nn.Module:
-    """transformers' Llama `model` as a GGUF file, as llama.cpp would write it; returns `model`."""
+                    embedding_type: str = "Q8_0", rope_freqs: np.ndarray | None = None) -> torch.nn.Module:
+    """transformers' Llama `model` as a GGUF file, as llama.cpp would write it (with Llama 3's
+    `rope_freqs.weight` frequency divisors where given); returns `model`."""
     config = model.config
     writer = GGUFWriter(str(path), "llama")
     writer.add_block_count(config.num_hidden_layers)
@@ -88,6 +89,8 @@ def write_tiny_gguf(path: Path, model: torch.nn.Module, layer_type: str = "Q4_1"
             add(f"blk.{layer}.{gguf_name}.weight", values, layer_type)
         add(f"blk.{layer}.attn_norm.weight", state[f"{prefix}input_layernorm.weight"], "F32")
         add(f"blk.{layer}.ffn_norm.weight", state[f"{prefix}post_attention_layernorm.weight"], "F32")
+    if rope_freqs is not None:
+        add("rope_freqs.weight", rope_freqs, "F32")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -129,6 +129,9 @@ def _tensor_names(model: torch.nn.Module, config: Any) -> dict[str, str]:
 def _place(model: torch.nn.Module, config: Any, names: dict[str, str], tensor: TensorInfo, path: Path) -> None:
     """Put one GGUF tensor into the model: blocks into a quantised module, dense as a parameter."""
     kind, file = tensor.type_name, path.name
+    if tensor.name == ROPE_FREQS and kind == "F32":
+        _check_rope_freqs(model, config, _dense(path, tensor), file)
+        return
     if tensor.name not in names:
         raise ValueError(f"{file}: tensor {tensor.name} ({kind}) has no place in a {config.model_type} model")
     module_name, _, attribute = names[tensor.name].rpartition(".")
@@ -148,6 +151,25 @@ def _place(model: torch.nn.Module, config: Any, names: dict[str, str], tensor: T
             f"{file}: tensor {tensor.name} has type {kind}, which the engine does not compute with (it keeps "
             f"{', '.join(BLOCK_TYPES)} in blocks and reads {', '.join(DENSE_TYPES)}); load the model with "
             "weights='float32' to dequantise it instead")
+
+
+ROPE_FREQS = "rope_freqs.weight"
+"""Llama 3's rotary frequency divisors, as llama.cpp's converter writes them: derived from
+the rope parameters of the model's config, so they are checked against it, not loaded."""
+
+
+def _check_rope_freqs(model: Any, config: Any, divisors: torch.Tensor, file: str) -> None:
+    """The model's rotary frequencies (from its config) are the plain ones divided by the
+    file's `divisors` `[head_dim / 2]` (to float32 rounding); else ValueError naming the tensor:
+    a config without Llama 3's rope scaling would otherwise give another model silently."""
+    frequencies = model.get_decoder().rotary_emb.inv_freq
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    theta = float(config.rope_parameters["rope_theta"])
+    plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    if divisors.shape != plain.shape or not torch.allclose(frequencies, plain / divisors, rtol=1e-5, atol=0.0):
+        raise ValueError(f"{file}: tensor {ROPE_FREQS} scales the rotary frequencies otherwise than the config's "
+                         f"rope parameters {config.rope_parameters} do; give the model a config.json with its "
+                         "rope scaling")
 
 
 def _place_blocks(model: torch.nn.Module, module_name: str, module: torch.nn.Module, attribute: str,

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
@@ -20,6 +22,7 @@ from langchain_seed.engine import SamplingParams, SeedEngine, SpeculativeConfig
 from langchain_seed.engine.feature_draft import FeatureDraftModel
 from langchain_seed.engine.kernels import engine_kernels
 from langchain_seed.engine.llama import (
+    LlamaForCausalLM,
     LlamaModel,
     LlamaSettings,
     as_transformers,
@@ -28,6 +31,7 @@ from langchain_seed.engine.llama import (
 from langchain_seed.engine.models import load_models
 from langchain_seed.engine.routing import install
 from langchain_seed.engine.weights.convert import quantize_model
+from langchain_seed.engine.weights.gguf import load_gguf_model
 from langchain_seed.engine.weights.modules import QuantizedLinear
 
 from engine_fixtures import (
@@ -40,7 +44,7 @@ from engine_fixtures import (
     needs_kernel,
     noisy_copy,
 )
-from tiny_llama import make_tiny_gguf_pair
+from tiny_llama import make_tiny_gguf_pair, write_tiny_gguf
 
 HEAVY_MODULES = ("transformers.modeling_utils", "transformers.masking_utils", "sympy", "torch._dynamo")
 """What importing a transformers model class (or config) loads: ~90 MB the default pair's
@@ -62,8 +66,88 @@ def test_settings_cover_llama_and_name_the_rest_none():
     del older["rope_parameters"]
     assert LlamaSettings.from_dict(older).rope_theta == 500000.0
     for change in ({"model_type": "mistral"}, {"hidden_act": "gelu"}, {"pretraining_tp": 2},
-                   {"rope_parameters": {"rope_theta": 1e4, "rope_type": "llama3", "factor": 8.0}}):
+                   {"rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 8.0}},
+                   {"rope_parameters": {"rope_theta": 1e4, "rope_type": "llama3", "factor": 8.0}},  # incomplete
+                   {"rope_parameters": {"rope_theta": 1e4, "rope_type": "default", "partial_rotary_factor": 0.5}}):
         assert LlamaSettings.from_dict({**config, **change}) is None, change
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+"""Llama 3.x's scaled rotary embeddings, on a context short enough for the tiny model's
+positions to reach every wavelength band (long, interpolated and unchanged)."""
+
+
+def test_llama3_rotary_embeddings_are_transformers_bit_for_bit():
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM as TransformersLlama
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = build_model("llama").config.to_dict()
+    config.update(rope_parameters=dict(LLAMA3_ROPE), head_dim=32, num_attention_heads=1, num_key_value_heads=1)
+    settings = LlamaSettings.from_dict(config)
+    assert settings is not None and settings.rope_parameters == LLAMA3_ROPE
+    transformers_config = LlamaConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    expected = LlamaRotaryEmbedding(transformers_config).inv_freq
+    ours = LlamaForCausalLM(settings)
+    got = ours.model.rotary_emb.inv_freq
+    plain = LlamaForCausalLM(LlamaSettings.from_dict({**config, "rope_parameters": {
+        "rope_type": "default", "rope_theta": 500000.0}})).model.rotary_emb.inv_freq
+    assert torch.equal(got, expected)
+    assert (got < plain).any() and (got == plain).any(), "some bands scaled, some not: the test means something"
+    torch.manual_seed(0)
+    transformers_model = TransformersLlama(transformers_config).eval()
+    ours.load_state_dict(transformers_model.state_dict())
+    ids = torch.tensor([list(range(1, 60))])
+    with torch.inference_mode():
+        assert torch.equal(ours(ids).logits, transformers_model(ids).logits)
+    assert LlamaSettings.from_dict({**config, "rope_parameters": {k: v for k, v in LLAMA3_ROPE.items()
+                                                                   if k != "original_max_position_embeddings"}}
+                                   ).rope_parameters["original_max_position_embeddings"] == config["max_position_embeddings"]
+
+
+def _llama_cpp_rope_divisors(rope: dict, head_dim: int) -> np.ndarray:
+    """Llama 3's `rope_freqs.weight` as llama.cpp's converter computes it (one divisor per
+    frequency: 1, `factor`, or the smooth interpolation between)."""
+    low_wavelen = rope["original_max_position_embeddings"] / rope["low_freq_factor"]
+    high_wavelen = rope["original_max_position_embeddings"] / rope["high_freq_factor"]
+    divisors = []
+    for freq in 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            divisors.append(1.0)
+        elif wavelen > low_wavelen:
+            divisors.append(rope["factor"])
+        else:
+            smooth = (rope["original_max_position_embeddings"] / wavelen - rope["low_freq_factor"]) / (
+                rope["high_freq_factor"] - rope["low_freq_factor"])
+            divisors.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+    return np.array(divisors, dtype=np.float32)
+
+
+def test_a_llama3_gguf_checks_its_rope_freqs_against_the_config(tmp_path):
+    """llama.cpp writes Llama 3's frequency divisors as a tensor; the loader checks them
+    against the config's rope scaling (and refuses, naming the tensor, a config without it)."""
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM as TransformersLlama
+
+    config = build_model("llama").config.to_dict()
+    config.update(rope_parameters=dict(LLAMA3_ROPE), head_dim=32, num_attention_heads=1, num_key_value_heads=1)
+    torch.manual_seed(0)
+    transformers_model = TransformersLlama(LlamaConfig(**{k: v for k, v in config.items() if k != "model_type"}))
+    divisors = _llama_cpp_rope_divisors(LLAMA3_ROPE, 32)
+    assert (divisors > 1).any() and (divisors == 1).any()
+    gguf = tmp_path / "llama3.gguf"
+    write_tiny_gguf(gguf, transformers_model.eval(), layer_type="Q8_0", rope_freqs=divisors)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = load_gguf_model(gguf)
+    assert is_engine_llama(model)
+    assert torch.equal(model.model.rotary_emb.inv_freq, transformers_model.model.rotary_emb.inv_freq)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "default",
+                                                                                   "rope_theta": 500000.0}}))
+    for implementation in ("engine", "transformers"):
+        with pytest.raises(ValueError, match="rope_freqs.weight scales the rotary frequencies"):
+            load_gguf_model(gguf, implementation=implementation)
 
 
 def _tree_mask(batch: int, new: int, slots: int) -> torch.Tensor:
