@@ -63,7 +63,8 @@ class LlamaSettings:
         """The settings in a transformers config dictionary (`config.json`), or None where it
         asks for something these modules do not compute (another architecture or activation,
         rotary embeddings other than `ROPE_TYPES`, a tensor-parallel split)."""
-        rope = _rope(config, int(config.get("max_position_embeddings", 2048)))
+        max_positions = int(config.get("max_position_embeddings", 2048))
+        rope = _rope(config, max_positions)
         if (config.get("model_type") != "llama" or config.get("hidden_act", "silu") != "silu" or rope is None
                 or int(config.get("pretraining_tp", 1) or 1) != 1):
             return None
@@ -75,7 +76,7 @@ class LlamaSettings:
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or int(config["hidden_size"]) // heads),
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_parameters=rope,
-            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+            max_position_embeddings=max_positions,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", False)), mlp_bias=bool(config.get("mlp_bias", False)),
             bos_token_id=config.get("bos_token_id"), eos_token_id=config.get("eos_token_id"),
@@ -133,13 +134,19 @@ def _rope(config: dict[str, Any], max_positions: int) -> dict[str, Any] | None:
             **{name: parameters[name] for name in ROPE_TYPES[kind]}}
 
 
+def default_inverse_frequencies(theta: float, head_dim: int) -> torch.Tensor:
+    """`[head_dim / 2]` float32: the plain rotary frequencies `theta ** (-2i / head_dim)`, as
+    transformers computes them."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").to(dtype=torch.float) / head_dim
+    return 1.0 / (theta ** exponents)
+
+
 def _inverse_frequencies(settings: LlamaSettings) -> torch.Tensor:
     """`[head_dim / 2]` float32: the rotary frequencies, as transformers computes them for the
     settings' kind (Llama 3: the long wavelengths divided by `factor`, the middle ones
     interpolated)."""
-    dim, parameters = settings.head_dim, settings.rope_parameters
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").to(dtype=torch.float) / dim
-    inv_freq = 1.0 / (settings.rope_theta ** exponents)
+    parameters = settings.rope_parameters
+    inv_freq = default_inverse_frequencies(settings.rope_theta, settings.head_dim)
     if parameters["rope_type"] == "default":
         return inv_freq
     factor, low, high = parameters["factor"], parameters["low_freq_factor"], parameters["high_freq_factor"]
@@ -222,8 +229,8 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    """Grouped-query attention; transformers' "sdpa" function, or the engine's attention
-    (`kernels.engine_attention`) inside `engine_kernels()`."""
+    """Grouped-query attention through `kernels.engine_attention`: transformers' "sdpa"
+    function outside `engine_kernels()`, the engine's kernels inside."""
 
     def __init__(self, settings: LlamaSettings, layer_idx: int, device: Device = None) -> None:
         super().__init__()
@@ -251,17 +258,9 @@ class LlamaAttention(nn.Module):
         query, key = _apply_rotary(query, key, *position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
-        output, _ = _attention_function()(self, query, key, value, attention_mask, dropout=0.0,
-                                          scaling=self.scaling, **kwargs)
+        output, _ = kernels.engine_attention(self, query, key, value, attention_mask, dropout=0.0,
+                                             scaling=self.scaling, **kwargs)
         return self.o_proj(output.reshape(*input_shape, -1).contiguous()), None
-
-
-def _attention_function():
-    if kernels.active_kernel() is not None:
-        return kernels.engine_attention
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -162,10 +162,11 @@ def _check_rope_freqs(model: Any, config: Any, divisors: torch.Tensor, file: str
     """The model's rotary frequencies (from its config) are the plain ones divided by the
     file's `divisors` `[head_dim / 2]` (to float32 rounding); else ValueError naming the tensor:
     a config without Llama 3's rope scaling would otherwise give another model silently."""
+    from langchain_seed.engine.llama import default_inverse_frequencies
+
     frequencies = model.get_decoder().rotary_emb.inv_freq
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    theta = float(config.rope_parameters["rope_theta"])
-    plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    plain = default_inverse_frequencies(float(config.rope_parameters["rope_theta"]), head_dim)
     if divisors.shape != plain.shape or not torch.allclose(frequencies, plain / divisors, rtol=1e-5, atol=0.0):
         raise ValueError(f"{file}: tensor {ROPE_FREQS} scales the rotary frequencies otherwise than the config's "
                          f"rope parameters {config.rope_parameters} do; give the model a config.json with its "
